@@ -1,0 +1,76 @@
+"""Seconds per pair for each preset (random weights: timing does not depend on them).
+
+    python benchmarks/speed.py [--repeats 3] [--write-readme] [--skip-full]
+
+Rows: the paper preset at 560 px one direction single pass (the issue's target setting), the
+paper preset with the reference defaults (560 + 864 upsampling, symmetric), and the compact
+preset at its default settings. Images are 768x512 (the evaluation scenes' size), matched through
+Matcher.match, i.e. including resizing and normalisation.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+from _readme import write_table  # noqa: E402
+
+from roma_sfm import random_matcher  # noqa: E402
+from roma_sfm.models.roma import RoMa  # noqa: E402
+from roma_sfm.presets import get_preset  # noqa: E402
+
+ROWS = [
+    ("roma-tiny", "default (448 px, one direction, single pass)", {}),
+    ("roma-outdoor", "560 px, one direction, single pass", dict(symmetric=False, upsample_res=None)),
+    ("roma-outdoor", "reference defaults (560 + 864, symmetric)", dict(symmetric=True, upsample_res=True)),
+]
+
+
+def time_row(preset: str, kwargs: dict, repeats: int) -> tuple[float, float]:
+    m = random_matcher(preset, device="cpu", **kwargs)
+    rng = np.random.default_rng(0)
+    a = (rng.random((512, 768, 3)) * 255).astype(np.uint8)
+    b = (rng.random((512, 768, 3)) * 255).astype(np.uint8)
+    m.match(a, b)  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        m.match(a, b)
+        times.append(time.perf_counter() - t)
+    return float(np.mean(times)), float(np.std(times))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--skip-full", action="store_true", help="skip the slow reference-defaults row")
+    ap.add_argument("--write-readme", action="store_true")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    lines = ["| preset | setting | s / pair (mean ± std) | parameters |", "|---|---|---|---|"]
+    for preset, setting, kw in ROWS:
+        if args.skip_full and kw.get("upsample_res") is True:
+            continue
+        mean, std = time_row(preset, kw, args.repeats)
+        with torch.device("meta"):
+            n = sum(p.numel() for p in RoMa(get_preset(preset)).parameters())
+        lines.append(f"| {preset} | {setting} | {mean:.2f} ± {std:.2f} | {n / 1e6:.1f} M |")
+        print(lines[-1], flush=True)
+    cpu = platform.processor() or platform.machine()
+    lines.append("")
+    lines.append(f"Measured with `python benchmarks/speed.py` on {args.threads} CPU threads ({cpu}), "
+                 f"torch {torch.__version__}, fp32, 768x512 images, {args.repeats} repeats after a warm-up.")
+    table = "\n".join(lines)
+    print(table)
+    if args.write_readme:
+        write_table("speed-table", table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,299 @@
+"""Inference API: ``load_matcher`` -> :class:`Matcher` -> :class:`MatchResult`.
+
+Coordinates: warps are normalised (x, y) in [-1, 1] with pixel centres at -1 + 1/W ... (the
+reference convention); :meth:`MatchResult.sample` returns pixels of the ORIGINAL images with
+x_px = W/2 * (x + 1), i.e. COLMAP's convention (image corner at 0, pixel centres at +0.5).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .io import ImageLike, as_rgb
+from .models.roma import RoMa, finalize
+from .presets import DEFAULT_PRESET, PRESETS, RomaConfig, get_preset
+from .weights import (DINOV2_FILE, CheckpointError, default_checkpoint, find_weights, load_checkpoint,
+                      load_public)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def to_tensor(rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """(H,W,3) uint8 -> (3,h,w) ImageNet-normalised float, bicubic resize to ``size`` = (h, w)."""
+    h, w = size
+    if rgb.shape[:2] != (h, w):
+        rgb = np.asarray(Image.fromarray(rgb).resize((w, h), Image.BICUBIC))
+    t = torch.from_numpy(np.array(rgb, copy=True)).permute(2, 0, 1).float() / 255.0
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (t - mean) / std
+
+
+def kde_density(x: torch.Tensor, std: float = 0.1, chunk: int = 4096) -> torch.Tensor:
+    """Gaussian KDE of each row of x (N, D) over all rows, chunked to bound memory -> (N,)."""
+    out = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
+    for i in range(0, x.shape[0], chunk):
+        d2 = torch.cdist(x[i:i + chunk], x) ** 2
+        out[i:i + chunk] = torch.exp(-d2 / (2 * std**2)).sum(dim=1)
+    return out
+
+
+@dataclass
+class MatchResult:
+    """Dense matches of one pair. ``warp`` (H,W,4) normalised (xA,yA,xB,yB) — (H,2W,4) when
+    symmetric, right half B->A — and ``certainty`` (H,W[*2]) in [0,1], on the CPU."""
+
+    warp: torch.Tensor
+    certainty: torch.Tensor
+    size_A: tuple[int, int]  # (W, H) of the original image A
+    size_B: tuple[int, int]
+    sample_threshold: float = 0.05
+    symmetric: bool = False
+
+    def to_pixels(self, matches: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(N,4) normalised -> pixels of the originals, COLMAP convention: ((N,2), (N,2)) float32."""
+        wa, ha = self.size_A
+        wb, hb = self.size_B
+        a = torch.stack((wa / 2 * (matches[:, 0] + 1), ha / 2 * (matches[:, 1] + 1)), dim=-1)
+        b = torch.stack((wb / 2 * (matches[:, 2] + 1), hb / 2 * (matches[:, 3] + 1)), dim=-1)
+        return a.float().numpy(), b.float().numpy()
+
+    def sample(self, num: int = 10000, balanced: bool = True, seed: Optional[int] = 0
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Draw matches by certainty (reference "threshold_balanced" sampling).
+
+        Certainties above the threshold count as 1; 4*num candidates are drawn, then ``num`` of
+        them with probability 1/(1+KDE density) so matches spread over the image.
+        Returns kpts_A (N,2), kpts_B (N,2) in original pixels (float32) and certainties (N,).
+        """
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        matches = self.warp.reshape(-1, 4).float()
+        cert = self.certainty.reshape(-1).float()
+        weights = cert.clone()
+        weights[weights > self.sample_threshold] = 1
+        n_nonzero = int((weights > 0).sum())
+        if n_nonzero == 0 or num <= 0:
+            empty = np.zeros((0, 2), np.float32)
+            return empty, empty.copy(), np.zeros((0,), np.float32)
+        n_cand = min((4 if balanced else 1) * num, n_nonzero)
+        idx = torch.multinomial(weights, n_cand, replacement=False, generator=gen)
+        if balanced:
+            density = kde_density(matches[idx], std=0.1)
+            p = 1 / (density + 1)
+            p[density < 10] = 1e-7  # isolated matches: almost never (they are rarely right)
+            keep = torch.multinomial(p, min(num, n_cand), replacement=False, generator=gen)
+            idx = idx[keep]
+        ka, kb = self.to_pixels(matches[idx])
+        return ka, kb, cert[idx].numpy().astype(np.float32)
+
+    def lookup(self, kpts_A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Re-query the dense A->B warp at arbitrary pixel positions of A (bilinear).
+
+        kpts_A: (N,2) pixels of original A -> kpts_B (N,2) pixels of original B, certainty (N,).
+        """
+        w = self.warp.shape[1] // 2 if self.symmetric else self.warp.shape[1]
+        field = torch.cat((self.warp[:, :w, 2:].permute(2, 0, 1), self.certainty[None, :, :w]), dim=0)
+        wa, ha = self.size_A
+        k = torch.as_tensor(np.asarray(kpts_A, np.float32)).reshape(-1, 2)
+        g = torch.stack((k[:, 0] / (wa / 2) - 1, k[:, 1] / (ha / 2) - 1), dim=-1)[None, None]
+        s = F.grid_sample(field[None].float(), g, mode="bilinear", align_corners=False, padding_mode="border")[0, :, 0]
+        wb, hb = self.size_B
+        kb = torch.stack((wb / 2 * (s[0] + 1), hb / 2 * (s[1] + 1)), dim=-1)
+        return kb.numpy().astype(np.float32), s[2].numpy().astype(np.float32)
+
+
+class Matcher:
+    """A RoMa model plus its inference settings."""
+
+    def __init__(self, model: RoMa, device: Union[str, torch.device] = "auto",
+                 coarse_res: Optional[tuple[int, int]] = None, upsample_res: Optional[tuple[int, int]] = None,
+                 symmetric: Optional[bool] = None, metadata: Optional[dict] = None):
+        cfg = model.cfg
+        self.cfg = cfg
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.coarse_res = tuple(coarse_res or cfg.coarse_res)
+        if self.coarse_res[0] % 14 or self.coarse_res[1] % 14:
+            raise ValueError(f"coarse_res must be multiples of 14, got {self.coarse_res}")
+        self.upsample_res = _pair(cfg.upsample_res if upsample_res is True else upsample_res)
+        self.symmetric = cfg.symmetric if symmetric is None else bool(symmetric)
+        self.metadata = metadata or {}
+        self.amp_dtype = None
+        if self.device.type == "cuda":
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    @torch.inference_mode()
+    def match_tensors(self, im_A: torch.Tensor, im_B: torch.Tensor,
+                      im_A_hr: Optional[torch.Tensor] = None, im_B_hr: Optional[torch.Tensor] = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Match ImageNet-normalised (B,3,H,W) tensors, H and W multiples of 14.
+
+        Returns ``warp`` (B,H,W,4) normalised (xA,yA,xB,yB) and ``certainty`` (B,H,W) in [0,1]
+        (symmetric: (B,H,2W,4) / (B,H,2W)) — the semantics of the reference ``match(batched=True)``.
+        With ``upsample_res`` set, a second pass runs at that size on ``im_A_hr``/``im_B_hr`` (or
+        on the inputs resized) and the outputs have the upsampled size.
+        """
+        if im_A.shape != im_B.shape:
+            raise ValueError(f"batched matching needs equal shapes, got {tuple(im_A.shape)} and {tuple(im_B.shape)}")
+        h, w = im_A.shape[-2:]
+        if h % 14 or w % 14:
+            raise ValueError(f"image size must be a multiple of 14, got {h}x{w}")
+        im_A, im_B = im_A.to(self.device), im_B.to(self.device)
+        with self._autocast():
+            corresps = self.model(im_A, im_B, symmetric=self.symmetric)
+            size = (h, w)
+            coarse_cert = corresps[16]["certainty"]
+            if self.upsample_res:
+                size = tuple(self.upsample_res)
+                if im_A_hr is None:
+                    im_A_hr = F.interpolate(im_A, size=size, mode="bicubic", align_corners=False, antialias=True)
+                    im_B_hr = F.interpolate(im_B, size=size, mode="bicubic", align_corners=False, antialias=True)
+                scale = math.sqrt(size[0] * size[1]) / 560
+                corresps = self.model(im_A_hr.to(self.device), im_B_hr.to(self.device), symmetric=self.symmetric,
+                                      scale_factor=scale, first_pass=corresps[1])
+            warp, cert = finalize(corresps, size, attenuate=self.cfg.attenuate_certainty,
+                                  coarse_certainty=coarse_cert, symmetric=self.symmetric)
+        return warp.float(), cert.float()
+
+    def _prepare(self, rgb: np.ndarray) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        lo = to_tensor(rgb, self.coarse_res)
+        hi = to_tensor(rgb, self.upsample_res) if self.upsample_res else None
+        return lo, hi
+
+    def _match_rgb(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[MatchResult]:
+        prepared = [(self._prepare(a), self._prepare(b)) for a, b in pairs]
+        A = torch.stack([p[0][0] for p in prepared])
+        B = torch.stack([p[1][0] for p in prepared])
+        A_hr = B_hr = None
+        if self.upsample_res:
+            A_hr = torch.stack([p[0][1] for p in prepared])
+            B_hr = torch.stack([p[1][1] for p in prepared])
+        warp, cert = self.match_tensors(A, B, A_hr, B_hr)
+        warp, cert = warp.cpu(), cert.cpu()
+        return [MatchResult(warp[i], cert[i], (a.shape[1], a.shape[0]), (b.shape[1], b.shape[0]),
+                            self.cfg.sample_threshold, self.symmetric) for i, (a, b) in enumerate(pairs)]
+
+    def match(self, a: ImageLike, b: ImageLike) -> MatchResult:
+        """Match two images (paths, PIL images or arrays of any size, aspect, bit depth)."""
+        return self._match_rgb([(as_rgb(a), as_rgb(b))])[0]
+
+    def match_many(self, pairs: Iterable[tuple[ImageLike, ImageLike]], batch_size: int = 4,
+                   num_workers: int = 2) -> Iterator[MatchResult]:
+        """Match many pairs in batches, decoding the next batch's images in threads while the
+        model runs. Yields results in input order; memory does not grow with the number of pairs."""
+
+        def load(pair):
+            return as_rgb(pair[0]), as_rgb(pair[1])
+
+        def batches():
+            batch = []
+            for p in pairs:
+                batch.append(p)
+                if len(batch) == batch_size:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
+
+        with ThreadPoolExecutor(max(1, num_workers)) as pool:
+            pending = None
+            for batch in batches():
+                future = [pool.submit(load, p) for p in batch]
+                if pending is not None:
+                    yield from self._match_rgb([f.result() for f in pending])
+                pending = future
+            if pending is not None:
+                yield from self._match_rgb([f.result() for f in pending])
+
+
+def _is_path(x) -> bool:
+    return isinstance(x, (str, os.PathLike)) and (os.sep in str(x) or Path(x).suffix != "" or Path(x).exists())
+
+
+def load_model(name_or_path: Optional[Union[str, os.PathLike]] = None, weights: Optional[Union[str, os.PathLike]] = None,
+               dinov2_weights: Optional[Union[str, os.PathLike]] = None) -> tuple[RoMa, dict]:
+    """Build a model with weights -> (model, metadata). See :func:`load_matcher`."""
+    if name_or_path is None:
+        name_or_path = DEFAULT_PRESET
+    if str(name_or_path) in PRESETS:
+        cfg = get_preset(str(name_or_path))
+        if cfg.checkpoint_name:  # paper presets: public checkpoints from local paths only
+            weights = weights or find_weights(cfg.checkpoint_name)
+            dinov2_weights = dinov2_weights or find_weights(DINOV2_FILE)
+            if weights is None:
+                raise CheckpointError(f"{cfg.name} needs {cfg.checkpoint_name}: pass weights=<path> (nothing is "
+                                      f"downloaded) or set ROMA_SFM_WEIGHTS to its folder")
+            if str(weights).endswith(".safetensors"):
+                return load_checkpoint(weights, dinov2_weights)
+            return load_public(cfg, weights, dinov2_weights), {"source": str(weights)}
+        path = Path(weights) if weights else default_checkpoint()
+        if not path.is_file():
+            raise CheckpointError(f"no weights for {cfg.name}: {path} does not exist (train one with "
+                                  f"`roma-sfm train`, or pass weights=<checkpoint>)")
+        return load_checkpoint(path, dinov2_weights)
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise CheckpointError(f"'{name_or_path}' is neither a preset ({', '.join(PRESETS)}) nor a checkpoint file")
+    if path.suffix == ".safetensors":
+        return load_checkpoint(path, dinov2_weights)
+    # a public .pth: the paper layout; indoor/outdoor share it
+    cfg = get_preset("roma-indoor" if "indoor" in path.name else "roma-outdoor")
+    return load_public(cfg, path, dinov2_weights or find_weights(DINOV2_FILE)), {"source": str(path)}
+
+
+def load_matcher(name_or_path: Optional[Union[str, os.PathLike]] = None, weights=None, dinov2_weights=None,
+                 coarse_res: Optional[Union[int, tuple[int, int]]] = None,
+                 upsample_res: Optional[Union[int, tuple[int, int]]] = None, symmetric: Optional[bool] = None,
+                 device: Union[str, torch.device] = "auto") -> Matcher:
+    """Load a matcher.
+
+    ``name_or_path``: None (the project's shipped model), a preset name (``roma-outdoor`` /
+    ``roma-indoor`` need the public ``weights`` and ``dinov2_weights`` files, or find them in
+    $ROMA_SFM_WEIGHTS / ~/.cache/roma_sfm), a project ``.safetensors`` checkpoint, or a public
+    ``.pth``. ``coarse_res`` and ``symmetric`` default to the preset's. ``upsample_res``: None runs
+    the single pass at ``coarse_res``; True uses the preset's second-pass size (864 for the paper
+    model); an int or (h, w) sets it.
+    """
+    model, meta = load_model(name_or_path, weights, dinov2_weights)
+    return Matcher(model, device, _pair(coarse_res), upsample_res, symmetric, meta)
+
+
+def random_matcher(preset: Union[str, RomaConfig], device="auto", seed: int = 0, **kw) -> Matcher:
+    """A matcher with random weights (timing, tests)."""
+    cfg = get_preset(preset) if isinstance(preset, str) else preset
+    torch.manual_seed(seed)
+    return Matcher(RoMa(cfg), device, **kw)
+
+
+def _pair(x):
+    if x is None or x is False or x == 0:
+        return None
+    if isinstance(x, int):
+        return (x, x)
+    return tuple(int(v) for v in x)

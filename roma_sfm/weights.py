@@ -1,0 +1,172 @@
+"""Weights: strict loading of the public RoMa / DINOv2 checkpoints and the project's own format.
+
+Public files are read with ``torch.load(weights_only=True)`` (no pickled code runs) from local paths
+only; nothing is ever downloaded. The project's own checkpoint is one safetensors file holding the
+preset, the weights and metadata (training data, steps, metrics).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Mapping, Optional, Union
+
+import torch
+
+from .models.roma import RoMa
+from .presets import PRESETS, RomaConfig
+
+PathLike = Union[str, os.PathLike]
+
+PACKAGE_WEIGHTS = Path(__file__).parent / "weights"
+DINOV2_FILE = "dinov2_vitl14_pretrain.pth"
+FORMAT = "roma-sfm-checkpoint-v1"
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def weights_dirs() -> list[Path]:
+    """Where named public checkpoints are looked up: $ROMA_SFM_WEIGHTS (os.pathsep-separated),
+    ~/.cache/roma_sfm, and the package's own weights folder."""
+    dirs = [Path(p) for p in os.environ.get("ROMA_SFM_WEIGHTS", "").split(os.pathsep) if p]
+    dirs.append(Path.home() / ".cache" / "roma_sfm")
+    dirs.append(PACKAGE_WEIGHTS)
+    return dirs
+
+
+def find_weights(filename: str) -> Optional[Path]:
+    for d in weights_dirs():
+        if (d / filename).is_file():
+            return d / filename
+    return None
+
+
+def _read_state(path: PathLike) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt file, or pickled objects weights_only refuses
+        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+    for wrapper in ("model", "state_dict"):  # tolerate {"model": state_dict} wrappers
+        if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
+            state = state[wrapper]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} does not hold a state dict")
+    return state
+
+
+def load_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint",
+                prefix: str = "", skip: str = "encoder.dinov2.") -> None:
+    """Load ``state`` (keys relative to ``prefix``) into ``module``; every key and shape must match.
+
+    Model keys under ``skip`` (the frozen ViT, which has its own file) are not expected unless
+    ``prefix`` selects them. Raises :class:`CheckpointError` naming the first missing, unexpected
+    and mis-shaped keys.
+    """
+    expected = {k[len(prefix):]: v for k, v in module.state_dict().items()
+                if k.startswith(prefix) and (prefix.startswith(skip) or not k.startswith(skip))}
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+              for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        def first(xs):
+            return ", ".join(xs[:5]) + (f" (+{len(xs) - 5} more)" if len(xs) > 5 else "")
+        msg = [f"{source} does not match the model"]
+        if missing:
+            msg.append(f"missing keys: {first(missing)}")
+        if unexpected:
+            msg.append(f"unexpected keys: {first(unexpected)}")
+        if shapes:
+            msg.append(f"mis-shaped keys: {first(shapes)}")
+        raise CheckpointError("; ".join(msg))
+    full = {prefix + k: v for k, v in state.items()}
+    # dtype follows the model (fp16 checkpoints load into fp32 modules)
+    module.load_state_dict(full, strict=False)
+
+
+def load_public(cfg: RomaConfig, roma_weights: PathLike, dinov2_weights: Optional[PathLike]) -> RoMa:
+    """Build the paper model and load ``roma_outdoor.pth``-layout weights + DINOv2 ViT-L/14."""
+    if cfg.coarse_encoder != "dinov2":
+        raise CheckpointError(f"preset {cfg.name} has no DINOv2 encoder; public checkpoints need roma-outdoor/indoor")
+    if dinov2_weights is None:
+        raise CheckpointError(f"{cfg.name} needs DINOv2 weights: pass dinov2_weights=<path to {DINOV2_FILE}> "
+                              f"or put the file in one of: {', '.join(map(str, weights_dirs()))}")
+    roma_state, dino_state = _read_state(roma_weights), _read_state(dinov2_weights)  # fail before building
+    model = RoMa(cfg)
+    load_strict(model, roma_state, source=str(roma_weights))  # encoder.cnn.*, decoder.*
+    load_strict(model, dino_state, source=str(dinov2_weights), prefix="encoder.dinov2.")
+    return model.eval()
+
+
+def save_checkpoint(path: PathLike, model: RoMa, metadata: Optional[dict] = None,
+                    dtype: torch.dtype = torch.float16) -> Path:
+    """One safetensors file: weights (floating tensors cast to ``dtype``) + preset + metadata.
+
+    A frozen DINOv2 is not stored (it has its own file). Written atomically.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    state = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous().cpu()
+             for k, v in model.state_dict().items() if not k.startswith("encoder.dinov2.")}
+    meta = {"format": FORMAT, "preset": json.dumps(model.cfg.to_dict()),
+            "metadata": json.dumps(metadata or {}, default=str)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+def read_checkpoint_info(path: PathLike) -> tuple[RomaConfig, dict]:
+    """Preset and metadata of a project checkpoint, without reading the weights."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a roma-sfm checkpoint (format {meta.get('format')!r})")
+    return RomaConfig.from_dict(json.loads(meta["preset"])), json.loads(meta.get("metadata", "{}"))
+
+
+def load_checkpoint(path: PathLike, dinov2_weights: Optional[PathLike] = None) -> tuple[RoMa, dict]:
+    """Load a project checkpoint -> (model in eval mode, metadata)."""
+    cfg, meta = read_checkpoint_info(path)
+    model = RoMa(cfg)
+    state = _read_state(path)
+    if cfg.coarse_encoder == "dinov2":
+        if dinov2_weights is None:
+            raise CheckpointError(f"{path} uses a DINOv2 coarse encoder: pass dinov2_weights")
+        load_strict(model, _read_state(dinov2_weights), source=str(dinov2_weights), prefix="encoder.dinov2.")
+    load_strict(model, state, source=str(path))
+    return model.eval(), meta
+
+
+def default_checkpoint() -> Path:
+    return PACKAGE_WEIGHTS / "roma_tiny.safetensors"
+
+
+def weights_status() -> list[dict]:
+    """For ``roma-sfm models``: each preset and whether weights are available here."""
+    rows = []
+    for name, cfg in PRESETS.items():
+        if cfg.checkpoint_name:
+            w = find_weights(cfg.checkpoint_name)
+            d = find_weights(DINOV2_FILE)
+            ok = w is not None and d is not None
+            where = f"{w or cfg.checkpoint_name + ' not found'}; {d or DINOV2_FILE + ' not found'}"
+        else:
+            ck = default_checkpoint() if name == "roma-tiny" else None
+            ok = ck is not None and ck.is_file()
+            where = str(ck) if ok else "not trained yet"
+        rows.append({"preset": name, "available": ok, "weights": where})
+    return rows

@@ -1,0 +1,143 @@
+"""Inference API: shapes, semantics, pixel conventions, determinism, bad input."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import micro_config
+from roma_sfm import ImageReadError, MatchResult, random_matcher
+from roma_sfm.models.gp import pixel_grid
+from roma_sfm.models.roma import finalize
+from roma_sfm.models.transformer import anchor_grid, to_warp
+
+
+def rand_images(b=1, h=56, w=70, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, 3, h, w, generator=g), torch.randn(b, 3, h, w, generator=g)
+
+
+def test_match_tensors_semantics():
+    m = random_matcher(micro_config(), device="cpu")
+    A, B = rand_images(2)
+    warp, cert = m.match_tensors(A, B)
+    assert warp.shape == (2, 56, 70, 4) and cert.shape == (2, 56, 70)
+    assert torch.allclose(warp[0, ..., :2], pixel_grid(56, 70))  # A's pixel centres
+    assert warp.abs().max() <= 1 and cert.min() >= 0 and cert.max() <= 1
+    # certainty is zeroed where the raw warp left the image (the clamped warp sits on the border)
+    on_border = (warp[..., 2:].abs() == 1).any(-1)
+    assert (cert[on_border] == 0).all()
+
+
+def test_symmetric_is_both_directions_in_one_batch():
+    cfg = micro_config()
+    one = random_matcher(cfg, device="cpu", seed=3)
+    sym = random_matcher(cfg, device="cpu", seed=3, symmetric=True)
+    A, B = rand_images()
+    w_ab, c_ab = one.match_tensors(A, B)
+    w_ba, c_ba = one.match_tensors(B, A)
+    w, c = sym.match_tensors(A, B)
+    assert w.shape == (1, 56, 140, 4) and c.shape == (1, 56, 140)
+    assert torch.allclose(w[:, :, :70], w_ab, atol=1e-5) and torch.allclose(c[:, :, :70], c_ab, atol=1e-5)
+    # right half: B->A, stored as (xA, yA, xB, yB) with B on the grid
+    assert torch.allclose(w[:, :, 70:, :2], w_ba[..., 2:], atol=1e-5)
+    assert torch.allclose(w[:, :, 70:, 2:], w_ba[..., :2], atol=1e-5)
+
+
+def test_upsample_second_pass_size():
+    m = random_matcher(micro_config(upsample_res=(112, 140)), device="cpu", upsample_res=True)
+    assert m.upsample_res == (112, 140)
+    warp, cert = m.match_tensors(*rand_images())
+    assert warp.shape == (1, 112, 140, 4) and cert.shape == (1, 112, 140)
+    assert torch.allclose(warp[0, ..., :2], pixel_grid(112, 140))
+
+
+def test_constructed_identity_gives_identity_warp():
+    # anchor logits peaked at each pixel's own position; refiners predicting zero displacement
+    h, w = 16, 20
+    grid = pixel_grid(h, w)
+    d2 = ((grid.reshape(-1, 1, 2) - anchor_grid(64)[None]) ** 2).sum(-1)  # (hw, 4096)
+    logits = (-d2 / 1e-4).T.reshape(1, 4096, h, w)
+    flow = to_warp(logits).permute(0, 3, 1, 2)
+    corresps = {16: {"certainty": torch.full((1, 1, h, w), 5.0)},
+                1: {"flow": flow, "certainty": torch.full((1, 1, h, w), 5.0)}}
+    warp, cert = finalize(corresps, (h, w))
+    assert torch.allclose(warp[..., 2:], warp[..., :2], atol=1 / 64)  # within an anchor cell
+    assert torch.allclose(cert, torch.sigmoid(torch.tensor(5.0)))
+    res = MatchResult(warp[0], cert[0], (w * 10, h * 10), (w * 10, h * 10))
+    ka, kb, _ = res.sample(num=50)
+    assert np.abs(ka - kb).max() <= 10 * w / 64 + 1e-4
+
+
+def identity_result(h, w, size):
+    g = pixel_grid(h, w)
+    return MatchResult(torch.cat((g, g), -1), torch.ones(h, w), size, size)
+
+
+def test_pixel_convention_non_square():
+    # a 7x5 warp grid on an original 70x50 image (W=70, H=50): grid centres -> (i + 0.5) * 10 px
+    res = identity_result(5, 7, (70, 50))
+    ka, kb, c = res.sample(num=35, balanced=False)
+    assert ka.dtype == np.float32 and ka.shape == (35, 2)
+    xs, ys = np.unique(ka[:, 0]), np.unique(ka[:, 1])
+    assert np.allclose(xs, (np.arange(7) + 0.5) * 10) and np.allclose(ys, (np.arange(5) + 0.5) * 10)
+    assert np.allclose(ka, kb)
+
+
+def test_lookup_follows_a_known_warp():
+    h, w = 30, 40
+    g = pixel_grid(h, w)
+    shifted = g + torch.tensor([0.1, -0.05])  # B = A shifted by (+0.05 W, -0.025 H) pixels
+    res = MatchResult(torch.cat((g, shifted), -1), torch.ones(h, w), (400, 300), (200, 150))
+    q = np.array([[100.0, 120.0], [201.5, 33.25]], np.float32)
+    kb, c = res.lookup(q)
+    # A pixels -> normalised -> shifted -> pixels of B (half the size)
+    expect = np.stack(((q[:, 0] / 200 - 1 + 0.1 + 1) * 100, (q[:, 1] / 150 - 1 - 0.05 + 1) * 75), -1)
+    assert np.allclose(kb, expect, atol=1e-3) and np.allclose(c, 1)
+
+
+def test_match_images_of_any_size_and_determinism(tmp_path):
+    rng = np.random.default_rng(0)
+    a = (rng.random((90, 130, 3)) * 255).astype(np.uint8)
+    b = (rng.random((200, 60)) * 65535).astype(np.uint16)  # 16-bit grayscale, portrait
+    Image.fromarray(a).save(tmp_path / "a.png")
+    m1 = random_matcher(micro_config(), device="cpu", seed=7)
+    m2 = random_matcher(micro_config(), device="cpu", seed=7)
+    r1 = m1.match(tmp_path / "a.png", b)
+    r2 = m2.match(a, b)
+    assert r1.size_A == (130, 90) and r1.size_B == (60, 200)
+    assert torch.equal(r1.warp, r2.warp) and torch.equal(r1.certainty, r2.certainty)
+    s1, s2 = r1.sample(num=100, seed=3), r2.sample(num=100, seed=3)
+    for x, y in zip(s1, s2):
+        assert np.array_equal(x, y)
+    ka, kb, c = s1
+    if len(ka):
+        assert (ka >= 0).all() and (ka[:, 0] <= 130).all() and (ka[:, 1] <= 90).all()
+        assert (kb[:, 0] <= 60).all() and (kb[:, 1] <= 200).all()
+
+
+def test_match_many_equals_match():
+    m = random_matcher(micro_config(), device="cpu", seed=2)
+    rng = np.random.default_rng(1)
+    ims = [(rng.random((60 + 10 * i, 80, 3)) * 255).astype(np.uint8) for i in range(3)]
+    pairs = [(ims[0], ims[1]), (ims[1], ims[2]), (ims[2], ims[0])]
+    many = list(m.match_many(pairs, batch_size=2))
+    assert len(many) == 3
+    for (a, b), r in zip(pairs, many):
+        single = m.match(a, b)
+        assert torch.allclose(single.warp, r.warp, atol=1e-5)
+        assert r.size_A == (a.shape[1], a.shape[0])
+
+
+def test_bad_image_names_the_file(tmp_path):
+    m = random_matcher(micro_config(), device="cpu")
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff garbage")
+    with pytest.raises(ImageReadError, match="broken.jpg"):
+        m.match(bad, np.zeros((10, 10, 3), np.uint8))
+
+
+def test_sample_with_no_certainty_is_empty():
+    res = identity_result(4, 4, (8, 8))
+    res.certainty.zero_()
+    ka, kb, c = res.sample(num=10)
+    assert ka.shape == (0, 2) and c.shape == (0,)
