@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -6,7 +7,7 @@ import torch
 from roma_sfm.presets import RefinerConfig, RomaConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+SHARED = Path(os.environ.get("ROMA_SFM_SHARED", ROOT.parent / "shared"))
 VECTORS = SHARED / "reference" / "roma_vectors.pt"
 DATA = SHARED / "data"
 
