@@ -41,5 +41,17 @@ def models():
     console.print(table)
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                                "help_option_names": []})
+def train(ctx: typer.Context):
+    """Train a matcher (all options of `python -m roma_sfm.train.trainer`; `roma-sfm train --help`).
+
+    Checkpoints every N steps and on Ctrl-C; the same command again resumes exactly.
+    """
+    from roma_sfm.train.trainer import main as train_main
+
+    raise typer.Exit(train_main(list(ctx.args)) or 0)
+
+
 if __name__ == "__main__":
     app()
