@@ -80,7 +80,8 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor, coarse: bool = True) -> dict[int, torch.Tensor]:
         """x: (B,3,H,W), H,W multiples of 14. ``coarse=False`` skips the coarse encoder (second pass)."""
-        feats = self.cnn(x)
+        # channels-last: faster oneDNN convolutions on CPU; downstream code is layout-agnostic
+        feats = self.cnn(x.contiguous(memory_format=torch.channels_last))
         if coarse:
             grid = (x.shape[-2] // 14, x.shape[-1] // 14)
             if self.cfg.coarse_encoder == "dinov2":
