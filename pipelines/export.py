@@ -1,0 +1,198 @@
+"""Step 5: write the results: COLMAP model (binary + text), points.ply, report.json, preview PNGs.
+
+Public API
+----------
+- ``main(reconstruction: pycolmap.Reconstruction | None, outputs: Path, images: Path,
+         report: dict, features: Path | None = None, matches_idx: Path | None = None,
+         num_match_plots: int = 3) -> dict``  (returns the report as written)
+- ``write_model(reconstruction, sparse_dir: Path) -> None``  (binary and text side by side)
+- ``model_stats(reconstruction) -> dict``
+- ``plot_top_view(reconstruction, path: Path, size: int = 800) -> None``
+- ``plot_matches(image0 (H,W,3), image1, kpts0 (M,2), kpts1 (M,2), path, colors=None) -> None``
+- ``versions() -> dict[str, str]``
+
+Layout of ``outputs``: ``sparse/0/{cameras,images,points3D,rigs,frames}.{bin,txt}``, ``points.ply``,
+``report.json``, ``preview.png`` (cameras and points from above, "up" = mean camera up vector),
+``matches/<name0>__<name1>.png``.
+"""
+from __future__ import annotations
+
+import json
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Optional
+
+import cv2
+import numpy as np
+import pycolmap
+
+from ..io import ImageReadError, read_image
+from .utils import logger
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "pycolmap": getattr(pycolmap, "__version__", "?"),
+           "colmap": str(getattr(pycolmap, "COLMAP_version", "?")), "numpy": np.__version__, "opencv": cv2.__version__}
+    for pkg in ("roma-sfm", "torch", "h5py"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def write_model(reconstruction: pycolmap.Reconstruction, sparse_dir: Path) -> None:
+    sparse_dir = Path(sparse_dir)
+    sparse_dir.mkdir(parents=True, exist_ok=True)
+    reconstruction.write_binary(str(sparse_dir))
+    reconstruction.write_text(str(sparse_dir))
+
+
+def model_stats(reconstruction: Optional[pycolmap.Reconstruction]) -> dict:
+    if reconstruction is None or reconstruction.num_reg_images() == 0:
+        return {"images_registered": 0, "registered": [], "points": 0, "mean_track_length": 0.0,
+                "mean_reprojection_error": None, "mean_observations_per_image": 0.0}
+    return {
+        "images_registered": reconstruction.num_reg_images(),
+        "registered": sorted(im.name for im in reconstruction.images.values() if im.has_pose),
+        "points": reconstruction.num_points3D(),
+        "mean_track_length": float(reconstruction.compute_mean_track_length()),
+        "mean_reprojection_error": float(reconstruction.compute_mean_reprojection_error()),
+        "mean_observations_per_image": float(reconstruction.compute_mean_observations_per_reg_image()),
+    }
+
+
+def _poses(reconstruction: pycolmap.Reconstruction):
+    for im in reconstruction.images.values():
+        if im.has_pose:
+            pose = im.cam_from_world() if callable(im.cam_from_world) else im.cam_from_world
+            R = np.asarray(pose.rotation.matrix())
+            yield im, R, -R.T @ np.asarray(pose.translation)
+
+
+def plot_top_view(reconstruction: pycolmap.Reconstruction, path: Path, size: int = 800) -> None:
+    """Points (their colours) and cameras (red, with viewing direction) seen from above."""
+    cams = list(_poses(reconstruction))
+    canvas = np.full((size, size, 3), 255, np.uint8)
+    if not cams:
+        cv2.putText(canvas, "no registered image", (20, size // 2), cv2.FONT_HERSHEY_SIMPLEX, 1, (0, 0, 255), 2)
+        cv2.imwrite(str(path), canvas)
+        return
+    up = -np.mean([R[1] for _, R, _ in cams], 0)  # camera y points down in the image
+    # photos are taken upright (no roll): every camera x axis is horizontal, so gravity is the
+    # direction most orthogonal to all of them (ill-posed when all cameras share one yaw)
+    xs = np.array([R[0] for _, R, _ in cams])
+    if len(cams) >= 3:
+        _, sv, vt = np.linalg.svd(xs, full_matrices=False)
+        if sv[2] < 0.5 * sv[1]:
+            up = vt[2] * np.sign(vt[2] @ up + 1e-12)
+    up /= np.linalg.norm(up) + 1e-12
+    C = np.array([c for _, _, c in cams])
+    pts = np.array([p.xyz for p in reconstruction.points3D.values()]).reshape(-1, 3)
+    cols = np.array([p.color for p in reconstruction.points3D.values()], np.uint8).reshape(-1, 3)
+    e1 = np.cross(up, [1.0, 0, 0]) if abs(up[0]) < 0.9 else np.cross(up, [0, 1.0, 0])
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(up, e1)
+    proj = lambda X: np.stack([X @ e1, X @ e2], -1)  # noqa: E731
+    P2, C2 = proj(pts), proj(C)
+    ref = np.concatenate([P2, C2]) if len(P2) else C2
+    lo = np.minimum(np.percentile(ref, 2, axis=0), C2.min(0)) if len(P2) else C2.min(0)
+    hi = np.maximum(np.percentile(ref, 98, axis=0), C2.max(0)) if len(P2) else C2.max(0)
+    extent = max(float((hi - lo).max()), 1e-6)
+    scale = (size - 60) / extent
+    to_px = lambda X2: ((X2 - (lo + hi) / 2) * scale + size / 2).astype(int)  # noqa: E731
+    if len(P2):
+        order = np.argsort(pts @ up)  # higher points drawn last
+        for (x, y), c in zip(to_px(P2[order]), cols[order]):
+            if 0 <= x < size and 0 <= y < size:
+                cv2.circle(canvas, (int(x), int(y)), 1, (int(c[2]), int(c[1]), int(c[0])), -1)
+    for (im, R, c), (x, y) in zip(cams, to_px(C2)):
+        d = proj(R[2][None])[0]
+        d = d / (np.linalg.norm(d) + 1e-12) * 18
+        tip = (int(x + d[0]), int(y + d[1]))
+        side = np.array([-d[1], d[0]]) * 0.5
+        tri = np.array([[x, y], [tip[0] + side[0], tip[1] + side[1]], [tip[0] - side[0], tip[1] - side[1]]], np.int32)
+        cv2.polylines(canvas, [tri], True, (0, 0, 220), 2, cv2.LINE_AA)
+    cv2.putText(canvas, f"{len(cams)} cameras, {len(pts)} points (top view)", (10, 25), cv2.FONT_HERSHEY_SIMPLEX,
+                0.6, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.imwrite(str(path), canvas)
+
+
+def plot_matches(image0: np.ndarray, image1: np.ndarray, kpts0: np.ndarray, kpts1: np.ndarray, path: Path,
+                 colors: Optional[np.ndarray] = None, max_lines: int = 300, height: int = 480) -> None:
+    """Side-by-side RGB images with match lines (COLMAP-convention keypoints); colors (M, 3) BGR."""
+    s0, s1 = height / image0.shape[0], height / image1.shape[0]
+    a = cv2.resize(image0, (max(1, round(image0.shape[1] * s0)), height))
+    b = cv2.resize(image1, (max(1, round(image1.shape[1] * s1)), height))
+    canvas = cv2.cvtColor(np.concatenate([a, b], 1), cv2.COLOR_RGB2BGR)
+    n = len(kpts0)
+    sel = np.random.default_rng(0).choice(n, min(n, max_lines), replace=False) if n else np.zeros(0, int)
+    for i in sel:
+        p = (kpts0[i] - 0.5) * s0 + 0.5
+        q = (kpts1[i] - 0.5) * s1 + 0.5 + [a.shape[1], 0]
+        c = tuple(int(v) for v in colors[i]) if colors is not None else (0, 200, 0)
+        cv2.line(canvas, tuple(np.round(p).astype(int)), tuple(np.round(q).astype(int)), c, 1, cv2.LINE_AA)
+    cv2.imwrite(str(path), canvas)
+
+
+def _plot_pairs(reconstruction, images: Path, features: Path, matches_idx: Path, out_dir: Path, num: int) -> list[str]:
+    """Plot the pairs with most matches; green: both keypoints observe the same 3D point."""
+    from .tracks import read_features, read_index_matches
+
+    kps = read_features(features)
+    matches = read_index_matches(matches_idx)
+    by_name = {im.name: im for im in reconstruction.images.values()} if reconstruction is not None else {}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for (a, b), idx in sorted(matches.items(), key=lambda kv: -len(kv[1]))[:num]:
+        try:
+            ia, ib = read_image(Path(images) / a), read_image(Path(images) / b)
+        except ImageReadError:
+            continue
+        colors = np.tile([[0, 0, 220]], (len(idx), 1))
+        if a in by_name and b in by_name:
+            pa = np.array([p.point3D_id if p.has_point3D() else -1 for p in by_name[a].points2D])
+            pb = np.array([p.point3D_id if p.has_point3D() else -2 for p in by_name[b].points2D])
+            ok = (pa[idx[:, 0]] == pb[idx[:, 1]]) & (pa[idx[:, 0]] >= 0)
+            colors[ok] = [0, 180, 0]
+        name = f"{a.replace('/', '-')}__{b.replace('/', '-')}.png"
+        plot_matches(ia, ib, kps[a][idx[:, 0]], kps[b][idx[:, 1]], out_dir / name, colors)
+        written.append(name)
+    return written
+
+
+def main(reconstruction: Optional[pycolmap.Reconstruction], outputs: Path, images: Path, report: dict,
+         features: Optional[Path] = None, matches_idx: Optional[Path] = None, num_match_plots: int = 3) -> dict:
+    """Write model, PLY, previews and ``report.json`` (``report`` is extended with model stats)."""
+    outputs = Path(outputs)
+    outputs.mkdir(parents=True, exist_ok=True)
+    report = {**report, **model_stats(reconstruction), "versions": versions()}
+    if reconstruction is not None and reconstruction.num_reg_images() > 0:
+        write_model(reconstruction, outputs / "sparse" / "0")
+        reconstruction.export_PLY(str(outputs / "points.ply"))
+        plot_top_view(reconstruction, outputs / "preview.png")
+        report["model"] = str(outputs / "sparse" / "0")
+    if features is not None and matches_idx is not None and Path(matches_idx).exists() and num_match_plots > 0:
+        try:
+            report["match_plots"] = _plot_pairs(reconstruction, images, features, matches_idx,
+                                                outputs / "matches", num_match_plots)
+        except Exception as e:  # plots are a convenience: never fail a reconstruction for them
+            logger.warning("export: match plots failed: %s", e)
+    tmp = outputs / "report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2, default=_json_default))
+    tmp.replace(outputs / "report.json")
+    logger.info("export: %s", outputs / "report.json")
+    return report
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)

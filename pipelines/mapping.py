@@ -1,0 +1,217 @@
+"""Step 4: COLMAP database + geometric verification + incremental (or global) mapping with pycolmap.
+
+Public API
+----------
+- ``main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_mode: str = "auto",
+         mapper: str = "incremental", camera_model: str = "SIMPLE_RADIAL", min_model_size: int = 3,
+         min_num_inliers: int = 15, ransac_max_error: float = 4.0, skip_geometric_verification: bool = False,
+         num_threads: int = -1, seed: int = 0) -> MappingResult``
+- ``create_database(database: Path, images: Path, features: Path, camera_mode="auto",
+                    camera_model="SIMPLE_RADIAL") -> dict[str, int]``  (image name -> image id)
+- ``import_matches(database, image_ids, matches_idx, ...) -> VerificationStats``
+- ``camera_from_exif(path: Path, size: (W, H)) -> tuple[float, bool]``  (focal px, from EXIF?)
+- ``DEFAULT_FOCAL_FACTOR`` = 1.2: focal = 1.2 * max(W, H) px when EXIF has none (COLMAP's default;
+  a ~45 deg field of view, refined by bundle adjustment).
+
+Cameras: ``camera_mode`` 'auto' shares one camera among images of the same folder with the same
+size and the same EXIF focal (typical of one device; shared intrinsics make BA better conditioned),
+'single' one for all, 'per_folder', 'per_image'.
+
+Geometric verification is done here pair by pair with ``pycolmap.estimate_two_view_geometry`` (so
+the counts are known and the config is always set: pycolmap 4.x silently ignores two-view
+geometries left UNDEFINED). ``skip_geometric_verification`` writes all matches as inliers with an
+explicit UNCALIBRATED config.
+
+Writes ``<sfm_dir>/database.db`` and ``<sfm_dir>/models/<i>/`` (every model pycolmap made), and
+returns the largest model (most registered images).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pycolmap
+
+from .tracks import read_features, read_index_matches
+from .utils import logger
+
+DEFAULT_FOCAL_FACTOR = 1.2
+
+confs = {
+    "incremental": {"mapper": "incremental", "min_model_size": 3, "camera_mode": "auto"},
+    "global": {"mapper": "global", "min_model_size": 3, "camera_mode": "auto"},
+}
+
+
+@dataclass
+class VerificationStats:
+    num_pairs: int = 0
+    num_verified: int = 0  # pairs with a valid two-view geometry
+    mean_inliers: float = 0.0
+    configs: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class MappingResult:
+    reconstruction: Optional[pycolmap.Reconstruction]
+    image_ids: dict[str, int]
+    verification: VerificationStats
+    num_models: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def camera_from_exif(path: Path, size: tuple[int, int]) -> tuple[float, bool]:
+    """Focal length in px of an image of (W, H) = ``size``: from EXIF (35 mm equivalent, or focal
+    length + COLMAP's sensor database) if present, else ``DEFAULT_FOCAL_FACTOR * max(W, H)``."""
+    w, h = size
+    try:
+        cam = pycolmap.infer_camera_from_image(Path(path))
+        f = float(cam.mean_focal_length())
+        if cam.has_prior_focal_length and f > 0:
+            # COLMAP may read the file without EXIF rotation: rescale by the longer side, which is invariant
+            return f * max(w, h) / max(cam.width, cam.height), True
+    except Exception:  # unreadable for COLMAP (e.g. 16-bit); our reader decoded it, so use the default
+        pass
+    return DEFAULT_FOCAL_FACTOR * max(w, h), False
+
+
+def create_database(database: Path, images: Path, features: Path, camera_mode: str = "auto",
+                    camera_model: str = "SIMPLE_RADIAL") -> dict[str, int]:
+    """Create ``database`` with cameras, one trivial rig + frame per camera/image, and keypoints.
+
+    Returns {image name: image id}. Keypoints in features.h5 are already in COLMAP convention.
+    """
+    import h5py
+
+    database = Path(database)
+    database.unlink(missing_ok=True)
+    kps = read_features(features)
+    with h5py.File(features, "r") as f:
+        sizes = {n: tuple(int(v) for v in f[n].attrs["image_size"]) for n in kps}
+    image_ids: dict[str, int] = {}
+    with pycolmap.Database.open(database) as db:
+        cams: dict[tuple, int] = {}
+        rig_of_cam: dict[int, int] = {}
+        for name in sorted(kps):
+            w, h = sizes[name]
+            focal, prior = camera_from_exif(Path(images) / name, (w, h))
+            folder = str(Path(name).parent)
+            key = {"single": ("all",), "per_folder": (folder,), "per_image": (name,),
+                   "auto": (folder, w, h, round(focal, 1) if prior else None)}.get(camera_mode)
+            if key is None:
+                raise ValueError(f"camera_mode must be auto|single|per_folder|per_image, not {camera_mode!r}")
+            if camera_mode in ("single", "per_folder") and key in cams:
+                cam0 = db.read_camera(cams[key])
+                if (cam0.width, cam0.height) != (w, h):  # a shared camera needs one size
+                    key = key + (w, h)
+            if key not in cams:
+                cam = pycolmap.Camera.create_from_model_name(0, camera_model, focal, w, h)
+                cam.has_prior_focal_length = prior
+                cam_id = db.write_camera(cam)
+                rig = pycolmap.Rig()
+                rig.add_ref_sensor(pycolmap.sensor_t(pycolmap.SensorType.CAMERA, cam_id))
+                rig_of_cam[cam_id] = db.write_rig(rig)
+                cams[key] = cam_id
+            cam_id = cams[key]
+            image_id = db.write_image(pycolmap.Image(name=name, camera_id=cam_id))
+            frame = pycolmap.Frame()
+            frame.rig_id = rig_of_cam[cam_id]
+            frame.add_data_id(pycolmap.data_t(pycolmap.sensor_t(pycolmap.SensorType.CAMERA, cam_id), image_id))
+            db.write_frame(frame)
+            db.write_keypoints(image_id, np.asarray(kps[name], np.float32).reshape(-1, 2))
+            image_ids[name] = image_id
+    logger.info("mapping: database with %d images, %d cameras", len(image_ids), len(cams))
+    return image_ids
+
+
+def import_matches(database: Path, image_ids: dict[str, int], matches_idx: Path, min_num_inliers: int = 15,
+                   ransac_max_error: float = 4.0, skip_geometric_verification: bool = False,
+                   seed: int = 0) -> VerificationStats:
+    """Write raw matches and verified two-view geometries of every pair into ``database``."""
+    matches = read_index_matches(matches_idx)
+    stats = VerificationStats(num_pairs=len(matches))
+    opts = pycolmap.TwoViewGeometryOptions()
+    opts.min_num_inliers = min_num_inliers
+    opts.ransac.max_error = ransac_max_error
+    opts.ransac.random_seed = seed
+    inliers = []
+    with pycolmap.Database.open(database) as db:
+        kps = {n: db.read_keypoints(i)[:, :2] for n, i in image_ids.items()}
+        cams = {n: db.read_camera(db.read_image(i).camera_id) for n, i in image_ids.items()}
+        for (a, b), idx in matches.items():
+            if a not in image_ids or b not in image_ids or len(idx) == 0:
+                continue
+            ia, ib = image_ids[a], image_ids[b]
+            idx = np.asarray(idx, np.uint32).reshape(-1, 2)
+            db.write_matches(ia, ib, idx)
+            if skip_geometric_verification:
+                tvg = pycolmap.TwoViewGeometry()
+                tvg.inlier_matches = idx
+                tvg.config = pycolmap.TwoViewGeometryConfiguration.UNCALIBRATED  # never UNDEFINED
+            else:
+                tvg = pycolmap.estimate_two_view_geometry(cams[a], kps[a].astype(np.float64), cams[b],
+                                                          kps[b].astype(np.float64), idx, opts)
+            cfg = pycolmap.TwoViewGeometryConfiguration(int(tvg.config)).name
+            stats.configs[cfg] = stats.configs.get(cfg, 0) + 1
+            n_in = len(tvg.inlier_matches)
+            if cfg in ("UNDEFINED", "DEGENERATE") or n_in < min_num_inliers:
+                continue
+            db.write_two_view_geometry(ia, ib, tvg)
+            stats.num_verified += 1
+            inliers.append(n_in)
+    stats.mean_inliers = float(np.mean(inliers)) if inliers else 0.0
+    logger.info("mapping: %d of %d pairs verified, %.0f inliers/pair, configs %s", stats.num_verified,
+                stats.num_pairs, stats.mean_inliers, stats.configs)
+    return stats
+
+
+def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_mode: str = "auto",
+         mapper: str = "incremental", camera_model: str = "SIMPLE_RADIAL", min_model_size: int = 3,
+         min_num_inliers: int = 15, ransac_max_error: float = 4.0, skip_geometric_verification: bool = False,
+         num_threads: int = -1, seed: int = 0) -> MappingResult:
+    """Database, verification and mapping; returns the largest model (None if nothing registered)."""
+    sfm_dir = Path(sfm_dir)
+    sfm_dir.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    database = sfm_dir / "database.db"
+    image_ids = create_database(database, images, features, camera_mode, camera_model)
+    ver = import_matches(database, image_ids, matches_idx, min_num_inliers, ransac_max_error,
+                         skip_geometric_verification, seed)
+    times["verification"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    models_dir = sfm_dir / "models"
+    models_dir.mkdir(exist_ok=True)
+    pycolmap.set_random_seed(seed)
+    if ver.num_verified == 0:
+        logger.warning("mapping: no verified image pair; nothing to reconstruct")
+        return MappingResult(None, image_ids, ver, 0, times)
+    if mapper == "incremental":
+        opts = pycolmap.IncrementalPipelineOptions()
+        opts.min_model_size = min_model_size
+        opts.min_num_matches = min_num_inliers
+        opts.num_threads = num_threads
+        opts.random_seed = seed
+        models = pycolmap.incremental_mapping(database, images, models_dir, opts)
+    elif mapper == "global":
+        if not hasattr(pycolmap, "global_mapping"):
+            raise RuntimeError(f"pycolmap {pycolmap.__version__} has no global_mapping")
+        opts = pycolmap.GlobalPipelineOptions()
+        opts.min_model_size = min_model_size
+        opts.min_num_matches = min_num_inliers
+        opts.num_threads = num_threads
+        opts.random_seed = seed
+        models = pycolmap.global_mapping(database, images, models_dir, opts)
+    else:
+        raise ValueError(f"mapper must be 'incremental' or 'global', not {mapper!r}")
+    times["mapping"] = time.perf_counter() - t0
+    if not models:
+        logger.warning("mapping: pycolmap built no model")
+        return MappingResult(None, image_ids, ver, 0, times)
+    best = max(models.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))
+    logger.info("mapping: %d model(s); largest has %d/%d images, %d points", len(models), best.num_reg_images(),
+                len(image_ids), best.num_points3D())
+    return MappingResult(best, image_ids, ver, len(models), times)

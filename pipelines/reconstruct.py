@@ -1,0 +1,147 @@
+"""All steps chained: images -> pairs -> matches -> tracks -> COLMAP mapping -> export (+ evaluation).
+
+Public API (what the CLI wraps)
+-------------------------------
+``main(images: Path, outputs: Path, matcher: str | object = "sift", pairs: str = "auto",
+       pairs_file: Path | None = None, num_matched: int = 10, window: int = 5,
+       num_samples: int = 10000, cell_size: float | None = None, max_keypoints: int = 16384,
+       refine: str = "flow", mapper: str = "incremental", camera_mode: str = "auto",
+       device: str = "auto", gt_poses: Path | str | None = "auto", overwrite: bool = False,
+       num_threads: int = -1, batch_size: int = 1, progress: bool = True, verbose: bool = False,
+       seed: int = 0) -> dict``
+
+- ``matcher``: 'sift' | 'roma' | a RoMa preset name | a checkpoint path | any object with
+  ``.match(a, b)`` (see ``match.get_matcher``).
+- ``pairs``: 'auto' | 'exhaustive' | 'sequential' | 'retrieval' | 'file' (with ``pairs_file``) or
+  a path to a pairs file.
+- ``batch_size``: pairs per forward pass for matchers with ``match_many`` (RoMa).
+- ``cell_size``: quantization of tracks in px; default 2 for sparse matchers (sift), 4 for dense.
+- ``gt_poses``: a ``poses_gt.txt`` to score the model with; 'auto' uses ``<images>/../poses_gt.txt``
+  when it exists (as for ``sample_scenes/corner``).
+- Resumable: ``matches.h5`` is reused pair by pair unless ``overwrite``; the other steps are cheap
+  and always re-run.
+- Never raises for bad inputs (unreadable images, empty folder, a single image, images that do not
+  overlap): ``report['status']`` is 'ok' or 'failed' with ``report['message']``, skipped files are in
+  ``report['images_skipped']`` ({name: reason}), and ``outputs/report.json`` is always written.
+
+Outputs: ``pairs.txt``, ``matches.h5``, ``features.h5``, ``matches_idx.h5``, ``sfm/database.db``,
+``sfm/models/*``, ``sparse/0`` (bin + txt), ``points.ply``, ``preview.png``, ``matches/*.png``,
+``report.json``.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import pycolmap
+
+from . import evaluate as evaluate_
+from . import export, mapping, match, tracks
+from . import pairs as pairs_
+from .utils import Timer, logger, scan_images
+
+
+def _set_colmap_verbosity(verbose: bool) -> None:
+    try:
+        pycolmap.logging.minloglevel = 0 if verbose else 1  # 1: warnings and errors only
+    except Exception:
+        pass
+
+
+def main(images: Path, outputs: Path, matcher: Any = "sift", pairs: str = "auto", pairs_file: Optional[Path] = None,
+         num_matched: int = 10, window: int = 5, num_samples: int = 10000, cell_size: Optional[float] = None,
+         max_keypoints: int = 16384, refine: str = "flow", mapper: str = "incremental", camera_mode: str = "auto",
+         device: str = "auto", gt_poses: Union[Path, str, None] = "auto", overwrite: bool = False,
+         num_threads: int = -1, batch_size: int = 1, progress: bool = True, verbose: bool = False,
+         seed: int = 0) -> dict:
+    """Reconstruct ``images`` into ``outputs``; returns the report also written to report.json."""
+    images, outputs = Path(images), Path(outputs)
+    outputs.mkdir(parents=True, exist_ok=True)
+    _set_colmap_verbosity(verbose)
+    times: dict[str, float] = {}
+    t_start = time.perf_counter()
+    matcher_name = matcher if isinstance(matcher, (str, Path)) else type(matcher).__name__
+    report: dict = {"status": "failed", "message": "", "images": str(images), "outputs": str(outputs),
+                    "config": {"matcher": str(matcher_name), "pairs": str(pairs), "num_matched": num_matched,
+                               "num_samples": num_samples, "cell_size": cell_size, "max_keypoints": max_keypoints,
+                               "refine": refine, "mapper": mapper, "camera_mode": camera_mode, "seed": seed},
+                    "images_given": 0, "images_skipped": {}, "times": times}
+
+    def finish(message: str, reconstruction=None, ok: bool = False, **files) -> dict:
+        report["status"] = "ok" if ok else "failed"
+        report["message"] = message
+        times["total"] = time.perf_counter() - t_start
+        if not ok:
+            logger.error("reconstruct: %s", message)
+        return export.main(reconstruction, outputs, images, report, **files)
+
+    # 0) images
+    with Timer(times, "scan"):
+        try:
+            scan = scan_images(images)
+        except FileNotFoundError as e:
+            return finish(str(e))
+    report["images_given"] = len(scan.names) + len(scan.skipped)
+    report["images_skipped"] = dict(scan.skipped)
+    if len(scan.names) == 0:
+        return finish(f"no readable image in '{images}'" + (f" ({len(scan.skipped)} skipped)" if scan.skipped else ""))
+    if len(scan.names) == 1:
+        return finish(f"only one readable image in '{images}': need at least 2")
+
+    # 1) pairs
+    with Timer(times, "pairs"):
+        pair_list = pairs_.main(images, outputs / "pairs.txt", mode=str(pairs), image_list=scan.names,
+                                pairs_file=pairs_file, window=window, num_matched=num_matched)
+    report["num_pairs"] = len(pair_list)
+    if not pair_list:
+        return finish("no image pair to match")
+
+    # 2) matching (resumable)
+    matcher_obj = match.get_matcher(matcher, device=device)
+    sparse = isinstance(matcher_obj, match.SiftMatcher)
+    try:
+        with Timer(times, "match"):
+            ms = match.main(pair_list, images, outputs / "matches.h5", matcher_obj, num_samples=num_samples,
+                            seed=seed, batch_size=batch_size, overwrite=overwrite, progress=progress,
+                            skipped_images=scan.skipped)
+    except ValueError as e:  # e.g. resuming into a matches.h5 of another matcher
+        return finish(str(e))
+    report["images_skipped"].update(ms.skipped_images)
+    report["match"] = {"pairs_matched": ms.num_matched, "pairs_resumed": ms.num_resumed, "pairs_failed": ms.num_failed}
+
+    # 3) tracks
+    if cell_size is None:
+        cell_size = tracks.confs["sparse" if sparse else "dense"]["cell_size"]
+        report["config"]["cell_size"] = cell_size
+    with Timer(times, "tracks"):
+        ts = tracks.main(outputs / "matches.h5", outputs / "features.h5", outputs / "matches_idx.h5", cell_size,
+                         max_keypoints, refine, pairs=pair_list)
+    report["tracks"] = {"mean_keypoints": ts.mean_keypoints, "mean_matches": ts.mean_matches}
+    files = {"features": outputs / "features.h5", "matches_idx": outputs / "matches_idx.h5"}
+    if ts.num_images == 0:
+        return finish("no matches between any two images", **files)
+
+    # 4) mapping
+    with Timer(times, "mapping"):
+        res = mapping.main(outputs / "sfm", images, outputs / "features.h5", outputs / "matches_idx.h5",
+                           camera_mode=camera_mode, mapper=mapper, num_threads=num_threads, seed=seed)
+    times.update({f"mapping/{k}": v for k, v in res.seconds.items()})
+    report["verification"] = {"pairs": res.verification.num_pairs, "verified": res.verification.num_verified,
+                              "mean_inliers": res.verification.mean_inliers, "configs": res.verification.configs}
+    rec = res.reconstruction
+    report["images_unregistered"] = sorted(set(scan.names) - {im.name for im in rec.images.values() if im.has_pose}) \
+        if rec is not None else sorted(scan.names)
+
+    # 5) evaluation against ground truth, if any
+    gt = images.parent / "poses_gt.txt" if gt_poses == "auto" else gt_poses
+    if gt is not None and Path(gt).is_file():
+        report["evaluation"] = evaluate_.evaluate_reconstruction(rec, Path(gt))
+        report["evaluation"]["poses_gt"] = str(gt)
+    if rec is None or rec.num_reg_images() == 0:
+        msg = ("no two images could be geometrically verified (do the images overlap?)"
+               if res.verification.num_verified == 0 else "the mapper could not build a model")
+        return finish(msg, **files)
+    with Timer(times, "export"):
+        out = finish(f"registered {rec.num_reg_images()} of {len(scan.names)} images", rec, ok=True, **files)
+    return out

@@ -1,0 +1,341 @@
+"""Step 3: per-pair dense matches -> per-image keypoints shared by all pairs (+ index matches).
+
+Public API
+----------
+- ``main(matches: Path, features: Path, matches_idx: Path, cell_size: float = 4.0,
+         max_keypoints: int = 16384, refine: str = "flow", pairs: list[tuple[str, str]] | None = None)
+         -> TrackStats``
+- ``build_tracks(pair_matches: dict[(name0, name1), (kpts0, kpts1, scores)], sizes: dict[name, (W, H)],
+                 cell_size, max_keypoints, refine) -> (keypoints: dict[name, (K,2)], kp_scores: dict[name, (K,)],
+                 matches: dict[(name0, name1), ((M,2) int32, (M,) float32)])``
+- ``transfer_error(features: Path, matches_idx: Path, transfer: Callable[[str, str, (N,2)], (N,2)]) -> dict``
+- ``measure_subpixel(cell_size=8.0, num_images=3, num_samples=10000, noise=0.0, seed=0) -> dict[refine, error]``
+  (mean transfer error in px of each ``refine`` mode on a synthetic homography scene)
+- ``read_features(path) -> dict[name, (K,2)]``, ``read_index_matches(path) -> dict[(name0, name1), (M,2)]``
+
+Why: a dense matcher gives each pair its own sub-pixel points, but SfM needs one keypoint per image
+shared by every pair that sees it. Points are quantized onto a grid of ``cell_size`` px (a cell =
+a keypoint; the ``max_keypoints`` cells with most score mass are kept) and each pair keeps a
+one-to-one set of cell matches (greedy by score mass).
+
+Sub-pixel recovery (``refine``), because cell centres alone cost ~cell_size / sqrt(6) px of
+transfer error per match:
+- ``"none"``: cell centres.
+- ``"mean"``: score-weighted mean of every raw point that fell into the cell (over all pairs, so the
+  position is one per image). Exact for sparse matchers (SIFT: one keypoint per cell), no help for
+  uniformly sampled dense matches.
+- ``"flow"`` (default): starts from "mean", then enforces the matches themselves: for every cell
+  match (a, b) a local affine map A->B is fitted (weighted least squares, regularized towards a
+  translation) to the raw matches of that pair whose A point lies in cell a, and B->A likewise for
+  cell b; a few damped Jacobi sweeps move each keypoint to the average of the positions its matches
+  predict (with a weak pull to the "mean" position and a clamp to its cell). Consistent across pairs
+  because there is one position per keypoint. Measured by :func:`transfer_error` in
+  ``tests/test_pipeline_tracks.py`` on synthetic homographies.
+
+Files
+-----
+- ``features.h5``: one group per image name with ``keypoints`` ((K, 2) float32, COLMAP convention:
+  corner at (0,0), pixel centres at +0.5) and ``scores`` ((K,) float32); attrs ``image_size`` (W, H).
+- ``matches_idx.h5``: one group per pair (key ``<name0>/<name1>`` as in matches.h5) with
+  ``matches0`` ((K0,) int32, index into name1's keypoints or -1), ``matching_scores0`` ((K0,)
+  float32) (hloc's layout) and the same as pairs: ``matches`` ((M, 2) int32) and ``scores`` ((M,));
+  attrs ``name0``, ``name1``.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import h5py
+import numpy as np
+
+from .match import COORDINATES, list_pairs, consolidate
+from .utils import logger, names_to_pair
+
+Pair = tuple[str, str]
+
+confs = {
+    "dense": {"cell_size": 4.0, "max_keypoints": 16384, "refine": "flow"},
+    "sparse": {"cell_size": 2.0, "max_keypoints": 16384, "refine": "flow"},
+}
+
+
+@dataclass
+class TrackStats:
+    num_images: int = 0
+    num_pairs: int = 0
+    mean_keypoints: float = 0.0
+    mean_matches: float = 0.0
+    seconds: float = 0.0
+
+
+def _cells(xy: np.ndarray, size: tuple[int, int], cell: float) -> np.ndarray:
+    """(N, 2) pixel positions -> (N,) int64 cell ids on a grid of ``cell`` px over an image (W, H)."""
+    ncols = int(np.ceil(size[0] / cell))
+    nrows = int(np.ceil(size[1] / cell))
+    cx = np.clip(np.floor(xy[:, 0] / cell), 0, ncols - 1).astype(np.int64)
+    cy = np.clip(np.floor(xy[:, 1] / cell), 0, nrows - 1).astype(np.int64)
+    return cy * ncols + cx
+
+
+def _cell_centres(ids: np.ndarray, size: tuple[int, int], cell: float) -> np.ndarray:
+    ncols = int(np.ceil(size[0] / cell))
+    return np.stack([(ids % ncols + 0.5) * cell, (ids // ncols + 0.5) * cell], -1)
+
+
+def _local_affine(groups: np.ndarray, p: np.ndarray, q: np.ndarray, w: np.ndarray, n: int,
+                  reg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weighted LS affine q ~ M (p - pm) + qm per group id in [0, n).
+
+    Returns pm (n, 2), qm (n, 2), M (n, 2, 2). ``reg`` (px^2) ridge-regularizes the covariance
+    towards M = I, so that groups with one or collinear points fall back to a translation.
+    """
+    sw = np.bincount(groups, w, n) + 1e-12
+    pm = np.stack([np.bincount(groups, w * p[:, i], n) for i in range(2)], -1) / sw[:, None]
+    qm = np.stack([np.bincount(groups, w * q[:, i], n) for i in range(2)], -1) / sw[:, None]
+    dp, dq = p - pm[groups], q - qm[groups]
+    Cpp = np.zeros((n, 2, 2))
+    Cqp = np.zeros((n, 2, 2))
+    for i in range(2):
+        for j in range(2):
+            Cpp[:, i, j] = np.bincount(groups, w * dp[:, i] * dp[:, j], n)
+            Cqp[:, i, j] = np.bincount(groups, w * dq[:, i] * dp[:, j], n)
+    eye = np.eye(2)[None] * (reg * sw)[:, None, None]
+    M = (Cqp + eye) @ np.linalg.inv(Cpp + eye)
+    return pm, qm, M
+
+
+def build_tracks(pair_matches: dict[Pair, tuple[np.ndarray, np.ndarray, np.ndarray]],
+                 sizes: dict[str, tuple[int, int]], cell_size: float = 4.0, max_keypoints: int = 16384,
+                 refine: str = "flow", iterations: int = 50, prior_weight: float = 0.01):
+    """Quantize the raw matches of every pair onto per-image keypoints (see module docstring).
+
+    pair_matches: (name0, name1) -> (kpts0 (N,2), kpts1 (N,2), scores (N,)) in pixels.
+    Returns keypoints {name: (K,2) float32}, keypoint scores {name: (K,)}, and
+    matches {(name0, name1): (idx (M,2) int32, scores (M,) float32)}.
+    """
+    if refine not in ("none", "mean", "flow"):
+        raise ValueError(f"refine must be 'none', 'mean' or 'flow', not {refine!r}")
+    pairs = list(pair_matches)
+    # 1) per image: every raw point of every pair it is in
+    occ: dict[str, list[tuple[int, int]]] = {}  # name -> [(pair index, side)]
+    for pi, (a, b) in enumerate(pairs):
+        occ.setdefault(a, []).append((pi, 0))
+        occ.setdefault(b, []).append((pi, 1))
+    raw_kp: dict[tuple[int, int], np.ndarray] = {}  # (pair, side) -> keypoint index per raw match
+    keypoints, kp_scores, kp_mean = {}, {}, {}
+    for name, occs in occ.items():
+        size = sizes[name]
+        xy = np.concatenate([pair_matches[pairs[pi]][side] for pi, side in occs]).astype(np.float64)
+        sc = np.concatenate([pair_matches[pairs[pi]][2] for pi, _ in occs]).astype(np.float64)
+        sc = np.maximum(sc, 1e-6)
+        ids = _cells(xy, size, cell_size)
+        uniq, inv = np.unique(ids, return_inverse=True)
+        mass = np.bincount(inv, sc, len(uniq))
+        keep = np.argsort(-mass, kind="stable")[:max_keypoints]
+        keep.sort()  # keypoints in raster order of their cells
+        kp_of_uniq = np.full(len(uniq), -1, np.int64)
+        kp_of_uniq[keep] = np.arange(len(keep))
+        mean = np.stack([np.bincount(inv, sc * xy[:, i], len(uniq)) for i in range(2)], -1) / mass[:, None]
+        count = np.bincount(inv, minlength=len(uniq))
+        centres = _cell_centres(uniq[keep], size, cell_size)
+        kp_mean[name] = mean[keep]
+        keypoints[name] = centres if refine == "none" else mean[keep]
+        kp_scores[name] = (mass[keep] / count[keep]).astype(np.float32)
+        kp_all = kp_of_uniq[inv]
+        start = 0
+        for pi, side in occs:
+            n = len(pair_matches[pairs[pi]][2])
+            raw_kp[(pi, side)] = kp_all[start:start + n]
+            start += n
+    # 2) per pair: one-to-one cell matches, greedy by score mass
+    matches: dict[Pair, tuple[np.ndarray, np.ndarray]] = {}
+    for pi, (a, b) in enumerate(pairs):
+        i0, i1 = raw_kp[(pi, 0)], raw_kp[(pi, 1)]
+        sc = np.maximum(pair_matches[(a, b)][2].astype(np.float64), 1e-6)
+        valid = (i0 >= 0) & (i1 >= 0)
+        if not valid.any():
+            matches[(a, b)] = (np.zeros((0, 2), np.int32), np.zeros(0, np.float32))
+            continue
+        key = i0[valid] * len(keypoints[b]) + i1[valid]
+        uk, inv = np.unique(key, return_inverse=True)
+        mass = np.bincount(inv, sc[valid], len(uk))
+        mean_score = mass / np.bincount(inv, minlength=len(uk))
+        order = np.argsort(-mass, kind="stable")
+        m0, m1 = uk[order] // len(keypoints[b]), uk[order] % len(keypoints[b])
+        first0 = np.unique(m0, return_index=True)[1]
+        sel = np.zeros(len(order), bool)
+        sel[first0] = True
+        first1 = np.unique(np.where(sel, m1, -1 - np.arange(len(m1))), return_index=True)[1]
+        sel2 = np.zeros(len(order), bool)
+        sel2[first1] = True
+        sel &= sel2
+        idx = np.stack([m0[sel], m1[sel]], -1).astype(np.int32)
+        matches[(a, b)] = (idx, mean_score[order][sel].astype(np.float32))
+    # 3) sub-pixel refinement by match consistency
+    if refine == "flow":
+        keypoints = _refine_flow(pairs, pair_matches, raw_kp, keypoints, kp_mean, matches, sizes, cell_size,
+                                 iterations, prior_weight)
+    return ({n: k.astype(np.float32) for n, k in keypoints.items()}, kp_scores, matches)
+
+
+def _refine_flow(pairs, pair_matches, raw_kp, keypoints, prior, matches, sizes, cell, iterations, prior_weight):
+    """Damped Jacobi on  sum_e |x_b - f_e(x_a)|^2 + |x_a - g_e(x_b)|^2 + w0 sum_k |x_k - prior_k|^2."""
+    names = list(keypoints)
+    offset = dict(zip(names, np.cumsum([0] + [len(keypoints[n]) for n in names[:-1]])))
+    X = np.concatenate([keypoints[n] for n in names]).astype(np.float64)
+    P = np.concatenate([prior[n] for n in names]).astype(np.float64)
+    lo = np.concatenate([np.floor(prior[n] / cell) * cell for n in names]) - 0.5 * cell
+    hi = lo + 2.0 * cell
+    reg = cell ** 2 / 12.0 * 0.1  # a tenth of the spread of uniform points in a cell
+    src, dst, A, t = [], [], [], []  # prediction x_dst = A (x_src - ps) + qs  stored as A x_src + t
+    for pi, (a, b) in enumerate(pairs):
+        idx, _ = matches[(a, b)]
+        if not len(idx):
+            continue
+        k0, k1, sc = (np.asarray(v, np.float64) for v in pair_matches[(a, b)])
+        sc = np.maximum(sc, 1e-6)
+        for sa, sb, pa, pb, ia, s_idx, d_idx in ((a, b, k0, k1, raw_kp[(pi, 0)], idx[:, 0], idx[:, 1]),
+                                                 (b, a, k1, k0, raw_kp[(pi, 1)], idx[:, 1], idx[:, 0])):
+            # affine fit per source keypoint over this pair's raw matches whose source point is in its cell
+            ok = ia >= 0
+            pm, qm, M = _local_affine(ia[ok], pa[ok], pb[ok], sc[ok], len(keypoints[sa]), reg)
+            Ms = M[s_idx]
+            src.append(s_idx + offset[sa])
+            dst.append(d_idx + offset[sb])
+            A.append(Ms)
+            t.append(qm[s_idx] - np.einsum("nij,nj->ni", Ms, pm[s_idx]))
+    if not src:
+        return keypoints
+    src, dst = np.concatenate(src), np.concatenate(dst)
+    A, t = np.concatenate(A), np.concatenate(t)
+    deg = np.bincount(dst, minlength=len(X)).astype(np.float64)
+    for _ in range(iterations):
+        pred = np.einsum("nij,nj->ni", A, X[src]) + t
+        acc = np.stack([np.bincount(dst, pred[:, i], len(X)) for i in range(2)], -1)
+        # damping: the current position counts as much as all predictions together
+        X = (deg[:, None] * X + acc + prior_weight * P) / (2 * deg[:, None] + prior_weight)
+        X = np.clip(X, lo, hi)
+    return {n: X[offset[n]:offset[n] + len(keypoints[n])] for n in names}
+
+
+def read_features(path: Path) -> dict[str, np.ndarray]:
+    out = {}
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Group) and "keypoints" in obj:
+                out[str(obj.attrs.get("name", name))] = obj["keypoints"][()]
+        f.visititems(visit)
+    return out
+
+
+def read_index_matches(path: Path) -> dict[Pair, np.ndarray]:
+    out = {}
+    with h5py.File(path, "r") as f:
+        def visit(_, obj):
+            if isinstance(obj, h5py.Group) and "matches" in obj and "name0" in obj.attrs:
+                out[(str(obj.attrs["name0"]), str(obj.attrs["name1"]))] = obj["matches"][()]
+        f.visititems(visit)
+    return out
+
+
+def transfer_error(features: Path, matches_idx: Path,
+                   transfer: Callable[[str, str, np.ndarray], np.ndarray]) -> dict[str, float]:
+    """Error of the index matches under a ground-truth transfer (e.g. a homography).
+
+    transfer(name0, name1, xy0 (N,2)) -> xy1 (N,2) true positions in name1 (COLMAP convention).
+    Returns mean / median / rmse in px over all matches of all pairs.
+    """
+    kps = read_features(features)
+    errs = []
+    for (a, b), idx in read_index_matches(matches_idx).items():
+        if len(idx):
+            errs.append(np.linalg.norm(transfer(a, b, kps[a][idx[:, 0]].astype(np.float64)) - kps[b][idx[:, 1]], axis=1))
+    e = np.concatenate(errs) if errs else np.zeros(0)
+    return {"mean": float(e.mean()) if len(e) else float("nan"), "median": float(np.median(e)) if len(e) else float("nan"),
+            "rmse": float(np.sqrt((e ** 2).mean())) if len(e) else float("nan"), "num": int(len(e))}
+
+
+def measure_subpixel(cell_size: float = 8.0, num_images: int = 3, num_samples: int = 10000, noise: float = 0.0,
+                     seed: int = 0, size: tuple[int, int] = (480, 360)) -> dict[str, dict[str, float]]:
+    """Transfer error of the index matches per ``refine`` mode on synthetic homographies.
+
+    Every pair of ``num_images`` views related by known homographies is 'matched' by
+    :class:`~roma_sfm.pipelines.synthetic.HomographyMatcher` (uniform sub-pixel samples, like a dense
+    matcher), tracks are built, and each match is scored against the true homography.
+    """
+    from itertools import combinations
+
+    from .synthetic import HomographyMatcher, random_homographies, transfer
+
+    names = [f"{i:03d}.png" for i in range(num_images)]
+    Hs = random_homographies(names, size, seed)
+    m = HomographyMatcher(Hs, size, noise=noise)
+    pm = {(a, b): m.match(a, b).sample(num_samples, seed=seed + i) for i, (a, b) in enumerate(combinations(names, 2))}
+    sizes = {n: size for n in names}
+    out = {}
+    for refine in ("none", "mean", "flow"):
+        kps, _, matches = build_tracks(pm, sizes, cell_size, refine=refine)
+        e = np.concatenate([np.linalg.norm(transfer(Hs[a], Hs[b], kps[a][i[:, 0]].astype(np.float64)) - kps[b][i[:, 1]], axis=1)
+                            for (a, b), (i, _) in matches.items()])
+        out[refine] = {"mean": float(e.mean()), "median": float(np.median(e)), "num": int(len(e))}
+    return out
+
+
+def _atomic_h5(path: Path):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(path.name + ".tmp")
+
+
+def main(matches: Path, features: Path, matches_idx: Path, cell_size: float = 4.0, max_keypoints: int = 16384,
+         refine: str = "flow", pairs: Optional[Sequence[Pair]] = None) -> TrackStats:
+    """Read matches.h5, build shared keypoints, write features.h5 and matches_idx.h5 (atomically)."""
+    t0 = time.perf_counter()
+    matches = Path(matches)
+    consolidate(matches)  # pick up pairs a killed match run left in the journal
+    wanted = None if pairs is None else {tuple(sorted(p)) for p in pairs}
+    pair_matches, sizes = {}, {}
+    with h5py.File(matches, "r") as f:
+        for a, b in list_pairs(matches):
+            if wanted is not None and tuple(sorted((a, b))) not in wanted:
+                continue
+            g = f[names_to_pair(a, b)]
+            pair_matches[(a, b)] = (g["keypoints0"][()], g["keypoints1"][()], g["scores"][()])
+            sizes[a] = tuple(int(v) for v in g.attrs["size0"])
+            sizes[b] = tuple(int(v) for v in g.attrs["size1"])
+    kps, kp_scores, idx_matches = build_tracks(pair_matches, sizes, cell_size, max_keypoints, refine)
+    tmp = _atomic_h5(features)
+    with h5py.File(tmp, "w") as f:
+        f.attrs["coordinates"] = COORDINATES
+        f.attrs["cell_size"], f.attrs["refine"] = cell_size, refine
+        for name, k in kps.items():
+            g = f.require_group(name)
+            g.create_dataset("keypoints", data=k)
+            g.create_dataset("scores", data=kp_scores[name])
+            g.attrs["image_size"] = np.asarray(sizes[name], np.int64)
+            g.attrs["name"] = name
+    os.replace(tmp, features)
+    tmp = _atomic_h5(matches_idx)
+    with h5py.File(tmp, "w") as f:
+        for (a, b), (idx, sc) in idx_matches.items():
+            g = f.require_group(names_to_pair(a, b))
+            m0 = np.full(len(kps[a]), -1, np.int32)
+            s0 = np.zeros(len(kps[a]), np.float32)
+            m0[idx[:, 0]], s0[idx[:, 0]] = idx[:, 1], sc
+            g.create_dataset("matches0", data=m0)
+            g.create_dataset("matching_scores0", data=s0)
+            g.create_dataset("matches", data=idx)
+            g.create_dataset("scores", data=sc)
+            g.attrs["name0"], g.attrs["name1"] = a, b
+    os.replace(tmp, matches_idx)
+    stats = TrackStats(num_images=len(kps), num_pairs=len(idx_matches),
+                       mean_keypoints=float(np.mean([len(k) for k in kps.values()])) if kps else 0.0,
+                       mean_matches=float(np.mean([len(m[0]) for m in idx_matches.values()])) if idx_matches else 0.0,
+                       seconds=time.perf_counter() - t0)
+    logger.info("tracks: %d images, %.0f keypoints/image, %.0f matches/pair (cell %.1f px, refine=%s) in %.1f s",
+                stats.num_images, stats.mean_keypoints, stats.mean_matches, cell_size, refine, stats.seconds)
+    return stats

@@ -1,0 +1,137 @@
+"""matches.h5: layout, coordinate convention, resume, and survival of kill -9 mid-matching."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from itertools import combinations
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from roma_sfm.pipelines import match
+from roma_sfm.pipelines.synthetic import HomographyMatcher, make_homography_scene, transfer
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    root = tmp_path_factory.mktemp("homog")
+    Hs = make_homography_scene(root / "images", num_images=4, size=(200, 150), seed=3)
+    return root, Hs
+
+
+def test_layout_and_convention(scene, tmp_path):
+    root, Hs = scene
+    pairs = [("000.png", "001.png"), ("001.png", "002.png")]
+    m = HomographyMatcher(Hs, (200, 150))
+    st = match.main(pairs, root / "images", tmp_path / "m.h5", m, num_samples=500, progress=False)
+    assert st.num_matched == 2 and st.num_failed == 0
+    with h5py.File(tmp_path / "m.h5", "r") as f:
+        assert f.attrs["coordinates"] == match.COORDINATES
+        g = f["000.png/001.png"]  # hloc key <name0>/<name1>, a nested group
+        assert g["keypoints0"].dtype == np.float32 and g["keypoints0"].shape[1] == 2
+        assert g["scores"].shape == (len(g["keypoints0"]),)
+        assert tuple(g.attrs["size0"]) == (200, 150) and int(g.attrs["complete"]) == 1
+    k0, k1, _ = match.read_matches(tmp_path / "m.h5", "000.png", "001.png")
+    np.testing.assert_allclose(transfer(Hs["000.png"], Hs["001.png"], k0), k1, atol=1e-3)
+    r1, r0, _ = match.read_matches(tmp_path / "m.h5", "001.png", "000.png")  # reversed lookup swaps
+    np.testing.assert_array_equal(r0, k0)
+    assert not Path(str(tmp_path / "m.h5") + ".journal").exists()
+
+
+def test_names_with_subfolders(tmp_path):
+    from roma_sfm.pipelines.utils import names_to_pair
+
+    assert names_to_pair("a/x.jpg", "b/y.jpg") == "a-x.jpg/b-y.jpg"
+
+
+def test_sift_matcher_colmap_convention(scene):
+    """SIFT keypoints are shifted by +0.5 to COLMAP's convention: matches follow the true H."""
+    root, Hs = scene
+    res = match.SiftMatcher().match(root / "images" / "000.png", root / "images" / "001.png")
+    k0, k1, s = res.sample(10000)
+    assert len(k0) > 50 and res.size_A == (200, 150)
+    err = np.linalg.norm(transfer(Hs["000.png"], Hs["001.png"], k0.astype(float)) - k1, axis=1)
+    assert np.median(err) < 0.5
+
+
+def test_resume(scene, tmp_path):
+    root, Hs = scene
+    pairs = list(combinations(sorted(Hs), 2))
+    m = HomographyMatcher(Hs, (200, 150))
+    match.main(pairs[:2], root / "images", tmp_path / "m.h5", m, num_samples=100, progress=False)
+    st = match.main(pairs, root / "images", tmp_path / "m.h5", m, num_samples=100, progress=False)
+    assert st.num_resumed == 2 and st.num_matched == len(pairs) - 2
+    assert len(match.list_pairs(tmp_path / "m.h5")) == len(pairs)
+
+
+KILL_SCRIPT = """
+import sys, numpy as np
+from pathlib import Path
+from itertools import combinations
+from roma_sfm.pipelines import match
+from roma_sfm.pipelines.synthetic import HomographyMatcher, random_homographies
+match.MERGE_MIN_INTERVAL = 0.0  # merge into the h5 after every pair: kills land inside h5 writes
+names = [f"{i:03d}.png" for i in range(12)]
+Hs = random_homographies(names, (200, 150), seed=1)
+m = HomographyMatcher(Hs, (200, 150), delay=0.01)
+pairs = list(combinations(names, 2))
+match.main(pairs, Path(sys.argv[1]), Path(sys.argv[2]), m, num_samples=20000, progress=False,
+           skipped_images={})
+"""
+
+
+def test_kill9_leaves_readable_file(tmp_path):
+    from roma_sfm.pipelines.synthetic import random_homographies
+
+    names = [f"{i:03d}.png" for i in range(12)]
+    out = tmp_path / "m.h5"
+    killed_with = []
+    for delay in (0.8, 1.3):  # two kills at different moments, each resumed by the next run
+        proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(tmp_path), str(out)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        t0 = time.time()
+        while not out.exists() and time.time() - t0 < 30:
+            time.sleep(0.02)
+        time.sleep(delay)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        killed_with.append(len(match.list_pairs(out)))
+        # the file opens and every listed group is complete
+        with h5py.File(out, "r") as f:
+            assert f.attrs["coordinates"] == match.COORDINATES
+        for a, b in match.list_pairs(out):
+            k0, k1, s = match.read_matches(out, a, b)
+            assert len(k0) == len(k1) == len(s) > 0
+    assert killed_with[-1] < 66, "the run finished before it was killed; the test proves nothing"
+    # resume: the journal is merged, nothing is recomputed, all pairs end up in the file
+    Hs = random_homographies(names, (200, 150), seed=1)
+    pairs = list(combinations(names, 2))
+    st = match.main(pairs, tmp_path, out, HomographyMatcher(Hs, (200, 150)), num_samples=20000, progress=False,
+                    skipped_images={})
+    assert st.num_resumed >= killed_with[-1] and st.num_resumed + st.num_matched == len(pairs)
+    assert len(match.list_pairs(out)) == len(pairs)
+
+
+def test_unreadable_image_is_skipped(scene, tmp_path):
+    root, Hs = scene
+    img = tmp_path / "images"
+    shutil.copytree(root / "images", img)
+    (img / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    pairs = [("000.png", "bad.png"), ("000.png", "001.png")]
+    st = match.main(pairs, img, tmp_path / "m.h5", match.SiftMatcher(), progress=False)
+    assert st.num_matched == 1 and st.num_failed == 1 and "bad.png" in st.skipped_images
+    assert match.list_pairs(tmp_path / "m.h5") == [("000.png", "001.png")]
+
+
+def test_refuses_to_mix_matchers(scene, tmp_path):
+    root, Hs = scene
+    pairs = [("000.png", "001.png")]
+    match.main(pairs, root / "images", tmp_path / "m.h5", HomographyMatcher(Hs, (200, 150)), progress=False)
+    with pytest.raises(ValueError, match="another matcher"):
+        match.main(pairs, root / "images", tmp_path / "m.h5", "sift", progress=False)
+    st = match.main(pairs, root / "images", tmp_path / "m.h5", "sift", overwrite=True, progress=False)
+    assert st.num_matched == 1

@@ -1,0 +1,62 @@
+"""Tracks: shared keypoints, one-to-one matches, file layout, sub-pixel recovery measured."""
+from itertools import combinations
+
+import h5py
+import numpy as np
+
+from roma_sfm.pipelines import match, tracks
+from roma_sfm.pipelines.synthetic import HomographyMatcher, make_homography_scene, transfer
+
+
+def test_subpixel_recovery_beats_cell_centres():
+    res = tracks.measure_subpixel(cell_size=8.0, num_images=3, num_samples=8000)
+    assert res["flow"]["mean"] < 0.35 * res["none"]["mean"], res
+    assert res["mean"]["mean"] <= res["none"]["mean"] * 1.05
+    noisy = tracks.measure_subpixel(cell_size=4.0, num_images=4, num_samples=8000, noise=0.3, seed=1)
+    assert noisy["flow"]["mean"] < noisy["none"]["mean"], noisy
+
+
+def test_sparse_matches_keep_exact_positions():
+    """Sparse keypoints reused across pairs (SIFT-like) are recovered exactly by refine='mean'/'flow'."""
+    rng = np.random.default_rng(0)
+    pts = {n: rng.random((300, 2)) * [400, 300] for n in "abc"}
+    pm = {(a, b): (pts[a][:200].astype(np.float32), pts[b][:200].astype(np.float32), np.ones(200, np.float32))
+          for a, b in [("a", "b"), ("a", "c"), ("b", "c")]}
+    kps, _, m = tracks.build_tracks(pm, {n: (400, 300) for n in "abc"}, cell_size=2.0, refine="flow")
+    for (a, b), (idx, _) in m.items():
+        assert len(idx) > 190
+        # matched keypoints are the original points of the same index
+        d = np.linalg.norm(kps[a][idx[:, 0]][:, None] - pts[a][None, :200], axis=2).argmin(1)
+        e = np.linalg.norm(kps[b][idx[:, 1]][:, None] - pts[b][None, :200], axis=2).argmin(1)
+        assert (d == e).mean() > 0.98
+        err = np.linalg.norm(kps[a][idx[:, 0]] - pts[a][d], axis=1)
+        assert np.percentile(err, 95) < 1e-3  # a few cells hold two points: those are merged
+
+
+def test_files_and_transfer_error(tmp_path):
+    Hs = make_homography_scene(tmp_path / "images", num_images=3, size=(240, 180), seed=5)
+    m = HomographyMatcher(Hs, (240, 180))
+    pairs = list(combinations(sorted(Hs), 2))
+    match.main(pairs, tmp_path / "images", tmp_path / "m.h5", m, num_samples=5000, progress=False)
+    errs = {}
+    for refine in ("none", "flow"):
+        st = tracks.main(tmp_path / "m.h5", tmp_path / "f.h5", tmp_path / "mi.h5", cell_size=6.0, refine=refine)
+        assert st.num_images == 3 and st.num_pairs == 3
+        errs[refine] = tracks.transfer_error(tmp_path / "f.h5", tmp_path / "mi.h5",
+                                             lambda a, b, xy: transfer(Hs[a], Hs[b], xy))["mean"]
+    assert errs["flow"] < 0.5 * errs["none"], errs
+    with h5py.File(tmp_path / "f.h5", "r") as f, h5py.File(tmp_path / "mi.h5", "r") as g:
+        assert f["000.png/keypoints"].dtype == np.float32 and tuple(f["000.png"].attrs["image_size"]) == (240, 180)
+        grp = g["000.png/001.png"]
+        m0, idx = grp["matches0"][()], grp["matches"][()]
+        assert len(m0) == len(f["000.png/keypoints"]) and (m0[idx[:, 0]] == idx[:, 1]).all()
+        # one-to-one
+        assert len(np.unique(idx[:, 0])) == len(idx) and len(np.unique(idx[:, 1])) == len(idx)
+
+
+def test_max_keypoints():
+    rng = np.random.default_rng(0)
+    p = (rng.random((5000, 2)) * [300, 200]).astype(np.float32)
+    kps, _, _ = tracks.build_tracks({("a", "b"): (p, p + 1, np.ones(5000, np.float32))},
+                                    {"a": (300, 200), "b": (300, 200)}, cell_size=2.0, max_keypoints=500)
+    assert len(kps["a"]) == 500 and len(kps["b"]) == 500
