@@ -21,6 +21,7 @@ sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
 from _readme import write_table  # noqa: E402
 
 from roma_sfm import random_matcher  # noqa: E402
+from roma_sfm.models.dinov2 import DinoVisionTransformer  # noqa: E402
 from roma_sfm.models.roma import RoMa  # noqa: E402
 from roma_sfm.presets import get_preset  # noqa: E402
 
@@ -62,6 +63,18 @@ def main(argv=None):
             n = sum(p.numel() for p in RoMa(get_preset(preset)).parameters())
         lines.append(f"| {preset} | {setting} | {mean:.2f} ± {std:.2f} | {n / 1e6:.1f} M |")
         print(lines[-1], flush=True)
+    # the floor of the paper model: its frozen ViT-L/14 on the two 560x560 images alone
+    cfg = get_preset("roma-outdoor")
+    vit = DinoVisionTransformer(cfg.vit_dim, cfg.vit_depth, cfg.vit_heads, cfg.vit_mlp_ratio).eval()
+    x = torch.randn(2, 3, 560, 560)
+    with torch.inference_mode():
+        vit(x)
+        t = time.perf_counter()
+        vit(x)
+        t_vit = time.perf_counter() - t
+    gflop = 2 * 2 * 24 * 1601 * (12 * 1024**2 + 2 * 1601 * 1024) / 1e9
+    lines.append(f"| (DINOv2 ViT-L/14 alone) | both 560x560 images, {gflop:.0f} GFLOP | {t_vit:.2f} | 304.4 M |")
+    print(lines[-1], flush=True)
     cpu = platform.processor() or platform.machine()
     lines.append("")
     lines.append(f"Measured with `python benchmarks/speed.py` on {args.threads} CPU threads ({cpu}), "

@@ -1,13 +1,41 @@
-"""The roma-sfm command line: a thin Typer app over roma_sfm and roma_sfm.pipelines."""
+"""The roma-sfm command line: a thin Typer app over roma_sfm and roma_sfm.pipelines.
+
+Commands: ``reconstruct`` (all steps), the steps alone (``pairs``, ``match``, ``map``, ``export``),
+``eval``, ``models`` and ``train``. Every step reads and writes files, so each can be re-run alone.
+Exit codes: 0 success, 1 the run failed (message printed), 2 usage error.
+"""
 from __future__ import annotations
 
+import json
+import math
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional
+
 import typer
+import typer.exceptions
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(help="Dense RoMa matching and structure-from-motion with pycolmap.", no_args_is_help=True,
                   add_completion=False)
 console = Console()
+
+PAIR_MODES = ("auto", "exhaustive", "sequential", "retrieval")
+
+
+class Mapper(str, Enum):
+    incremental = "incremental"
+    global_ = "global"
+
+
+class CameraMode(str, Enum):
+    auto = "auto"
+    single = "single"
+    per_folder = "per_folder"
+    per_image = "per_image"
 
 
 def _version(value: bool):
@@ -51,6 +79,502 @@ def train(ctx: typer.Context):
     from roma_sfm.train.trainer import main as train_main
 
     raise typer.Exit(train_main(list(ctx.args)) or 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# shared helpers (argument handling and printing only; the work is done by roma_sfm.pipelines)
+# ------------------------------------------------------------------------------------------------
+def default_output(images: Path) -> Path:
+    """``./outputs/<scene>``: <scene> is the images folder's name, or its parent's if it is called
+    ``images`` (``sample_scenes/corner/images`` -> ``outputs/corner``)."""
+    images = Path(images).resolve()
+    name = images.parent.name if images.name.lower() == "images" and images.parent.name else images.name
+    return Path("outputs") / (name or "scene")
+
+
+def _fail(message: str, code: int = 1):
+    console.print(f"[bold red]error:[/] {escape(str(message))}")
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _guard(verbose: bool):
+    """Around pipeline calls: an unexpected exception becomes a message and exit code 1 (with
+    --verbose the traceback is shown instead)."""
+    try:
+        yield
+    except (typer.Exit, typer.Abort, typer.exceptions.TyperException):  # usage errors, exits
+        raise
+    except Exception as e:
+        if verbose:
+            raise
+        _fail(f"{type(e).__name__}: {e}")
+
+
+def _colmap_verbosity(verbose: bool) -> None:
+    import pycolmap
+
+    try:
+        pycolmap.logging.minloglevel = 0 if verbose else 1  # 1: warnings and errors only
+    except Exception:
+        pass
+
+
+def _parse_resolution(value: Optional[str]) -> Optional[tuple[int, int]]:
+    if value is None:
+        return None
+    try:
+        parts = [int(v) for v in value.lower().replace("x", " ").split()]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or any(p <= 0 or p % 14 for p in parts):
+        raise typer.BadParameter(f"'{value}': give N or HxW with multiples of 14 (e.g. 448 or 392x518)",
+                                 param_hint="--resolution")
+    return parts[0], parts[1]
+
+
+def _resolve_matcher(spec: Optional[str], resolution: Optional[str], device: str) -> Any:
+    """The --matcher value for the pipeline: a name string, or a loaded matcher when --resolution is set."""
+    from roma_sfm.presets import PRESETS
+    from roma_sfm.weights import default_checkpoint
+
+    res = _parse_resolution(resolution)
+    if spec is None:
+        if default_checkpoint().is_file():
+            spec = "roma"
+        else:
+            spec = "sift"
+            console.print(f"[yellow]note:[/] the shipped RoMa weights ({escape(str(default_checkpoint()))}) are "
+                          "not installed: matching with SIFT (choose with --matcher)")
+    low = spec.lower()
+    if low in ("sift", "sift-opencv"):
+        if res is not None:
+            console.print("[yellow]note:[/] --resolution applies to RoMa matchers only; ignored for SIFT")
+        return low
+    if low == "roma":
+        if not default_checkpoint().is_file():
+            raise typer.BadParameter(f"'roma' needs the shipped weights {default_checkpoint()}, which are not "
+                                     "installed: pass a preset with weights, a checkpoint file, or 'sift' "
+                                     "(`roma-sfm models` lists what is available)", param_hint="--matcher")
+    elif spec not in PRESETS and not Path(spec).is_file():
+        raise typer.BadParameter(f"'{spec}' is not 'roma', 'sift', a preset ({', '.join(PRESETS)}) or an "
+                                 "existing checkpoint file", param_hint="--matcher")
+    if res is None:
+        return spec
+    from roma_sfm.pipelines import match
+
+    return match.get_matcher(spec, device=device, coarse_res=res)
+
+
+def _check_pairs(value: str) -> str:
+    if value not in PAIR_MODES and not Path(value).is_file():
+        raise typer.BadParameter(f"'{value}' is neither one of {', '.join(PAIR_MODES)} nor an existing pairs file",
+                                 param_hint="--pairs")
+    return value
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return "inf" if math.isinf(v) else f"{v:.{digits}f}"
+    return str(v)
+
+
+def _finite(o: Any) -> Any:
+    """JSON-safe copy: non-finite floats -> None."""
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    return o
+
+
+def _kv_table(title: str, rows: list[tuple[str, str]]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column("", style="bold")
+    table.add_column("")
+    for k, v in rows:
+        table.add_row(escape(k), escape(v))
+    return table
+
+
+def _print_report(report: dict, title: str) -> None:
+    """Summary table of a report as written by ``pipelines.export.main``."""
+    out = Path(report.get("outputs", "."))
+    rows = [("status", f"{report.get('status')}: {report.get('message', '')}")]
+    if "images_given" in report:
+        rows.append(("images given / skipped / registered",
+                     f"{report['images_given']} / {len(report.get('images_skipped', {}))} / "
+                     f"{report.get('images_registered', 0)}"))
+    else:
+        rows.append(("images registered", str(report.get("images_registered", 0))))
+    for name, reason in sorted(report.get("images_skipped", {}).items()):
+        rows.append(("  skipped", f"{name}: {reason}"))
+    if report.get("images_unregistered"):
+        rows.append(("  not registered", ", ".join(report["images_unregistered"])))
+    if "match" in report:
+        m = report["match"]
+        rows.append(("pairs matched / resumed / failed",
+                     f"{m['pairs_matched']} / {m['pairs_resumed']} / {m['pairs_failed']}"))
+    if "verification" in report:
+        v = report["verification"]
+        rows.append(("pairs verified", f"{v['verified']} of {v['pairs']} ({v['mean_inliers']:.0f} inliers/pair)"))
+    if report.get("images_registered"):
+        rows += [("3D points", str(report.get("points", 0))),
+                 ("mean track length", _fmt(report.get("mean_track_length"))),
+                 ("mean reprojection error (px)", _fmt(report.get("mean_reprojection_error"), 3))]
+    ev = report.get("evaluation")
+    if ev:
+        aucs = [k for k in ev if k.startswith("auc@")]
+        rows.append((f"AUC@{'/'.join(k[4:] for k in aucs)} deg", " / ".join(f"{ev[k]:.1f}" for k in aucs)
+                     + f"  ({ev['registered']} of {ev['images']} GT images registered)"))
+        rows.append(("ground truth", str(ev.get("poses_gt", ""))))
+    times = report.get("times") or {}
+    steps = [k for k in ("scan", "pairs", "match", "tracks", "mapping", "export") if k in times]
+    if steps:
+        rows.append(("time (s)", ", ".join(f"{k} {times[k]:.1f}" for k in steps)
+                     + (f"; total {times['total']:.1f}" if "total" in times else "")))
+    files = [("model (COLMAP)", report.get("model")), ("points", out / "points.ply"),
+             ("preview", out / "preview.png"), ("report", out / "report.json")]
+    for label, path in files:
+        if path is not None and Path(path).exists():
+            rows.append((label, str(path)))
+    console.print(_kv_table(title, rows))
+
+
+# ------------------------------------------------------------------------------------------------
+# options shared by several commands
+# ------------------------------------------------------------------------------------------------
+IMAGES_ARG = typer.Argument(..., exists=True, file_okay=False, dir_okay=True, show_default=False,
+                            help="Folder of images (searched recursively; names are relative to it).")
+MATCHER_HELP = ("'roma' (the shipped model), a preset name (roma-tiny, roma-outdoor, roma-indoor; "
+                "`roma-sfm models`), a checkpoint file (.safetensors or public .pth), or 'sift' "
+                "('sift-opencv' for OpenCV's SIFT defaults). Default: roma if the shipped weights are "
+                "installed, else sift (with a notice).")
+RESOLUTION_HELP = ("RoMa coarse resolution: N or HxW, multiples of 14 (default: the preset's, 448 for "
+                   "roma-tiny, 560 for the paper models).")
+DEVICE_HELP = "Torch device for RoMa: auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ..."
+NUM_SAMPLES_HELP = "Matches sampled per pair from RoMa's dense warp (SIFT keeps at most this many)."
+NUM_THREADS_HELP = "Threads for COLMAP's verification and mapping (-1: all cores)."
+VERBOSE_HELP = "Show COLMAP's own log, and full tracebacks on errors."
+POSES_GT_HELP = ("Ground-truth cameras (`name fx fy cx cy qw qx qy qz tx ty tz`) to score the model with: "
+                 "'auto' uses IMAGES/../poses_gt.txt if it exists, 'none' skips.")
+
+
+def _gt(value: str) -> Any:
+    if value.lower() == "none":
+        return None
+    if value != "auto" and not Path(value).is_file():
+        raise typer.BadParameter(f"'{value}' is not a file (or 'auto' / 'none')", param_hint="--poses-gt")
+    return value if value == "auto" else Path(value)
+
+
+# ------------------------------------------------------------------------------------------------
+# reconstruct: all steps
+# ------------------------------------------------------------------------------------------------
+@app.command()
+def reconstruct(
+    images: Path = IMAGES_ARG,
+    output: Optional[Path] = typer.Option(None, "-o", "--output", file_okay=False, show_default=False,
+                                          help="Output folder (default: ./outputs/<scene>, <scene> = the images "
+                                               "folder's name, or its parent's if it is called 'images')."),
+    matcher: Optional[str] = typer.Option(None, "--matcher", "-m", show_default=False, help=MATCHER_HELP),
+    pairs: str = typer.Option("auto", "--pairs", help="Which pairs to match: auto (exhaustive up to 30 images, "
+                              "else retrieval), exhaustive, sequential, retrieval, or a pairs file "
+                              "(`name0 name1` per line)."),
+    num_matched: int = typer.Option(10, "--num-matched", min=1, help="Retrieval: pairs per image."),
+    resolution: Optional[str] = typer.Option(None, "--resolution", show_default=False, help=RESOLUTION_HELP),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    mapper: Mapper = typer.Option(Mapper.incremental, "--mapper", help="COLMAP mapper: incremental or global."),
+    max_keypoints: int = typer.Option(16384, "--max-keypoints", min=1,
+                                      help="Keypoints kept per image when matches are merged into tracks."),
+    cell_size: Optional[float] = typer.Option(None, "--cell-size", min=0.5, show_default=False,
+                                              help="Track grid in px: matches in one cell of an image share one "
+                                                   "keypoint (default: 2 for sift, 4 for RoMa)."),
+    num_samples: int = typer.Option(10000, "--num-samples", min=1, help=NUM_SAMPLES_HELP),
+    batch_size: int = typer.Option(1, "--batch-size", min=1, help="RoMa: pairs per forward pass."),
+    camera_mode: CameraMode = typer.Option(CameraMode.auto, "--camera-mode",
+                                           help="Camera sharing: auto (same folder, size and EXIF focal), single, "
+                                                "per_folder, per_image."),
+    poses_gt: str = typer.Option("auto", "--poses-gt", help=POSES_GT_HELP),
+    num_threads: int = typer.Option(-1, "--num-threads", help=NUM_THREADS_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Match every pair again instead of resuming from "
+                                   "OUT/matches.h5 (the other steps always re-run)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
+):
+    """Reconstruct a folder of images: pairs -> matches -> tracks -> COLMAP mapping -> export.
+
+    Writes OUT/sparse/0 (COLMAP binary + text), points.ply, preview.png and report.json.
+
+    Matching resumes where a previous run into the same OUT stopped (see --overwrite).
+
+    Exit code 0 on success, 1 if the reconstruction failed (report.json says why), 2 on usage errors.
+    """
+    from roma_sfm.pipelines import reconstruct as reconstruct_
+
+    out = output or default_output(images)
+    _check_pairs(pairs)
+    gt = _gt(poses_gt)
+    with _guard(verbose):
+        m = _resolve_matcher(matcher, resolution, device)
+        console.print(f"reconstructing [bold]{escape(str(images))}[/] -> [bold]{escape(str(out))}[/] "
+                      f"(matcher: {escape(str(m if isinstance(m, str) else getattr(m, 'name', m)))})")
+        report = reconstruct_.main(images, out, matcher=m, pairs=pairs, num_matched=num_matched,
+                                   num_samples=num_samples, cell_size=cell_size, max_keypoints=max_keypoints,
+                                   mapper=mapper.value, camera_mode=camera_mode.value, device=device, gt_poses=gt,
+                                   overwrite=overwrite, num_threads=num_threads, batch_size=batch_size,
+                                   verbose=verbose)
+    _print_report(report, "roma-sfm reconstruct")
+    if report["status"] != "ok":
+        _fail(report["message"])
+
+
+# ------------------------------------------------------------------------------------------------
+# the steps alone
+# ------------------------------------------------------------------------------------------------
+@app.command("pairs")
+def pairs_cmd(
+    images: Path = IMAGES_ARG,
+    output: Optional[Path] = typer.Option(None, "-o", "--output", dir_okay=False, show_default=False,
+                                          help="Pairs file to write (default: ./outputs/<scene>/pairs.txt)."),
+    mode: str = typer.Option("auto", "--mode", help="auto (exhaustive up to 30 images, else retrieval), "
+                             "exhaustive, sequential, retrieval, or a pairs file to filter to the readable "
+                             "images of IMAGES."),
+    num_matched: int = typer.Option(10, "--num-matched", min=1, help="Retrieval: pairs per image."),
+    window: int = typer.Option(5, "--window", min=1, help="Sequential: successors matched per image (plus "
+                               "quadratic overlap)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
+):
+    """Choose the image pairs to match and write them as `name0 name1` lines."""
+    from roma_sfm.pipelines import pairs as pairs_
+
+    if mode not in PAIR_MODES and not Path(mode).is_file():
+        raise typer.BadParameter(f"'{mode}' is neither one of {', '.join(PAIR_MODES)} nor an existing pairs file",
+                                 param_hint="--mode")
+    out = output or default_output(images) / "pairs.txt"
+    with _guard(verbose):
+        pair_list = pairs_.main(images, out, mode=mode, window=window, num_matched=num_matched)
+    if not pair_list:
+        _fail(f"no image pair in '{images}' (need at least 2 images)")
+    console.print(f"{len(pair_list)} pairs of {len({n for p in pair_list for n in p})} images -> "
+                  f"[bold]{escape(str(out))}[/]")
+
+
+@app.command("match")
+def match_cmd(
+    images: Path = IMAGES_ARG,
+    pairs: Optional[Path] = typer.Option(None, "--pairs", exists=True, dir_okay=False, show_default=False,
+                                         help="Pairs file (`name0 name1` per line, names relative to IMAGES). "
+                                              "Default: pairs of mode auto, written to pairs.txt next to OUTPUT."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", dir_okay=False, show_default=False,
+                                          help="matches.h5 to write (default: ./outputs/<scene>/matches.h5)."),
+    matcher: Optional[str] = typer.Option(None, "--matcher", "-m", show_default=False, help=MATCHER_HELP),
+    resolution: Optional[str] = typer.Option(None, "--resolution", show_default=False, help=RESOLUTION_HELP),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    num_samples: int = typer.Option(10000, "--num-samples", min=1, help=NUM_SAMPLES_HELP),
+    batch_size: int = typer.Option(1, "--batch-size", min=1, help="RoMa: pairs per forward pass."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start OUTPUT afresh instead of resuming the pairs "
+                                   "already in it."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
+):
+    """Match image pairs into matches.h5 (hloc dense layout; resumable, crash safe)."""
+    from roma_sfm.pipelines import match, pairs as pairs_
+
+    out = output or default_output(images) / "matches.h5"
+    with _guard(verbose):
+        m = match.get_matcher(_resolve_matcher(matcher, resolution, device), device=device)  # load errors first
+        if pairs is None:
+            pairs = out.parent / "pairs.txt"
+            pair_list = pairs_.main(images, pairs, mode="auto")
+            console.print(f"{len(pair_list)} pairs (auto) -> {escape(str(pairs))}")
+        else:
+            pair_list = pairs
+        try:
+            stats = match.main(pair_list, images, out, m, num_samples=num_samples, batch_size=batch_size,
+                               overwrite=overwrite, device=device)
+        except ValueError as e:  # e.g. OUTPUT holds matches of another matcher
+            _fail(f"{e} (CLI: --overwrite)")
+    rows = [("pairs", str(stats.num_pairs)),
+            ("matched / resumed / failed", f"{stats.num_matched} / {stats.num_resumed} / {stats.num_failed}")]
+    rows += [("  skipped", f"{k}: {v}") for k, v in sorted(stats.skipped_images.items())]
+    rows += [("time (s)", f"{stats.seconds:.1f}"), ("matches", str(out))]
+    console.print(_kv_table("roma-sfm match", rows))
+    if stats.num_pairs == 0 or stats.num_matched + stats.num_resumed == 0:
+        _fail("no pair was matched")
+
+
+@app.command("map")
+def map_cmd(
+    images: Path = IMAGES_ARG,
+    matches: Optional[Path] = typer.Option(None, "--matches", show_default=False, dir_okay=False,
+                                           help="matches.h5 of `roma-sfm match` (default: OUTPUT/matches.h5)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", file_okay=False, show_default=False,
+                                          help="Output folder (default: ./outputs/<scene>)."),
+    cell_size: Optional[float] = typer.Option(None, "--cell-size", min=0.5, show_default=False,
+                                              help="Track grid in px (default: 2 if matches.h5 holds SIFT "
+                                                   "matches, else 4)."),
+    max_keypoints: int = typer.Option(16384, "--max-keypoints", min=1, help="Keypoints kept per image."),
+    mapper: Mapper = typer.Option(Mapper.incremental, "--mapper", help="COLMAP mapper: incremental or global."),
+    camera_mode: CameraMode = typer.Option(CameraMode.auto, "--camera-mode",
+                                           help="Camera sharing: auto, single, per_folder, per_image."),
+    num_threads: int = typer.Option(-1, "--num-threads", help=NUM_THREADS_HELP),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
+):
+    """Map matches.h5 into a COLMAP model (tracks, database, verification, mapping).
+
+    Writes OUTPUT/features.h5, matches_idx.h5, sfm/ (database.db, models/) and sparse/0 (the largest model).
+    """
+    import h5py
+
+    from roma_sfm.pipelines import export, mapping, tracks
+
+    out = output or default_output(images)
+    matches = matches or out / "matches.h5"
+    if not matches.is_file():
+        raise typer.BadParameter(f"'{matches}' does not exist (run `roma-sfm match` first)", param_hint="--matches")
+    _colmap_verbosity(verbose)
+    with _guard(verbose):
+        if cell_size is None:
+            with h5py.File(matches, "r") as f:
+                kind = "sparse" if str(f.attrs.get("matcher", "")).startswith("sift") else "dense"
+            cell_size = tracks.confs[kind]["cell_size"]
+        features, matches_idx = out / "features.h5", out / "matches_idx.h5"
+        ts = tracks.main(matches, features, matches_idx, cell_size, max_keypoints)
+        if ts.num_images == 0:
+            _fail(f"no matches between any two images in '{matches}'")
+        res = mapping.main(out / "sfm", images, features, matches_idx, camera_mode=camera_mode.value,
+                           mapper=mapper.value, num_threads=num_threads)
+        rec, ver = res.reconstruction, res.verification
+        rows = [("images with matches", str(ts.num_images)),
+                ("keypoints / image, matches / pair", f"{ts.mean_keypoints:.0f}, {ts.mean_matches:.0f} "
+                                                      f"(cell {cell_size:g} px)"),
+                ("pairs verified", f"{ver.num_verified} of {ver.num_pairs} ({ver.mean_inliers:.0f} inliers/pair)"),
+                ("models", str(res.num_models))]
+        if rec is None or rec.num_reg_images() == 0:
+            console.print(_kv_table("roma-sfm map", rows))
+            _fail("no two images could be geometrically verified (do the images overlap?)"
+                  if ver.num_verified == 0 else "the mapper could not build a model")
+        export.write_model(rec, out / "sparse" / "0")
+        stats = export.model_stats(rec)
+    rows += [("images registered", f"{stats['images_registered']} of {len(res.image_ids)}"),
+             ("3D points", str(stats["points"])), ("mean track length", _fmt(stats["mean_track_length"])),
+             ("mean reprojection error (px)", _fmt(stats["mean_reprojection_error"], 3)),
+             ("time (s)", ", ".join(f"{k} {v:.1f}" for k, v in {"tracks": ts.seconds, **res.seconds}.items())),
+             ("model (COLMAP)", str(out / "sparse" / "0")), ("database", str(out / "sfm" / "database.db"))]
+    console.print(_kv_table("roma-sfm map", rows))
+
+
+@app.command("export")
+def export_cmd(
+    images: Path = IMAGES_ARG,
+    model: Optional[Path] = typer.Option(None, "--model", file_okay=False, show_default=False,
+                                         help="COLMAP model folder to export (default: OUTPUT/sparse/0)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", file_okay=False, show_default=False,
+                                          help="Output folder (default: ./outputs/<scene>)."),
+    poses_gt: str = typer.Option("auto", "--poses-gt", help=POSES_GT_HELP),
+    match_plots: int = typer.Option(3, "--match-plots", min=0,
+                                    help="Plot the matches of this many pairs into OUTPUT/matches/ (needs "
+                                         "OUTPUT/features.h5 and matches_idx.h5)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
+):
+    """Export a COLMAP model: OUTPUT/sparse/0 (binary + text), points.ply, preview.png, report.json.
+
+    Scores the model when ground-truth cameras are found (--poses-gt).
+    """
+    import pycolmap
+
+    from roma_sfm.pipelines import evaluate, export
+
+    out = output or default_output(images)
+    model = model or out / "sparse" / "0"
+    if not model.is_dir():
+        raise typer.BadParameter(f"'{model}' is not a folder (run `roma-sfm map` first)", param_hint="--model")
+    gt = _gt(poses_gt)
+    gt = images.parent / "poses_gt.txt" if gt == "auto" else gt
+    with _guard(verbose):
+        rec = pycolmap.Reconstruction(str(model))
+        n = rec.num_reg_images()
+        report: dict = {"status": "ok" if n else "failed",
+                        "message": f"registered {n} images" if n else f"no registered image in '{model}'",
+                        "images": str(images), "outputs": str(out), "source_model": str(model)}
+        if gt is not None and Path(gt).is_file():
+            report["evaluation"] = {**evaluate.evaluate_reconstruction(rec, Path(gt)), "poses_gt": str(gt)}
+        files = {"features": out / "features.h5", "matches_idx": out / "matches_idx.h5"}
+        if not all(p.is_file() for p in files.values()):
+            files = {}
+        report = export.main(rec, out, images, report, num_match_plots=match_plots, **files)
+    _print_report(report, "roma-sfm export")
+    if report["status"] != "ok":
+        _fail(report["message"])
+
+
+# ------------------------------------------------------------------------------------------------
+# eval
+# ------------------------------------------------------------------------------------------------
+@app.command("eval")
+def eval_cmd(
+    model: Optional[Path] = typer.Option(None, "--model", exists=True, file_okay=False, show_default=False,
+                                         help="COLMAP model folder to score (an output folder holding sparse/0 "
+                                              "works too); needs --poses-gt."),
+    poses_gt: Optional[Path] = typer.Option(None, "--poses-gt", exists=True, dir_okay=False, show_default=False,
+                                            help="GT cameras, `name fx fy cx cy qw qx qy qz tx ty tz` per line."),
+    matches: Optional[Path] = typer.Option(None, "--matches", exists=True, dir_okay=False, show_default=False,
+                                           help="matches.h5 to score; needs --pairs-gt."),
+    pairs_gt: Optional[Path] = typer.Option(None, "--pairs-gt", exists=True, dir_okay=False, show_default=False,
+                                            help="GT pairs in the 38-field SuperGlue/LoFTR format."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", exists=True, file_okay=False,
+                                             show_default=False,
+                                             help="The folder the paths in --pairs-gt are relative to, when "
+                                                  "matches.h5 was made from it (`roma-sfm match DIR --pairs "
+                                                  "PAIRS_GT`): names are then the GT paths as written. Without "
+                                                  "it each path is cut to the part after 'images/' (matches.h5 "
+                                                  "of one scene's images folder)."),
+    json_file: Optional[Path] = typer.Option(None, "--json", dir_okay=False, show_default=False,
+                                             help="Also write the numbers to this JSON file."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
+):
+    """Score a reconstruction (--model, --poses-gt) and/or matches (--matches, --pairs-gt).
+
+    Model: registered images and relative-pose AUC@3/5/10 deg over all pairs of GT images.
+
+    Matches: essential-matrix RANSAC per GT pair, relative-pose AUC@5/10/20 deg.
+    """
+    from roma_sfm.pipelines import evaluate
+
+    if model is None and matches is None:
+        raise typer.BadParameter("give --model with --poses-gt, and/or --matches with --pairs-gt")
+    if model is not None and poses_gt is None:
+        raise typer.BadParameter("--model needs --poses-gt", param_hint="--poses-gt")
+    if matches is not None and pairs_gt is None:
+        raise typer.BadParameter("--matches needs --pairs-gt", param_hint="--pairs-gt")
+    results: dict = {}
+    with _guard(verbose):
+        if model is not None:
+            if not any((model / f).is_file() for f in ("cameras.bin", "cameras.txt")) and (model / "sparse" / "0").is_dir():
+                model = model / "sparse" / "0"
+            ev = evaluate.evaluate_reconstruction(model, poses_gt)
+            results["reconstruction"] = {"model": str(model), "poses_gt": str(poses_gt), **ev}
+            rows = [("model", str(model)), ("registered", f"{ev['registered']} of {ev['images']} GT images")]
+            rows += [(f"AUC@{k[4:]} deg", f"{v:.1f}") for k, v in ev.items() if k.startswith("auc@")]
+            rows += [("median rotation / translation error (deg)",
+                      f"{_fmt(ev['median_rot_err'])} / {_fmt(ev['median_t_err'])}")]
+            console.print(_kv_table("reconstruction vs GT cameras", rows))
+        if matches is not None:
+            name_fn = (lambda p: p) if data_root is not None else evaluate.strip_to_images
+            ev = evaluate.evaluate_matches(matches, pairs_gt, name_fn=name_fn)
+            results["matches"] = {"matches": str(matches), "pairs_gt": str(pairs_gt), **ev}
+            rows = [("matches", str(matches)), ("GT pairs", f"{ev['pairs']} ({ev['missing']} without matches)")]
+            rows += [(f"AUC@{k[4:]} deg", f"{v:.1f}") for k, v in ev.items() if k.startswith("auc@")]
+            console.print(_kv_table("matches vs GT pairs (relative pose)", rows))
+    if json_file is not None:
+        json_file.parent.mkdir(parents=True, exist_ok=True)
+        json_file.write_text(json.dumps(_finite(results), indent=2))
+        console.print(f"-> {escape(str(json_file))}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,13 @@
 """The CLI is installed as `roma-sfm` and its commands answer."""
+import json
 import subprocess
 import sys
+from pathlib import Path
 
+import h5py
+import numpy as np
+import pycolmap
+import pytest
 from typer.testing import CliRunner
 
 from roma_sfm.cli.main import app
@@ -37,3 +43,140 @@ def test_cli_and_pipelines_are_not_top_level():
     for name in ("cli", "pipelines"):
         spec = importlib.util.find_spec(name)
         assert spec is None or "site-packages" not in str(spec.origin)
+
+
+# ------------------------------------------------------------------------------------------------
+# reconstruction commands on the sample scene (SIFT: no weights needed; ~10 s per reconstruction)
+# ------------------------------------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+SCENE = ROOT / "sample_scenes" / "corner"
+IMAGES = SCENE / "images"
+ENV = {"COLUMNS": "200"}
+COMMANDS = ("reconstruct", "pairs", "match", "map", "export", "eval")
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args], env=ENV)
+
+
+@pytest.fixture(scope="module")
+def recon(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "corner"
+    res = invoke("reconstruct", IMAGES, "-o", out, "--matcher", "sift", "--num-threads", 1)
+    return out, res
+
+
+def test_reconstruct_sample_scene_with_sift(recon):
+    out, res = recon
+    assert res.exit_code == 0, res.output
+    assert "registered 8 of 8 images" in res.output and "AUC@3/5/10" in res.output
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["status"] == "ok" and rep["images_given"] == 8 and rep["images_registered"] == 8
+    assert rep["config"]["matcher"] == "sift" and rep["evaluation"]["auc@5"] > 90
+    for f in ("cameras", "images", "points3D"):
+        assert (out / "sparse" / "0" / f"{f}.bin").is_file() and (out / "sparse" / "0" / f"{f}.txt").is_file()
+    rec = pycolmap.Reconstruction(str(out / "sparse" / "0"))
+    assert rec.num_reg_images() == 8 and rec.num_points3D() == rep["points"] > 500
+    header = (out / "points.ply").read_bytes()[:300].decode("ascii", "replace")
+    assert header.startswith("ply") and f"element vertex {rep['points']}" in header
+    assert (out / "preview.png").is_file()
+
+
+def test_steps_chained_reproduce_the_model(recon, tmp_path):
+    out = tmp_path / "steps"
+    res = invoke("pairs", IMAGES, "-o", out / "pairs.txt", "--mode", "exhaustive")
+    assert res.exit_code == 0, res.output
+    assert len((out / "pairs.txt").read_text().splitlines()) == 28
+    res = invoke("match", IMAGES, "--pairs", out / "pairs.txt", "-o", out / "matches.h5", "--matcher", "sift")
+    assert res.exit_code == 0, res.output
+    with h5py.File(out / "matches.h5", "r") as f:
+        assert f.attrs["matcher"].startswith("sift") and len(f["0000.jpg"]) == 7
+        g = f["0000.jpg/0001.jpg"]
+        assert g["keypoints0"].dtype == np.float32 and g["keypoints0"].shape[1] == 2 and len(g["scores"]) > 100
+    res = invoke("map", IMAGES, "--matches", out / "matches.h5", "-o", out, "--num-threads", 1)
+    assert res.exit_code == 0, res.output
+    assert (out / "features.h5").is_file() and (out / "sfm" / "database.db").is_file()
+    assert pycolmap.Reconstruction(str(out / "sparse" / "0")).num_reg_images() == 8
+    res = invoke("export", IMAGES, "-o", out)
+    assert res.exit_code == 0, res.output
+    rep = json.loads((out / "report.json").read_text())
+    ref = json.loads((recon[0] / "report.json").read_text())
+    assert rep["status"] == "ok" and rep["images_registered"] == 8 and (out / "points.ply").is_file()
+    assert abs(rep["points"] - ref["points"]) <= 0.1 * ref["points"]
+    assert rep["evaluation"]["auc@5"] > 90
+
+
+def test_eval_model_and_matches(recon, tmp_path):
+    out, _ = recon
+    res = invoke("eval", "--model", out, "--poses-gt", SCENE / "poses_gt.txt", "--json", tmp_path / "ev.json")
+    assert res.exit_code == 0, res.output
+    assert "AUC@3 deg" in res.output and "8 of 8 GT images" in res.output
+    ev = json.loads((tmp_path / "ev.json").read_text())["reconstruction"]
+    assert ev["registered"] == 8 and ev["auc@3"] > 90
+    # GT pairs (38-field format) from the scene's GT cameras; paths as a data root would name them
+    from roma_sfm.pipelines.evaluate import read_poses_gt
+
+    cams = read_poses_gt(SCENE / "poses_gt.txt")
+    lines = []
+    for a, b in (("0000.jpg", "0001.jpg"), ("0002.jpg", "0004.jpg"), ("0005.jpg", "0006.jpg")):
+        R = cams[b].R @ cams[a].R.T
+        T = np.eye(4)
+        T[:3, :3], T[:3, 3] = R, cams[b].t - R @ cams[a].t
+        vals = [0, 0, *cams[a].K.ravel(), *cams[b].K.ravel(), *T.ravel()]
+        lines.append(f"corner/images/{a} corner/images/{b} " + " ".join(f"{v:.12g}" for v in vals))
+    (tmp_path / "pairs_gt.txt").write_text("\n".join(lines) + "\n")
+    res = invoke("eval", "--matches", out / "matches.h5", "--pairs-gt", tmp_path / "pairs_gt.txt",
+                 "--json", tmp_path / "ev.json")
+    assert res.exit_code == 0, res.output
+    assert "AUC@20 deg" in res.output
+    ev = json.loads((tmp_path / "ev.json").read_text())["matches"]
+    assert ev["pairs"] == 3 and ev["missing"] == 0 and ev["auc@20"] > 50
+
+
+def test_reconstruct_empty_folder_fails_with_exit_1(tmp_path, monkeypatch):
+    import roma_sfm.weights
+
+    # no shipped weights: the default matcher falls back to SIFT with a notice
+    monkeypatch.setattr(roma_sfm.weights, "default_checkpoint", lambda: tmp_path / "absent.safetensors")
+    (tmp_path / "empty").mkdir()
+    res = invoke("reconstruct", tmp_path / "empty", "-o", tmp_path / "out")
+    assert res.exit_code == 1
+    assert "matching with SIFT" in res.output and "error: no readable image" in res.output
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert rep["status"] == "failed" and "no readable image" in rep["message"]
+
+
+def test_usage_errors_exit_2(tmp_path):
+    assert invoke("reconstruct", tmp_path / "missing").exit_code == 2
+    assert invoke("reconstruct", IMAGES, "-o", tmp_path, "--pairs", "nope").exit_code == 2
+    assert invoke("reconstruct", IMAGES, "-o", tmp_path, "--matcher", "nope").exit_code == 2
+    assert invoke("match", IMAGES, "-o", tmp_path / "m.h5", "--matcher", "sift-opencv",
+                  "--resolution", "500").exit_code == 2
+    assert invoke("eval").exit_code == 2
+    assert invoke("eval", "--model", tmp_path).exit_code == 2
+    assert not any(tmp_path.iterdir())  # nothing ran
+
+
+def test_match_with_a_roma_checkpoint_and_resolution(tmp_path):
+    import torch
+
+    from conftest import micro_config
+    from roma_sfm import save_checkpoint
+    from roma_sfm.models.roma import RoMa
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "micro.safetensors", RoMa(micro_config()).eval())
+    (tmp_path / "pairs.txt").write_text("0000.jpg 0001.jpg\n0001.jpg 0002.jpg\n")
+    res = invoke("match", IMAGES, "--pairs", tmp_path / "pairs.txt", "-o", tmp_path / "matches.h5",
+                 "--matcher", ckpt, "--resolution", "56x70", "--num-samples", 200, "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    with h5py.File(tmp_path / "matches.h5", "r") as f:
+        assert f.attrs["matcher"] == "micro"
+        g = f["0001.jpg/0002.jpg"]
+        assert len(g["scores"]) == 200 and tuple(g.attrs["size0"]) == (480, 360)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command):
+    res = invoke(command, "--help")
+    assert res.exit_code == 0 and "Usage" in res.output and "--" in res.output
