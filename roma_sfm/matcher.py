@@ -46,12 +46,21 @@ def to_tensor(rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     return (t - mean) / std
 
 
-def kde_density(x: torch.Tensor, std: float = 0.1, chunk: int = 4096) -> torch.Tensor:
-    """Gaussian KDE of each row of x (N, D) over all rows, chunked to bound memory -> (N,)."""
+def kde_density(x: torch.Tensor, std: float = 0.1, max_ref: int = 2500, chunk: int = 4096,
+                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Gaussian KDE of each row of x (N, D) over all rows -> (N,), as sum_j exp(-|x - x_j|^2 / 2 std^2).
+
+    Above ``max_ref`` rows the sum runs over a random subset, scaled by N / max_ref: an unbiased
+    estimate at O(N * max_ref) instead of O(N^2) (40000 candidates: ~15x faster).
+    """
+    ref = x
+    if x.shape[0] > max_ref:
+        ref = x[torch.randperm(x.shape[0], generator=generator)[:max_ref]]
+    scale = x.shape[0] / ref.shape[0]
     out = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
     for i in range(0, x.shape[0], chunk):
-        d2 = torch.cdist(x[i:i + chunk], x) ** 2
-        out[i:i + chunk] = torch.exp(-d2 / (2 * std**2)).sum(dim=1)
+        d2 = torch.cdist(x[i:i + chunk], ref) ** 2
+        out[i:i + chunk] = torch.exp(-d2 / (2 * std**2)).sum(dim=1) * scale
     return out
 
 
@@ -95,7 +104,7 @@ class MatchResult:
         n_cand = min((4 if balanced else 1) * num, n_nonzero)
         idx = torch.multinomial(weights, n_cand, replacement=False, generator=gen)
         if balanced:
-            density = kde_density(matches[idx], std=0.1)
+            density = kde_density(matches[idx], std=0.1, generator=gen)
             p = 1 / (density + 1)
             p[density < 10] = 1e-7  # isolated matches: almost never (they are rarely right)
             keep = torch.multinomial(p, min(num, n_cand), replacement=False, generator=gen)

@@ -1,0 +1,93 @@
+"""Shared pieces of the two-view benchmarks (``pose.py``, ``homography.py``).
+
+- ``DATA``: the shared evaluation data (``$ROMA_SFM_SHARED/data``, default ``../shared/data``).
+  EVALUATION ONLY: read in place, never copied into the repository.
+- ``build_matcher(spec, device)``: ``roma`` (the shipped model, ``load_matcher()``), a preset name,
+  a ``.safetensors`` checkpoint, ``sift`` (our SiftMatcher as in the pipeline: RootSIFT, contrast
+  0.02, ratio 0.8, mutual check) or ``sift-opencv`` (plain OpenCV SIFT: 8000 features, OpenCV
+  defaults, ratio test 0.8 and no mutual check; the peer of the data README's reference numbers).
+- ``TimedMatcher``: (path A, path B) -> (kpts A, kpts B) in pixels of the originals, COLMAP
+  convention (corner at 0, pixel centres at +0.5), and the seconds spent matching. Dense matchers
+  are sampled (``num_samples``, balanced); a sparse matcher gives all its matches.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("ROMA_SFM_SHARED", ROOT.parent / "shared")) / "data"
+
+MATCHER_HELP = ("matchers to compare: 'roma' (the shipped model), a preset name, a .safetensors checkpoint, "
+                "'sift' (our SiftMatcher, as in the pipeline) or 'sift-opencv' (plain OpenCV SIFT, 8000 "
+                "features, ratio 0.8, no mutual check)")
+
+
+def add_common_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--matcher", nargs="+", default=["roma"], help=MATCHER_HELP)
+    ap.add_argument("--num-samples", type=int, default=5000, help="matches sampled from a dense matcher")
+    ap.add_argument("--limit", type=int, default=None, help="use only the first N pairs (quick checks)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=2, help="torch / OpenCV threads")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quiet", action="store_true", help="no per-pair lines")
+    ap.add_argument("--write-readme", action="store_true", help="write the table into the README")
+    ap.add_argument("--readme", type=Path, default=ROOT / "README.md", help="README used by --write-readme")
+
+
+def set_threads(n: int) -> None:
+    import cv2
+    import torch
+
+    torch.set_num_threads(max(1, n))
+    cv2.setNumThreads(max(1, n))
+
+
+def label(spec: str) -> str:
+    """Row label: a checkpoint path is shown by its file name."""
+    s = str(spec)
+    return Path(s).name if (os.sep in s or s.endswith(".safetensors")) else s
+
+
+def build_matcher(spec: str, device: str = "auto") -> Any:
+    from roma_sfm.pipelines.match import SiftMatcher, get_matcher
+
+    if str(spec).lower() == "sift-opencv":
+        # cv2.SIFT_create(8000) with OpenCV's defaults + Lowe's ratio test, exact L2 neighbours
+        return SiftMatcher(max_features=8000, ratio=0.8, mutual=False, rootsift=False, contrast_threshold=0.04)
+    return get_matcher(spec, device=device)
+
+
+class TimedMatcher:
+    def __init__(self, matcher: Any, num_samples: int = 5000, balanced: bool = True, seed: int = 0):
+        self.matcher, self.num_samples, self.balanced, self.seed = matcher, num_samples, balanced, seed
+        self.seconds: list[float] = []
+
+    def __call__(self, a, b) -> tuple[np.ndarray, np.ndarray]:
+        from roma_sfm.pipelines.match import SparseMatches
+
+        t = time.perf_counter()
+        res = self.matcher.match(str(a), str(b))
+        if isinstance(res, SparseMatches):  # every match of a sparse matcher, not the top num_samples
+            ka, kb = res.kpts_A, res.kpts_B
+        else:
+            ka, kb, _ = res.sample(num=self.num_samples, balanced=self.balanced, seed=self.seed)
+        self.seconds.append(time.perf_counter() - t)
+        return np.asarray(ka, np.float64).reshape(-1, 2), np.asarray(kb, np.float64).reshape(-1, 2)
+
+    @property
+    def mean_seconds(self) -> float:
+        return float(np.mean(self.seconds)) if self.seconds else float("nan")
+
+
+def fmt(x: Optional[float], digits: int = 1) -> str:
+    if x is None or (isinstance(x, float) and np.isnan(x)):
+        return "-"
+    if np.isinf(x):
+        return "inf"
+    return f"{x:.{digits}f}"

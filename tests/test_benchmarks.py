@@ -1,0 +1,136 @@
+"""Two-view benchmarks (benchmarks/pose.py, benchmarks/homography.py): scoring on constructed inputs,
+and a smoke run of each script on 2 real pairs when ../shared/data is present."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+pose = _load("pose")
+homography = _load("homography")
+common = _load("common")
+DATA = common.DATA
+PAIRS = DATA / "pairs" / "strecha_gap3.txt"
+HOMOG = DATA / "homography"
+needs_pairs = pytest.mark.skipif(not PAIRS.is_file(), reason=f"shared evaluation data not found at {PAIRS}")
+needs_homog = pytest.mark.skipif(not any(HOMOG.glob("*_vpts.mat")) if HOMOG.is_dir() else True,
+                                 reason=f"shared homography data not found at {HOMOG}")
+
+
+# ---------------------------------------------------------------------------------------------- pose
+def _rot(axis, deg):
+    axis = np.asarray(axis, np.float64) / np.linalg.norm(axis)
+    return cv2.Rodrigues(axis * np.deg2rad(deg))[0]
+
+
+def _synthetic_pair(rng, T_true, K, n=300):
+    """Matches in COLMAP convention (+0.5) of random 3D points seen by cam0 (identity) and cam1 (T_true)."""
+    X = np.c_[rng.uniform(-2, 2, n), rng.uniform(-1.5, 1.5, n), rng.uniform(4, 8, n)]
+    X1 = X @ T_true[:3, :3].T + T_true[:3, 3]
+
+    def proj(P):
+        p = P @ K.T
+        return p[:, :2] / p[:, 2:]
+    return proj(X) + 0.5, proj(X1) + 0.5
+
+
+def test_pose_auc_of_known_errors():
+    # SuperGlue's AUC: recall curve through (0, 0), linear to the first error, steps after
+    assert np.allclose(pose.pose_auc([3.0], (5, 10, 20)), [70.0, 85.0, 92.5])
+    assert np.allclose(pose.pose_auc([3.0] * 4, (5,)), [(3 * 0.25 / 2 + 2) / 5 * 100])  # ramp to 1/4, then 1
+    assert np.allclose(pose.pose_auc([3.0, np.inf], (5,)), [35.0])  # a failure halves the recall
+    assert np.allclose(pose.pose_auc([0.0] * 3, (5, 10, 20)), [100.0] * 3)
+
+
+def test_pair_pose_error_exact_and_known_offset():
+    rng = np.random.default_rng(0)
+    K = np.array([[690.0, 0, 380.0], [0, 690.0, 251.0], [0, 0, 1]])
+    T = np.eye(4)
+    T[:3, :3] = _rot([0.1, 1.0, 0.05], 8.0)
+    T[:3, 3] = [-1.0, 0.05, 0.2]
+    k0, k1 = _synthetic_pair(rng, T, K)
+    pair = {"name0": "a", "name1": "b", "rot0": 0, "rot1": 0, "K0": K, "K1": K, "T_0to1": T}
+    cv2.setRNGSeed(0)
+    assert pose.pair_pose_error(pair, k0, k1) < 0.05
+    # GT off by a 3 deg rotation about an axis perpendicular to t: rotation and t-angle errors are both 3 deg
+    axis = np.cross(T[:3, 3], [0, 0, 1.0])
+    D = _rot(axis, 3.0)
+    T_gt = np.eye(4)
+    T_gt[:3, :3], T_gt[:3, 3] = D @ T[:3, :3], D @ T[:3, 3]
+    err = pose.pair_pose_error({**pair, "T_0to1": T_gt}, k0, k1)
+    assert err == pytest.approx(3.0, abs=0.05)
+    assert np.allclose(pose.pose_auc([err], pose.THRESHOLDS), [70.0, 85.0, 92.5], atol=0.5)
+    assert pose.pair_pose_error(pair, k0[:4], k1[:4]) == np.inf  # too few matches: failure
+
+
+# ---------------------------------------------------------------------------------------------- homography
+def test_transfer_error_and_summary():
+    rng = np.random.default_rng(1)
+    pts = rng.uniform(0, 500, (10, 2))
+    assert homography.transfer_error(np.eye(3), pts, pts) == 0.0
+    H = np.array([[1, 0, 3.0], [0, 1, 4.0], [0, 0, 1]])  # B -> A: shift by (3, 4)
+    assert homography.transfer_error(H, pts + [3, 4], pts) == pytest.approx(0.0, abs=1e-9)
+    assert homography.transfer_error(H, pts, pts) == pytest.approx(5.0)
+    assert homography.transfer_error(None, pts, pts) == np.inf
+    s = homography.summarize([1.0, 4.0, 7.0, np.inf])
+    assert (s["<3px"], s["<5px"], s["<10px"]) == (25.0, 50.0, 75.0) and s["median"] == 5.5
+
+
+def test_estimate_homography_from_colmap_convention_matches():
+    rng = np.random.default_rng(2)
+    H = np.array([[0.9, 0.05, 40.0], [-0.1, 1.1, 12.0], [1e-4, -5e-5, 1.0]])  # B -> A, 0-based
+    kB = rng.uniform(0, 600, (400, 2))
+    p = np.c_[kB, np.ones(len(kB))] @ H.T
+    kA = p[:, :2] / p[:, 2:]
+    kA[:80] = rng.uniform(0, 600, (80, 2))  # 20 % outliers
+    val_B = rng.uniform(50, 550, (8, 2))
+    q = np.c_[val_B, np.ones(8)] @ H.T
+    val_A = q[:, :2] / q[:, 2:]
+    H_est = homography.estimate_homography(kA + 0.5, kB + 0.5)  # matchers give COLMAP pixels
+    assert homography.transfer_error(H_est, val_A, val_B) < 1e-3
+    assert homography.estimate_homography(kA[:3] + 0.5, kB[:3] + 0.5) is None
+
+
+@needs_homog
+def test_gt_homographies_fit_validation_points():
+    pairs = homography.list_pairs(HOMOG)
+    assert len(pairs) == 16
+    for p in pairs:
+        assert p.image_A.is_file() and p.image_B.is_file() and len(p.pts_A) >= 4
+        assert homography.transfer_error(p.H_gt, p.pts_A, p.pts_B) < 1e-6, p.name
+
+
+# ---------------------------------------------------------------------------------------------- smoke runs
+@needs_pairs
+def test_pose_main_smoke(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- pose-table -->\nold\n<!-- /pose-table -->\nrest\n")
+    out = pose.main(["--limit", "2", "--matcher", "sift", str(tmp_path / "missing.safetensors"), "--quiet",
+                     "--threads", "1", "--write-readme", "--readme", str(readme)])
+    r = out["results"]["sift"]
+    assert r["pairs"] == 2 and r["failed"] == 0 and r["auc@20"] > 50
+    assert "| missing.safetensors | not run" in out["table"]
+    text = readme.read_text()
+    assert "| sift | 2 |" in text and "old" not in text and text.endswith("rest\n")
+
+
+@needs_homog
+def test_homography_main_smoke():
+    out = homography.main(["--names", "adam", "city", "--matcher", "sift", "--quiet", "--threads", "1"])
+    r = out["results"]["sift"]
+    assert r["pairs"] == 2 and set(r["errors"]) == {"adam", "city"}
+    assert all(np.isfinite(e) for e in r["errors"].values())
+    assert "| sift | 2 |" in out["table"]
