@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import sys
 import time
@@ -25,6 +24,9 @@ from pathlib import Path
 import pycolmap
 
 from roma_sfm.pipelines import evaluate, export, reconstruct
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _readme import write_table  # noqa: E402
 
 SCENES = ["strecha-fountain-P11", "strecha-Herz-Jesus-P8", "strecha-entry-P10", "strecha-castle-P19",
           "strecha-Herz-Jesus-P25", "strecha-castle-P30"]
@@ -78,17 +80,6 @@ def table(scene: str, rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_readme(readme: Path, text: str) -> None:
-    start, end = "<!-- sfm-table -->", "<!-- /sfm-table -->"
-    content = readme.read_text() if readme.exists() else ""
-    block = f"{start}\n{text}\n{end}"
-    if start in content and end in content:
-        content = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, content, flags=re.S)
-    else:
-        content = content.rstrip("\n") + "\n\n" + block + "\n"
-    readme.write_text(content)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="SfM benchmark: ours vs COLMAP SIFT on Strecha scenes")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -122,7 +113,10 @@ def main(argv=None) -> int:
     if args.json:
         args.json.write_text(json.dumps(all_rows, indent=2))
     if args.readme and texts:
-        write_readme(args.readme, "\n".join(texts))
+        note = (f"Measured with `python benchmarks/sfm.py --matcher {' '.join(args.matcher)} --num-threads "
+                f"{args.num_threads}`: time is wall seconds end to end (pairs, matching, tracks, mapping) on "
+                f"{args.num_threads} thread(s) of this 2-core machine.")
+        write_table("sfm-table", "\n".join(texts) + "\n" + note, args.readme)
     return 0
 
 
