@@ -138,16 +138,18 @@ def _parse_resolution(value: Optional[str]) -> Optional[tuple[int, int]]:
 def _resolve_matcher(spec: Optional[str], resolution: Optional[str], device: str) -> Any:
     """The --matcher value for the pipeline: a name string, or a loaded matcher when --resolution is set."""
     from roma_sfm.presets import PRESETS
-    from roma_sfm.weights import default_checkpoint
+    from roma_sfm.weights import default_checkpoint, shipped_model_recommended
 
     res = _parse_resolution(resolution)
     if spec is None:
-        if default_checkpoint().is_file():
+        if shipped_model_recommended():
             spec = "roma"
         else:
             spec = "sift"
-            console.print(f"[yellow]note:[/] the shipped RoMa weights ({escape(str(default_checkpoint()))}) are "
-                          "not installed: matching with SIFT (choose with --matcher)")
+            why = ("is still in training (it does not beat SIFT yet, see MODEL_CARD.md)" if default_checkpoint().is_file()
+                   else f"({escape(str(default_checkpoint()))}) are not installed")
+            console.print(f"[yellow]note:[/] the shipped RoMa weights {why}: matching with SIFT "
+                          "(choose with --matcher)")
     low = spec.lower()
     if low in ("sift", "sift-opencv"):
         if res is not None:

@@ -155,6 +155,21 @@ def default_checkpoint() -> Path:
     return PACKAGE_WEIGHTS / "roma_tiny.safetensors"
 
 
+def shipped_model_recommended() -> bool:
+    """Whether the shipped model is good enough to be the default matcher of ``reconstruct``.
+
+    Its metadata says so (``"recommended": true``) only once it beats SIFT in the benchmarks;
+    until then the pipeline defaults to SIFT and the model is used when asked for.
+    """
+    path = default_checkpoint()
+    if not path.is_file():
+        return False
+    try:
+        return bool(read_checkpoint_info(path)[1].get("recommended", False))
+    except Exception:  # an unreadable file is reported when it is actually loaded
+        return False
+
+
 def weights_status() -> list[dict]:
     """For ``roma-sfm models``: each preset and whether weights are available here."""
     rows = []

@@ -114,3 +114,16 @@ def test_corrupt_checkpoint_is_clear(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="bad.pth"):
         load_public(ROMA_OUTDOOR, bad, bad)
+
+
+def test_shipped_model_is_default_only_when_recommended(tmp_path, monkeypatch):
+    import roma_sfm.weights as w
+
+    path = tmp_path / "roma_tiny.safetensors"
+    monkeypatch.setattr(w, "default_checkpoint", lambda: path)
+    assert not w.shipped_model_recommended()  # absent
+    model = RoMa(micro_config())
+    save_checkpoint(path, model, {"steps": 10})
+    assert not w.shipped_model_recommended()  # still in training
+    save_checkpoint(path, model, {"steps": 10, "recommended": True})
+    assert w.shipped_model_recommended()
