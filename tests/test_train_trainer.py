@@ -85,7 +85,7 @@ def test_interrupted_run_resumes_to_identical_weights(photos, tmp_path):
 def test_init_from_starts_with_those_weights_and_a_fresh_optimizer(photos, tmp_path):
     train(tiny_cfg(photos, tmp_path / "a", steps=2, val_root=None))
     src = load(tmp_path / "a" / "last.pt")
-    export_weights(str(tmp_path / "a" / "last.pt"), str(tmp_path / "a.safetensors"))
+    export_weights(str(tmp_path / "a" / "last.pt"), str(tmp_path / "a.safetensors"), dtype=torch.float32)
     seen = {}
     res = train(tiny_cfg(photos, tmp_path / "b", steps=1, val_root=None, lr=0.0, weight_decay=0.0,
                          init_from=str(tmp_path / "a.safetensors")),

@@ -137,16 +137,20 @@ def load_weights(path: str) -> dict[str, torch.Tensor]:
     return obj["model"] if isinstance(obj, dict) and "model" in obj and "optimizer" in obj else obj
 
 
-def export_weights(checkpoint: str, out: str) -> None:
-    """Training checkpoint -> .safetensors of the model weights; metadata 'preset' and 'config'
-    (RomaConfig.to_dict() as JSON) describe the architecture."""
-    from safetensors.torch import save_file
+def export_weights(checkpoint: str, out: str, dtype: torch.dtype = torch.float16,
+                   metadata: Optional[dict] = None) -> Path:
+    """Training checkpoint -> a roma-sfm checkpoint (:func:`roma_sfm.weights.save_checkpoint`: one
+    safetensors file with the preset, the weights in ``dtype`` and metadata), loadable by
+    ``load_matcher(path)`` and by ``init_from``."""
+    from ..weights import save_checkpoint
 
     ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    sd = {k: v.contiguous() for k, v in ck["model"].items()}
-    meta = {"preset": ck["model_cfg"]["name"], "config": json.dumps(ck["model_cfg"]),
-            "step": str(ck["step"]), "training_data": "synthetic pairs from BSDS500 (non-commercial research use)"}
-    save_file(sd, out, metadata=meta)
+    model = RoMa(RomaConfig.from_dict(ck["model_cfg"]))
+    model.load_state_dict(ck["model"])
+    meta = {"step": int(ck["step"]), "train_seconds": float(ck.get("elapsed", 0.0)),
+            "training_data": "synthetic pairs from BSDS500 train+test (non-commercial research use)",
+            "train_config": ck.get("train_cfg"), **(metadata or {})}
+    return save_checkpoint(out, model, meta, dtype=dtype)
 
 
 # ------------------------------------------------------------------------------------------------
