@@ -433,7 +433,7 @@ def map_cmd(
     """
     import h5py
 
-    from roma_sfm.pipelines import export, mapping, tracks
+    from roma_sfm.pipelines import export, mapping, match, tracks
 
     out = output or default_output(images)
     matches = matches or out / "matches.h5"
@@ -442,9 +442,7 @@ def map_cmd(
     _colmap_verbosity(verbose)
     with _guard(verbose):
         if cell_size is None:
-            with h5py.File(matches, "r") as f:
-                kind = "sparse" if str(f.attrs.get("matcher", "")).startswith("sift") else "dense"
-            cell_size = tracks.confs[kind]["cell_size"]
+            cell_size = tracks.confs[match.matches_kind(matches)]["cell_size"]
         features, matches_idx = out / "features.h5", out / "matches_idx.h5"
         ts = tracks.main(matches, features, matches_idx, cell_size, max_keypoints)
         if ts.num_images == 0:

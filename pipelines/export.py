@@ -4,7 +4,9 @@ Public API
 ----------
 - ``main(reconstruction: pycolmap.Reconstruction | None, outputs: Path, images: Path,
          report: dict, features: Path | None = None, matches_idx: Path | None = None,
-         num_match_plots: int = 3) -> dict``  (returns the report as written)
+         num_match_plots: int = 3, write_json: bool = True) -> dict``  (returns the report as
+  written; ``write_json=False`` leaves report.json to the caller, e.g. to time the export first)
+- ``write_report(report: dict, outputs: Path) -> Path``  (atomic ``outputs/report.json``)
 - ``write_model(reconstruction, sparse_dir: Path) -> None``  (binary and text side by side)
 - ``model_stats(reconstruction) -> dict``
 - ``plot_top_view(reconstruction, path: Path, size: int = 800) -> None``
@@ -162,9 +164,24 @@ def _plot_pairs(reconstruction, images: Path, features: Path, matches_idx: Path,
     return written
 
 
+def write_report(report: dict, outputs: Path) -> Path:
+    """Write ``outputs/report.json`` atomically (tmp + rename); returns its path."""
+    outputs = Path(outputs)
+    outputs.mkdir(parents=True, exist_ok=True)
+    tmp = outputs / "report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2, default=_json_default))
+    tmp.replace(outputs / "report.json")
+    logger.info("export: %s", outputs / "report.json")
+    return outputs / "report.json"
+
+
 def main(reconstruction: Optional[pycolmap.Reconstruction], outputs: Path, images: Path, report: dict,
-         features: Optional[Path] = None, matches_idx: Optional[Path] = None, num_match_plots: int = 3) -> dict:
-    """Write model, PLY, previews and ``report.json`` (``report`` is extended with model stats)."""
+         features: Optional[Path] = None, matches_idx: Optional[Path] = None, num_match_plots: int = 3,
+         write_json: bool = True) -> dict:
+    """Write model, PLY, previews and ``report.json`` (``report`` is extended with model stats).
+
+    ``write_json=False``: everything but report.json (the caller writes it with :func:`write_report`).
+    """
     outputs = Path(outputs)
     outputs.mkdir(parents=True, exist_ok=True)
     report = {**report, **model_stats(reconstruction), "versions": versions()}
@@ -179,10 +196,8 @@ def main(reconstruction: Optional[pycolmap.Reconstruction], outputs: Path, image
                                                 outputs / "matches", num_match_plots)
         except Exception as e:  # plots are a convenience: never fail a reconstruction for them
             logger.warning("export: match plots failed: %s", e)
-    tmp = outputs / "report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2, default=_json_default))
-    tmp.replace(outputs / "report.json")
-    logger.info("export: %s", outputs / "report.json")
+    if write_json:
+        write_report(report, outputs)
     return report
 
 

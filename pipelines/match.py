@@ -5,15 +5,24 @@ Public API
 - ``main(pairs: Path | list[tuple[str, str]], images: Path, output: Path, matcher="sift",
          num_samples: int = 10000, balanced: bool = True, seed: int = 0, batch_size: int = 1,
          overwrite: bool = False, device: str = "auto", progress: bool = True) -> MatchStats``
+  Refuses (ValueError naming what differs) to resume into a file made with another matcher
+  signature unless ``overwrite``.
 - ``get_matcher(spec: str | object = "sift", device="auto", **kwargs) -> Matcher``
   ('sift' | 'sift-opencv' | 'roma' | RoMa preset | checkpoint path | object with .match)
+- ``matcher_name(matcher) -> str``, ``matcher_kind(matcher) -> 'sparse' | 'dense'``
+- ``matcher_signature(matcher, num_samples=10000, balanced=True, seed=0) -> dict`` (what must not
+  change within one matches file; JSON-able)
+- ``matches_kind(path) -> 'sparse' | 'dense'`` (of a matches.h5; picks the default track cell size)
 - ``SiftMatcher(max_features=8000, ratio=0.8, mutual=True, rootsift=True, contrast_threshold=0.02, cache_size=64)``
 - ``read_matches(path, name0, name1) -> (kpts0 (M,2), kpts1 (M,2), scores (M,))`` (swaps if stored as (1,0))
-- ``list_pairs(path) -> list[tuple[str, str]]``, ``consolidate(path) -> int``
+- ``list_pairs(path) -> list[tuple[str, str]]``,
+  ``consolidate(path, matcher_name="", signature=None, kind="") -> int``
 
 File layout (``matches.h5``)
 ----------------------------
-- file attrs: ``coordinates`` = 'colmap: corner at (0,0), pixel centres at +0.5', ``format``, ``matcher``
+- file attrs: ``coordinates`` = 'colmap: corner at (0,0), pixel centres at +0.5', ``format``,
+  ``matcher`` (its name), ``matcher_signature`` (JSON of :func:`matcher_signature`), ``kind``
+  ('sparse' for keypoint matchers such as SIFT, 'dense' otherwise)
 - one group per pair, key ``names_to_pair(name0, name1)`` = ``<name0>/<name1>`` (a nested group;
   '/' inside a name replaced by '-'), with datasets ``keypoints0``, ``keypoints1`` ((M, 2) float32,
   pixels of the ORIGINAL images after EXIF rotation, COLMAP convention) and ``scores`` ((M,) float32),
@@ -30,6 +39,8 @@ throttled (at most ~10 % of the run time goes to copying) and always happen at t
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import time
@@ -121,6 +132,8 @@ class SiftMatcher:
     Features are cached per image path (LRU) so that each image is described once per run.
     """
 
+    kind = "sparse"  # keypoint matches (see ``matcher_kind``): tracks use a finer cell size
+
     def __init__(self, max_features: int = 8000, ratio: float = 0.8, mutual: bool = True,
                  rootsift: bool = True, contrast_threshold: float = 0.02, cache_size: int = 64):
         self.max_features, self.ratio, self.mutual, self.rootsift = max_features, ratio, mutual, rootsift
@@ -132,6 +145,11 @@ class SiftMatcher:
     def name(self) -> str:
         return (f"sift(max_features={self.max_features}, ratio={self.ratio}, mutual={self.mutual}, "
                 f"rootsift={self.rootsift}, contrast_threshold={self.sift.getContrastThreshold()})")
+
+    @property
+    def settings(self) -> dict:
+        return {"max_features": self.max_features, "ratio": self.ratio, "mutual": self.mutual,
+                "rootsift": self.rootsift, "contrast_threshold": float(self.sift.getContrastThreshold())}
 
     def extract(self, image) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
         """image (path or array) -> keypoints (n, 2) float32 COLMAP convention, desc (n, 128), (W, H)."""
@@ -177,7 +195,9 @@ class SiftMatcher:
 
 def get_matcher(spec: Union[str, Path, Any] = "sift", device: str = "auto", **kwargs) -> Any:
     """'sift' -> :class:`SiftMatcher`; 'roma' / a preset name / a checkpoint path -> the RoMa
-    matcher of ``roma_sfm.load_matcher``; any object with ``.match(a, b)`` is returned as is."""
+    matcher of ``roma_sfm.load_matcher``; any object with ``.match(a, b)`` is returned as is
+    (optional attributes: ``name``; ``kind = "sparse"`` for keypoint matchers; ``coarse_res``,
+    ``upsample_res``, ``symmetric``, ``model`` and ``metadata`` as RoMa's, for the signature)."""
     if not isinstance(spec, (str, Path)):
         if not hasattr(spec, "match"):
             raise TypeError(f"matcher {spec!r} has no .match(a, b)")
@@ -193,6 +213,125 @@ def get_matcher(spec: Union[str, Path, Any] = "sift", device: str = "auto", **kw
     name = None if str(spec).lower() == "roma" else str(spec)
     keys = ("weights", "coarse_res", "upsample_res", "symmetric")
     return roma_sfm.load_matcher(name_or_path=name, device=device, **{k: v for k, v in kwargs.items() if k in keys})
+
+
+def matcher_name(matcher: Any) -> str:
+    """The ``name`` of a matcher object (RoMa: its preset name), else its class name; a string as is."""
+    if isinstance(matcher, (str, Path)):
+        return str(matcher)
+    return str(getattr(matcher, "name", None) or type(matcher).__name__)
+
+
+def matcher_kind(matcher: Any) -> str:
+    """'sparse' for keypoint matchers (``matcher.kind == 'sparse'``, e.g. :class:`SiftMatcher`), else 'dense'."""
+    return "sparse" if getattr(matcher, "kind", None) == "sparse" else "dense"
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (tuple, list)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, np.generic):
+        return v.item()
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    return str(v)
+
+
+def _weights_fingerprint(model: Any) -> Optional[str]:
+    """Short hash of a torch module's weights (names, shapes and <= 256 strided values per tensor):
+    tells two checkpoints of one preset apart without hashing every byte."""
+    try:
+        state = model.state_dict()
+    except Exception:
+        return None
+    h = hashlib.sha1()
+    for k in sorted(state):
+        v = state[k]
+        h.update(f"{k}{tuple(v.shape)}".encode())
+        if v.numel():
+            flat = v.detach().reshape(-1)
+            h.update(flat[:: max(1, flat.numel() // 256)][:256].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def matcher_signature(matcher: Any, num_samples: int = 10000, balanced: bool = True, seed: int = 0) -> dict:
+    """Everything that changes the matches a matcher writes (JSON-able); one matches file holds one.
+
+    SIFT: its settings and ``num_samples`` (it keeps the best ``num_samples``). Dense matchers:
+    ``coarse_res``, ``upsample_res``, ``symmetric`` (when the object has them), a fingerprint of
+    ``matcher.model``'s weights (two checkpoints of one preset differ; the same weights moved to
+    another path do not), or, without a model to fingerprint, the checkpoint ``source`` of
+    ``matcher.metadata`` (else a hash of the metadata), and the sampling: ``num_samples``,
+    ``balanced``, ``seed``.
+    """
+    sig: dict[str, Any] = {"matcher": matcher_name(matcher)}
+    settings = getattr(matcher, "settings", None)
+    if isinstance(settings, dict):
+        sig.update({k: _jsonable(v) for k, v in settings.items()})
+    for k in ("coarse_res", "upsample_res", "symmetric"):
+        if hasattr(matcher, k):
+            sig[k] = _jsonable(getattr(matcher, k))
+    model = getattr(matcher, "model", None)
+    weights = _weights_fingerprint(model) if model is not None else None
+    if weights is not None:
+        sig["weights"] = weights
+    meta = getattr(matcher, "metadata", None)
+    if weights is None and isinstance(meta, dict) and meta:
+        sig["checkpoint"] = (str(meta["source"]) if "source" in meta else
+                             hashlib.sha1(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:16])
+    sig["num_samples"] = int(num_samples)
+    if matcher_kind(matcher) == "dense":  # SparseMatches.sample ignores both
+        sig["balanced"], sig["seed"] = bool(balanced), int(seed)
+    return json.loads(json.dumps(sig, sort_keys=True))
+
+
+def _signature_diff(previous: dict, current: dict) -> list[str]:
+    return [f"{k}: {previous.get(k, '(none)')} before, {current.get(k, '(none)')} now"
+            for k in sorted(set(previous) | set(current)) if previous.get(k) != current.get(k)]
+
+
+def _stored_meta(path: Path) -> dict:
+    """{'matcher', 'matcher_signature' (dict), 'kind'} as far as known from the file's attrs, else
+    from its journal (a run killed before its first merge); {} when there is neither."""
+    path = Path(path)
+    meta: dict[str, Any] = {}
+    if path.exists():
+        with h5py.File(path, "r") as f:
+            for k in ("matcher", "matcher_signature", "kind"):
+                if k in f.attrs and str(f.attrs[k]):
+                    meta[k] = str(f.attrs[k])
+    if "matcher_signature" not in meta:
+        jdir = _journal_dir(path)
+        for e in sorted(jdir.glob("*.npz")) if jdir.is_dir() else []:
+            try:
+                with np.load(e, allow_pickle=False) as z:
+                    if "_meta" in z.files:
+                        meta = {**{k: v for k, v in json.loads(str(z["_meta"])).items() if v}, **meta}
+                        break
+            except Exception:
+                continue
+    if isinstance(meta.get("matcher_signature"), str):
+        try:
+            meta["matcher_signature"] = json.loads(meta["matcher_signature"])
+        except ValueError:
+            del meta["matcher_signature"]
+    return meta
+
+
+def matches_kind(path: Path) -> str:
+    """'sparse' (keypoint matcher, e.g. SIFT) or 'dense' (e.g. RoMa) for a matches.h5.
+
+    Read from the file attribute ``kind`` written by :func:`main`; files from before that attribute
+    are told by their ``matcher`` name ('sift...' is sparse). Raises FileNotFoundError if neither
+    the file nor its journal exists.
+    """
+    path = Path(path)
+    if not path.exists() and not _journal_dir(path).is_dir():
+        raise FileNotFoundError(f"no matches file '{path}'")
+    meta = _stored_meta(path)
+    if meta.get("kind") in ("sparse", "dense"):
+        return meta["kind"]
+    return "sparse" if str(meta.get("matcher", "")).lower().startswith("sift") else "dense"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -247,18 +386,25 @@ def _journal_dir(path: Path) -> Path:
     return Path(str(path) + ".journal")
 
 
-def consolidate(path: Path, matcher_name: str = "") -> int:
-    """Merge the journal of ``path`` into it by copy-on-write; returns the number of pairs merged."""
+def consolidate(path: Path, matcher_name: str = "", signature: Optional[dict] = None, kind: str = "") -> int:
+    """Merge the journal of ``path`` into it by copy-on-write; returns the number of pairs merged.
+
+    ``matcher_name``, ``signature`` and ``kind`` are written as file attrs when given; otherwise the
+    journal entries' own (a run killed before its first merge) are used for a file that has none.
+    """
     path = Path(path)
     jdir = _journal_dir(path)
     entries = sorted(jdir.glob("*.npz")) if jdir.is_dir() else []
     if not entries and path.exists():
         return 0
     items = []
+    journal_meta: dict = {}
     for e in entries:
         try:
             with np.load(e, allow_pickle=False) as z:
-                items.append({k: (str(z[k]) if k in ("name0", "name1") else z[k]) for k in z.files})
+                items.append({k: (str(z[k]) if k in ("name0", "name1", "_meta") else z[k]) for k in z.files})
+            if "_meta" in items[-1] and not journal_meta:
+                journal_meta = json.loads(items[-1]["_meta"])
         except Exception as ex:  # a torn entry can only come from a crash outside our atomic rename
             logger.warning("dropping unreadable journal entry %s (%s)", e.name, ex)
     tmp = path.with_name(path.name + ".tmp")
@@ -269,8 +415,12 @@ def consolidate(path: Path, matcher_name: str = "") -> int:
     with h5py.File(tmp, "a", libver="latest") as f:
         f.attrs["coordinates"] = COORDINATES
         f.attrs["format"] = FORMAT
-        if matcher_name:
-            f.attrs["matcher"] = matcher_name
+        given = {"matcher": matcher_name, "kind": kind,
+                 "matcher_signature": json.dumps(signature, sort_keys=True) if signature else ""}
+        for k, v in given.items():
+            v = v or (str(journal_meta.get(k, "")) if k not in f.attrs else "")
+            if v:
+                f.attrs[k] = v
         for item in items:
             _write_group(f, item)
         f.flush()
@@ -285,8 +435,12 @@ def consolidate(path: Path, matcher_name: str = "") -> int:
 class _JournalWriter:
     """Writes each pair to the journal at once and merges it into the h5 now and then."""
 
-    def __init__(self, path: Path, matcher_name: str, max_overhead: float = 0.1, min_interval: Optional[float] = None):
-        self.path, self.matcher_name = Path(path), matcher_name
+    def __init__(self, path: Path, matcher_name: str, max_overhead: float = 0.1, min_interval: Optional[float] = None,
+                 signature: Optional[dict] = None, kind: str = ""):
+        self.path, self.matcher_name, self.signature, self.kind = Path(path), matcher_name, signature, kind
+        # each entry carries the file attrs, so that a run killed before its first merge is still checked
+        self.meta = json.dumps({"matcher": matcher_name, "kind": kind,
+                                "matcher_signature": json.dumps(signature, sort_keys=True) if signature else ""})
         self.jdir = _journal_dir(self.path)
         self.jdir.mkdir(parents=True, exist_ok=True)
         self.seq = max([int(p.stem) for p in self.jdir.glob("*.npz") if p.stem.isdigit()] + [0]) + 1
@@ -298,7 +452,7 @@ class _JournalWriter:
         self.jdir.mkdir(parents=True, exist_ok=True)  # a merge removes it when empty
         tmp = self.jdir / f"{self.seq:08d}.tmp"
         with open(tmp, "wb") as fh:
-            np.savez(fh, **item)
+            np.savez(fh, _meta=np.asarray(self.meta), **item)
             fh.flush()
         os.replace(tmp, self.jdir / f"{self.seq:08d}.npz")
         self.seq += 1
@@ -308,7 +462,7 @@ class _JournalWriter:
 
     def merge(self) -> None:
         t0 = time.perf_counter()
-        consolidate(self.path, self.matcher_name)
+        consolidate(self.path, self.matcher_name, self.signature, self.kind)
         self.last = time.perf_counter()
         self.cost = self.last - t0
 
@@ -345,7 +499,9 @@ def main(pairs: Union[Path, Sequence[tuple[str, str]]], images: Path, output: Pa
          skipped_images: Optional[dict[str, str]] = None) -> MatchStats:
     """Match every pair (names relative to ``images``) and write ``output`` (matches.h5).
 
-    Resumable: pairs already in ``output`` (or its journal) are skipped unless ``overwrite``.
+    Resumable: pairs already in ``output`` (or its journal) are skipped unless ``overwrite``; the
+    file records :func:`matcher_signature` (matcher, resolution, weights, sampling), and resuming
+    with a different one raises ValueError naming what differs (``overwrite=True`` starts afresh).
     Pairs naming an unreadable image are skipped with a warning and listed in the stats.
     """
     t0 = time.perf_counter()
@@ -357,14 +513,19 @@ def main(pairs: Union[Path, Sequence[tuple[str, str]]], images: Path, output: Pa
         shutil.rmtree(_journal_dir(output), ignore_errors=True)
     output.parent.mkdir(parents=True, exist_ok=True)
     matcher = get_matcher(matcher, device=device)
-    matcher_name = str(getattr(matcher, "name", type(matcher).__name__))
-    if output.exists():
-        with h5py.File(output, "r") as f:
-            previous = str(f.attrs.get("matcher", ""))
-        if previous and previous != matcher_name:
-            raise ValueError(f"{output} holds matches of another matcher ({previous}); pass overwrite=True "
-                             f"or use another output folder instead of mixing {matcher_name} into it")
-    consolidate(output, matcher_name)  # merge what a killed run left in the journal
+    name, kind = matcher_name(matcher), matcher_kind(matcher)
+    signature = matcher_signature(matcher, num_samples=num_samples, balanced=balanced, seed=seed)
+    previous = _stored_meta(output)
+    if "matcher_signature" in previous:
+        diffs = _signature_diff(previous["matcher_signature"], signature)
+    else:  # a file from before signatures: only the name can be checked
+        diffs = _signature_diff({"matcher": previous["matcher"]}, {"matcher": name}) if "matcher" in previous else []
+        if "matcher" in previous and not diffs:
+            logger.warning("match: %s records no matcher settings; resuming on the matcher name only", output)
+    if diffs:
+        raise ValueError(f"{output} holds matches of another matcher configuration ({'; '.join(diffs)}): pass "
+                         f"overwrite=True or use another output folder instead of mixing them")
+    consolidate(output, name, signature, kind)  # merge what a killed run left in the journal
     done = {tuple(sorted(p)) for p in list_pairs(output)}
     # unreadable images: known from the caller's scan, else found now (decoding each image once)
     bad = dict(skipped_images or {})
@@ -381,7 +542,7 @@ def main(pairs: Union[Path, Sequence[tuple[str, str]]], images: Path, output: Pa
             todo.append((a, b))
     if stats.num_resumed:
         logger.info("match: %d of %d pairs already in %s, resuming", stats.num_resumed, len(pair_list), output)
-    writer = _JournalWriter(output, matcher_name)
+    writer = _JournalWriter(output, name, signature=signature, kind=kind)
 
     def results() -> Iterator[tuple[tuple[str, str], Any]]:
         if hasattr(matcher, "match_many") and batch_size > 1:

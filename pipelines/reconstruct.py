@@ -11,15 +11,22 @@ Public API (what the CLI wraps)
        seed: int = 0) -> dict``
 
 - ``matcher``: 'sift' | 'roma' | a RoMa preset name | a checkpoint path | any object with
-  ``.match(a, b)`` (see ``match.get_matcher``).
+  ``.match(a, b)`` (see ``match.get_matcher``). ``report['config']['matcher']`` is the string given,
+  or the object's ``name``; ``coarse_res``, ``upsample_res``, ``symmetric`` are added when the
+  matcher has them.
 - ``pairs``: 'auto' | 'exhaustive' | 'sequential' | 'retrieval' | 'file' (with ``pairs_file``) or
   a path to a pairs file.
 - ``batch_size``: pairs per forward pass for matchers with ``match_many`` (RoMa).
-- ``cell_size``: quantization of tracks in px; default 2 for sparse matchers (sift), 4 for dense.
+- ``cell_size``: quantization of tracks in px; default 2 for sparse matches (sift), 4 for dense
+  (``match.matches_kind`` of matches.h5).
 - ``gt_poses``: a ``poses_gt.txt`` to score the model with; 'auto' uses ``<images>/../poses_gt.txt``
   when it exists (as for ``sample_scenes/corner``).
-- Resumable: ``matches.h5`` is reused pair by pair unless ``overwrite``; the other steps are cheap
-  and always re-run.
+- Resumable: ``matches.h5`` is reused pair by pair unless ``overwrite`` (and only when it was made
+  with the same matcher signature, see ``match.main``); the other steps are cheap and always re-run:
+  their outputs from an earlier run (``STALE_OUTPUTS``) are removed at the start, so that what is
+  in ``outputs`` always belongs to the ``report.json`` next to it, even when the run fails.
+- ``report['times']``: seconds of every step (scan, pairs, match, tracks, mapping, export) and
+  ``total`` (export included); report.json is written last.
 - Never raises for bad inputs (unreadable images, empty folder, a single image, images that do not
   overlap): ``report['status']`` is 'ok' or 'failed' with ``report['message']``, skipped files are in
   ``report['images_skipped']`` ({name: reason}), and ``outputs/report.json`` is always written.
@@ -30,6 +37,7 @@ Outputs: ``pairs.txt``, ``matches.h5``, ``features.h5``, ``matches_idx.h5``, ``s
 """
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -40,6 +48,44 @@ from . import evaluate as evaluate_
 from . import export, mapping, match, tracks
 from . import pairs as pairs_
 from .utils import Timer, logger, scan_images
+
+
+# outputs of the steps after matching, removed when a run starts (matches.h5 and its journal stay:
+# they are resumable; pairs.txt is rewritten and may be the pairs file given)
+STALE_OUTPUTS = ("report.json", "sparse/0", "points.ply", "preview.png", "features.h5", "matches_idx.h5",
+                 "sfm/database.db", "sfm/models", "matches/*.png")
+
+
+def clear_stale_outputs(outputs: Path, images: Optional[Path] = None) -> list[str]:
+    """Remove what an earlier run left of ``STALE_OUTPUTS`` in ``outputs`` (never anything inside
+    ``images``, should the image folder be or sit in ``outputs``); returns what was removed."""
+    outputs = Path(outputs)
+    keep = Path(images).resolve() if images is not None else None
+    removed = []
+    for pattern in STALE_OUTPUTS:
+        for p in sorted(outputs.glob(pattern)):
+            if keep is not None and (p.resolve() == keep or keep in p.resolve().parents):
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p.relative_to(outputs).as_posix())
+    plots = outputs / "matches"
+    if plots.is_dir() and not any(plots.iterdir()):
+        plots.rmdir()
+    if removed:
+        logger.info("reconstruct: removed the outputs of an earlier run: %s", ", ".join(removed))
+    return removed
+
+
+def _matcher_config(matcher: Any) -> dict:
+    """``matcher`` (the string given, or the object's name) and its resolution when it has one."""
+    cfg: dict = {"matcher": str(matcher) if isinstance(matcher, (str, Path)) else match.matcher_name(matcher)}
+    if not isinstance(matcher, (str, Path)):
+        cfg.update({k: match._jsonable(getattr(matcher, k)) for k in ("coarse_res", "upsample_res", "symmetric")
+                    if hasattr(matcher, k)})
+    return cfg
 
 
 def _set_colmap_verbosity(verbose: bool) -> None:
@@ -61,9 +107,9 @@ def main(images: Path, outputs: Path, matcher: Any = "sift", pairs: str = "auto"
     _set_colmap_verbosity(verbose)
     times: dict[str, float] = {}
     t_start = time.perf_counter()
-    matcher_name = matcher if isinstance(matcher, (str, Path)) else type(matcher).__name__
+    clear_stale_outputs(outputs, images)
     report: dict = {"status": "failed", "message": "", "images": str(images), "outputs": str(outputs),
-                    "config": {"matcher": str(matcher_name), "pairs": str(pairs), "num_matched": num_matched,
+                    "config": {**_matcher_config(matcher), "pairs": str(pairs), "num_matched": num_matched,
                                "num_samples": num_samples, "cell_size": cell_size, "max_keypoints": max_keypoints,
                                "refine": refine, "mapper": mapper, "camera_mode": camera_mode, "seed": seed},
                     "images_given": 0, "images_skipped": {}, "times": times}
@@ -71,10 +117,14 @@ def main(images: Path, outputs: Path, matcher: Any = "sift", pairs: str = "auto"
     def finish(message: str, reconstruction=None, ok: bool = False, **files) -> dict:
         report["status"] = "ok" if ok else "failed"
         report["message"] = message
-        times["total"] = time.perf_counter() - t_start
         if not ok:
             logger.error("reconstruct: %s", message)
-        return export.main(reconstruction, outputs, images, report, **files)
+        with Timer(times, "export"):
+            out = export.main(reconstruction, outputs, images, report, write_json=False, **files)
+        times["total"] = time.perf_counter() - t_start  # after the export, which it includes
+        out["times"] = times
+        export.write_report(out, outputs)  # last: it holds every step's time
+        return out
 
     # 0) images
     with Timer(times, "scan"):
@@ -99,7 +149,7 @@ def main(images: Path, outputs: Path, matcher: Any = "sift", pairs: str = "auto"
 
     # 2) matching (resumable)
     matcher_obj = match.get_matcher(matcher, device=device)
-    sparse = isinstance(matcher_obj, match.SiftMatcher)
+    report["config"].update({k: v for k, v in _matcher_config(matcher_obj).items() if k != "matcher"})
     try:
         with Timer(times, "match"):
             ms = match.main(pair_list, images, outputs / "matches.h5", matcher_obj, num_samples=num_samples,
@@ -108,11 +158,13 @@ def main(images: Path, outputs: Path, matcher: Any = "sift", pairs: str = "auto"
     except ValueError as e:  # e.g. resuming into a matches.h5 of another matcher
         return finish(str(e))
     report["images_skipped"].update(ms.skipped_images)
-    report["match"] = {"pairs_matched": ms.num_matched, "pairs_resumed": ms.num_resumed, "pairs_failed": ms.num_failed}
+    kind = match.matches_kind(outputs / "matches.h5")
+    report["match"] = {"pairs_matched": ms.num_matched, "pairs_resumed": ms.num_resumed, "pairs_failed": ms.num_failed,
+                       "kind": kind}
 
     # 3) tracks
     if cell_size is None:
-        cell_size = tracks.confs["sparse" if sparse else "dense"]["cell_size"]
+        cell_size = tracks.confs[kind]["cell_size"]
         report["config"]["cell_size"] = cell_size
     with Timer(times, "tracks"):
         ts = tracks.main(outputs / "matches.h5", outputs / "features.h5", outputs / "matches_idx.h5", cell_size,
@@ -142,6 +194,4 @@ def main(images: Path, outputs: Path, matcher: Any = "sift", pairs: str = "auto"
         msg = ("no two images could be geometrically verified (do the images overlap?)"
                if res.verification.num_verified == 0 else "the mapper could not build a model")
         return finish(msg, **files)
-    with Timer(times, "export"):
-        out = finish(f"registered {rec.num_reg_images()} of {len(scan.names)} images", rec, ok=True, **files)
-    return out
+    return finish(f"registered {rec.num_reg_images()} of {len(scan.names)} images", rec, ok=True, **files)

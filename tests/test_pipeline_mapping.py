@@ -6,7 +6,7 @@ import numpy as np
 import pycolmap
 import pytest
 
-from roma_sfm.pipelines import evaluate, mapping, reconstruct
+from roma_sfm.pipelines import evaluate, mapping, reconstruct, tracks
 
 SCENE = Path(__file__).resolve().parents[1] / "sample_scenes" / "corner"
 
@@ -32,6 +32,10 @@ def test_outputs_written(run):
     out, report = run
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["images_registered"] == 8 and "pycolmap" in on_disk["versions"]
+    # report.json is written last: every step's time, and a total that includes the export
+    steps = ("scan", "pairs", "match", "tracks", "mapping", "export")
+    assert set(steps) <= set(on_disk["times"]), on_disk["times"]
+    assert on_disk["times"]["total"] >= sum(on_disk["times"][k] for k in steps)
     for f in ("cameras.bin", "images.bin", "points3D.bin", "cameras.txt", "images.txt", "points3D.txt"):
         assert (out / "sparse" / "0" / f).is_file(), f
     rec = pycolmap.Reconstruction(str(out / "sparse" / "0"))
@@ -75,3 +79,57 @@ def test_global_mapper_option(run, tmp_path):
     res = mapping.main(tmp_path / "sfm", SCENE / "images", out / "features.h5", out / "matches_idx.h5",
                        mapper="global", num_threads=1)
     assert res.reconstruction is not None and res.reconstruction.num_reg_images() >= 6
+
+
+def _tvgs(database):
+    with pycolmap.Database.open(database) as db:
+        ids = {im.image_id: im.name for im in db.read_all_images()}
+        pids, tvgs = db.read_two_view_geometries()
+        out = {}
+        for pid, t in zip(pids, tvgs):
+            a, b = pycolmap.pair_id_to_image_pair(pid)
+            out[(ids[a], ids[b])] = (int(t.config), np.asarray(t.inlier_matches).tolist())
+    return out
+
+
+def test_pairs_below_min_inliers_skip_ransac(run, tmp_path, monkeypatch):
+    """A pair with fewer matches than min_num_inliers cannot pass: RANSAC is not run for it."""
+    out, _ = run
+    idx = tracks.read_index_matches(out / "matches_idx.h5")
+    counts = sorted(len(v) for v in idx.values())
+    threshold = counts[len(counts) // 2]  # half of the pairs are below it
+    calls = []
+    real = pycolmap.estimate_two_view_geometry
+
+    def counting(*args):
+        calls.append(len(args[4]))
+        return real(*args)
+
+    monkeypatch.setattr(mapping.pycolmap, "estimate_two_view_geometry", counting)
+    ids = mapping.create_database(tmp_path / "db.db", SCENE / "images", out / "features.h5")
+    st = mapping.import_matches(tmp_path / "db.db", ids, out / "matches_idx.h5", min_num_inliers=threshold)
+    assert len(calls) == sum(c >= threshold for c in counts) < len(counts)
+    assert min(calls) >= threshold
+    assert st.num_pairs == len(counts) and st.configs.get("DEGENERATE", 0) >= sum(c < threshold for c in counts)
+    assert all(len(m) >= threshold for _, m in _tvgs(tmp_path / "db.db").values())
+
+
+def test_verification_threads_give_the_same_geometries(run, tmp_path):
+    out, _ = run
+    res = []
+    for threads in (1, 2):
+        db = tmp_path / f"db{threads}.db"
+        ids = mapping.create_database(db, SCENE / "images", out / "features.h5")
+        st = mapping.import_matches(db, ids, out / "matches_idx.h5", num_threads=threads)
+        res.append((st.num_verified, st.configs, _tvgs(db)))
+    assert res[0][0] > 0 and res[0] == res[1]
+
+
+def test_models_of_an_earlier_run_are_removed(run, tmp_path):
+    out, _ = run
+    stale = tmp_path / "sfm" / "models" / "7"
+    stale.mkdir(parents=True)
+    (stale / "images.bin").write_bytes(b"stale")
+    res = mapping.main(tmp_path / "sfm", SCENE / "images", out / "features.h5", out / "matches_idx.h5",
+                       min_num_inliers=10**6, num_threads=1)  # nothing verifies: no model
+    assert res.reconstruction is None and not stale.exists() and (tmp_path / "sfm" / "models").is_dir()

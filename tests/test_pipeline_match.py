@@ -1,4 +1,5 @@
 """matches.h5: layout, coordinate convention, resume, and survival of kill -9 mid-matching."""
+import json
 import os
 import shutil
 import signal
@@ -135,3 +136,95 @@ def test_refuses_to_mix_matchers(scene, tmp_path):
         match.main(pairs, root / "images", tmp_path / "m.h5", "sift", progress=False)
     st = match.main(pairs, root / "images", tmp_path / "m.h5", "sift", overwrite=True, progress=False)
     assert st.num_matched == 1
+
+
+def test_resume_refuses_other_settings(scene, tmp_path):
+    """The file records a matcher signature: same matcher, other sampling -> no silent mixing."""
+    root, Hs = scene
+    pairs = [("000.png", "001.png")]
+    m = HomographyMatcher(Hs, (200, 150))
+    match.main(pairs, root / "images", tmp_path / "m.h5", m, num_samples=100, progress=False)
+    with h5py.File(tmp_path / "m.h5", "r") as f:
+        assert json.loads(f.attrs["matcher_signature"])["num_samples"] == 100
+    with pytest.raises(ValueError, match="num_samples: 100 before, 200 now"):
+        match.main(pairs, root / "images", tmp_path / "m.h5", m, num_samples=200, progress=False)
+    with pytest.raises(ValueError, match="seed"):
+        match.main(pairs, root / "images", tmp_path / "m.h5", m, num_samples=100, seed=1, progress=False)
+    st = match.main(pairs, root / "images", tmp_path / "m.h5", m, num_samples=100, progress=False)
+    assert st.num_resumed == 1  # same settings: resumed
+    st = match.main(pairs, root / "images", tmp_path / "m.h5", m, num_samples=200, overwrite=True, progress=False)
+    assert st.num_matched == 1
+    with h5py.File(tmp_path / "m.h5", "r") as f:
+        assert json.loads(f.attrs["matcher_signature"])["num_samples"] == 200
+
+
+def test_resume_refuses_other_roma_resolution_or_weights(scene, tmp_path):
+    """Same preset name, other coarse_res or other weights (another checkpoint) -> refused."""
+    from conftest import micro_config
+    from roma_sfm import random_matcher
+
+    root, _ = scene
+    pairs = [("000.png", "001.png")]
+    out = tmp_path / "m.h5"
+    a = random_matcher(micro_config(), device="cpu", seed=0)
+    match.main(pairs, root / "images", out, a, num_samples=50, progress=False)
+    with h5py.File(out, "r") as f:
+        assert f.attrs["matcher"] == "micro" and f.attrs["kind"] == "dense"
+        sig = json.loads(f.attrs["matcher_signature"])
+    assert sig["coarse_res"] == [56, 70] and sig["symmetric"] is False and len(sig["weights"]) == 16
+    other_res = random_matcher(micro_config(), device="cpu", seed=0, coarse_res=(70, 84))
+    with pytest.raises(ValueError, match=r"coarse_res: \[56, 70\] before, \[70, 84\] now"):
+        match.main(pairs, root / "images", out, other_res, num_samples=50, progress=False)
+    other_weights = random_matcher(micro_config(), device="cpu", seed=1)
+    assert other_weights.name == a.name
+    with pytest.raises(ValueError, match="weights"):
+        match.main(pairs, root / "images", out, other_weights, num_samples=50, progress=False)
+    same = random_matcher(micro_config(), device="cpu", seed=0)
+    assert match.main(pairs, root / "images", out, same, num_samples=50, progress=False).num_resumed == 1
+
+
+def test_signature_of_a_journal_only_file_is_checked(scene, tmp_path):
+    """A run killed before its first merge leaves only a journal: its entries carry the signature."""
+    root, Hs = scene
+    out = tmp_path / "m.h5"
+    m = HomographyMatcher(Hs, (200, 150))
+    w = match._JournalWriter(out, "HomographyMatcher", min_interval=1e9,
+                             signature=match.matcher_signature(m, num_samples=100), kind="dense")
+    w.add({"name0": "000.png", "name1": "001.png", "kpts0": np.zeros((3, 2), np.float32),
+           "kpts1": np.zeros((3, 2), np.float32), "scores": np.ones(3, np.float32),
+           "size0": np.array([200, 150]), "size1": np.array([200, 150])})
+    assert not out.exists()
+    with pytest.raises(ValueError, match="num_samples"):
+        match.main([("000.png", "001.png")], root / "images", out, m, num_samples=200, progress=False)
+    assert match.consolidate(out) == 1  # alone (as tracks does): the attrs come from the journal
+    assert match.matches_kind(out) == "dense"
+    with h5py.File(out, "r") as f:
+        assert json.loads(f.attrs["matcher_signature"])["num_samples"] == 100
+
+
+def test_matches_kind(scene, tmp_path):
+    root, Hs = scene
+    pairs = [("000.png", "001.png")]
+    match.main(pairs, root / "images", tmp_path / "sift.h5", "sift", progress=False)
+    match.main(pairs, root / "images", tmp_path / "dense.h5", HomographyMatcher(Hs, (200, 150)), progress=False)
+    assert match.matches_kind(tmp_path / "sift.h5") == "sparse"
+    assert match.matches_kind(tmp_path / "dense.h5") == "dense"
+
+    class WrappedSift:  # any keypoint matcher says so with kind = "sparse"
+        kind, name = "sparse", "my-keypoints"
+
+        def __init__(self):
+            self.inner = match.SiftMatcher()
+
+        def match(self, a, b):
+            return self.inner.match(a, b)
+
+    match.main(pairs, root / "images", tmp_path / "wrapped.h5", WrappedSift(), progress=False)
+    assert match.matches_kind(tmp_path / "wrapped.h5") == "sparse"
+    # files written before the attribute existed: told by the matcher name
+    for name, kind in (("sift(max_features=8000)", "sparse"), ("roma-tiny", "dense")):
+        with h5py.File(tmp_path / "old.h5", "w") as f:
+            f.attrs["matcher"] = name
+        assert match.matches_kind(tmp_path / "old.h5") == kind
+    with pytest.raises(FileNotFoundError):
+        match.matches_kind(tmp_path / "missing.h5")
