@@ -431,8 +431,6 @@ def map_cmd(
 
     Writes OUTPUT/features.h5, matches_idx.h5, sfm/ (database.db, models/) and sparse/0 (the largest model).
     """
-    import h5py
-
     from roma_sfm.pipelines import export, mapping, match, tracks
 
     out = output or default_output(images)
