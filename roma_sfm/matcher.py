@@ -241,10 +241,6 @@ class Matcher:
                 yield from self._match_rgb([f.result() for f in pending])
 
 
-def _is_path(x) -> bool:
-    return isinstance(x, (str, os.PathLike)) and (os.sep in str(x) or Path(x).suffix != "" or Path(x).exists())
-
-
 def load_model(name_or_path: Optional[Union[str, os.PathLike]] = None, weights: Optional[Union[str, os.PathLike]] = None,
                dinov2_weights: Optional[Union[str, os.PathLike]] = None) -> tuple[RoMa, dict]:
     """Build a model with weights -> (model, metadata). See :func:`load_matcher`."""

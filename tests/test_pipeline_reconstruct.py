@@ -1,6 +1,5 @@
 """reconstruct.main bookkeeping: report.json times, matcher config, stale outputs, default cell size."""
 import json
-from pathlib import Path
 
 import cv2
 import h5py

@@ -1,5 +1,4 @@
 """Checkpoint layouts, strict loading and the project's own checkpoint format."""
-import numpy as np
 import pytest
 import torch
 
@@ -7,7 +6,7 @@ from conftest import SHARED, micro_config
 from roma_sfm import CheckpointError, load_checkpoint, load_matcher, save_checkpoint
 from roma_sfm.models.roma import RoMa
 from roma_sfm.presets import PRESETS, ROMA_OUTDOOR
-from roma_sfm.weights import load_public, load_strict, read_checkpoint_info
+from roma_sfm.weights import load_public, read_checkpoint_info
 
 REF = SHARED / "reference"
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..presets import RomaConfig
-from .gp import GP, pixel_grid
+from .gp import GP
 from .refiner import ConvRefiner
 from .transformer import TransformerDecoder, to_warp
 
