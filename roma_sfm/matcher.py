@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,7 +262,11 @@ def load_model(name_or_path: Optional[Union[str, os.PathLike]] = None, weights: 
         if not path.is_file():
             raise CheckpointError(f"no weights for {cfg.name}: {path} does not exist (train one with "
                                   f"`roma-sfm train`, or pass weights=<checkpoint>)")
-        return load_checkpoint(path, dinov2_weights)
+        model, meta = load_checkpoint(path, dinov2_weights)
+        if not weights and not meta.get("recommended", False):
+            warnings.warn(f"the shipped {cfg.name} weights are still in training (step {meta.get('step', '?')}) "
+                          "and match far worse than SIFT; see MODEL_CARD.md", stacklevel=3)
+        return model, meta
     path = Path(name_or_path)
     if not path.is_file():
         raise CheckpointError(f"'{name_or_path}' is neither a preset ({', '.join(PRESETS)}) nor a checkpoint file")

@@ -183,5 +183,7 @@ def weights_status() -> list[dict]:
             ck = default_checkpoint() if name == "roma-tiny" else None
             ok = ck is not None and ck.is_file()
             where = str(ck) if ok else "not trained yet"
+            if ok and not shipped_model_recommended():
+                where += f" (in training: step {read_checkpoint_info(ck)[1].get('step', '?')}, not yet better than SIFT)"
         rows.append({"preset": name, "available": ok, "weights": where})
     return rows

@@ -126,3 +126,22 @@ def test_shipped_model_is_default_only_when_recommended(tmp_path, monkeypatch):
     assert not w.shipped_model_recommended()  # still in training
     save_checkpoint(path, model, {"steps": 10, "recommended": True})
     assert w.shipped_model_recommended()
+
+
+def test_loading_an_unrecommended_shipped_model_warns(tmp_path, monkeypatch):
+    import roma_sfm.matcher as mt
+
+    path = tmp_path / "roma_tiny.safetensors"
+    monkeypatch.setattr(mt, "default_checkpoint", lambda: path)
+    monkeypatch.setattr(mt, "DEFAULT_PRESET", "roma-tiny")
+    model = RoMa(micro_config())
+    save_checkpoint(path, model, {"step": 7})
+    with pytest.warns(UserWarning, match="still in training"):
+        m = load_matcher(device="cpu")
+    assert m.metadata["step"] == 7
+    save_checkpoint(path, model, {"step": 8, "recommended": True})
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_matcher(device="cpu").metadata["step"] == 8
