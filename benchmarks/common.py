@@ -16,7 +16,7 @@ import argparse
 import os
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -91,3 +91,34 @@ def fmt(x: Optional[float], digits: int = 1) -> str:
     if np.isinf(x):
         return "inf"
     return f"{x:.{digits}f}"
+
+
+def run_matchers(args: argparse.Namespace, lines: list[str], evaluate: Callable[[Any, Optional[Callable]], dict],
+                 row: Callable[[str, dict], str]) -> dict[str, dict]:
+    """Evaluate each ``--matcher`` in turn and append its table row to ``lines``.
+
+    ``evaluate(timed_matcher, log)`` returns the metrics; a matcher that cannot load gets a
+    "not run" row and the others still run. Returns {label: metrics + seconds_per_pair}.
+    """
+    import sys
+
+    log = None if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    columns = lines[0].count("|") - 1
+    results = {}
+    for spec in args.matcher:
+        name = label(spec)
+        try:
+            matcher = build_matcher(spec, args.device)
+        except Exception as e:  # e.g. a preset whose weights are absent: report it, run the others
+            print(f"{name}: cannot load the matcher: {e}", file=sys.stderr)
+            lines.append(f"| {name} | not run: {type(e).__name__} |" + " |" * (columns - 2))
+            continue
+        if log:
+            log(f"{name}:")
+        timed = TimedMatcher(matcher, args.num_samples, balanced=True, seed=args.seed)
+        r = evaluate(timed, log)
+        r["seconds_per_pair"] = timed.mean_seconds
+        results[name] = r
+        lines.append(row(name, r))
+        print(lines[-1], flush=True)
+    return results

@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _readme import write_table  # noqa: E402
-from common import DATA, TimedMatcher, add_common_args, build_matcher, fmt, label, set_threads  # noqa: E402
+from common import DATA, add_common_args, fmt, run_matchers, set_threads  # noqa: E402
 
 THRESHOLDS = (3, 5, 10)
 RANSAC_PX = 3.0
@@ -152,30 +152,16 @@ def main(argv=None) -> dict:
     set_threads(args.threads)
     pairs = list_pairs(args.data, args.names)[:args.limit]
     total = len(list(args.data.glob("*_vpts.mat")))
-    log = None if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
 
     cols = [f"< {t:g} px" for t in THRESHOLDS]
     lines = [f"| matcher | pairs | {' | '.join(cols)} | median error (px) | failed | matches (median) | s / pair |",
              "|---|---|---|---|---|---|---|---|---|"]
-    results = {}
-    for spec in args.matcher:
-        name = label(spec)
-        try:
-            matcher = build_matcher(spec, args.device)
-        except Exception as e:  # e.g. a preset whose weights are absent: report it, run the others
-            print(f"{name}: cannot load the matcher: {e}", file=sys.stderr)
-            lines.append(f"| {name} | not run: {type(e).__name__} | | | | | | | |")
-            continue
-        if log:
-            log(f"{name}:")
-        timed = TimedMatcher(matcher, args.num_samples, balanced=True, seed=args.seed)
-        r = evaluate(timed, pairs, args.ransac_px, args.seed, log)
-        r["seconds_per_pair"] = timed.mean_seconds
-        results[name] = r
-        shares = " | ".join(f"{r[f'<{t:g}px']:.1f} %" for t in THRESHOLDS)
-        lines.append(f"| {name} | {r['pairs']} | {shares} | {fmt(r['median'], 2)} | {r['failed']} "
-                     f"| {r['median_matches']:.0f} | {fmt(r['seconds_per_pair'], 2)} |")
-        print(lines[-1], flush=True)
+    results = run_matchers(
+        args, lines, lambda timed, log: evaluate(timed, pairs, args.ransac_px, args.seed, log),
+        lambda name, r: (f"| {name} | {r['pairs']} | "
+                         + " | ".join(f"{r[f'<{t:g}px']:.1f} %" for t in THRESHOLDS)
+                         + f" | {fmt(r['median'], 2)} | {r['failed']} | {r['median_matches']:.0f} "
+                         f"| {fmt(r['seconds_per_pair'], 2)} |"))
     ref = ", ".join(f"{k}: {' / '.join(f'{v:g} %' for v in vals[:-1])}, median {vals[-1]:g} px"
                     for k, vals in REFERENCE.items())
     subset = (f"all {total} pairs" if len(pairs) == total

@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _readme import write_table  # noqa: E402
-from common import DATA, TimedMatcher, add_common_args, build_matcher, fmt, label, set_threads  # noqa: E402
+from common import DATA, add_common_args, fmt, run_matchers, set_threads  # noqa: E402
 
 from roma_sfm.pipelines.evaluate import (estimate_relative_pose, pose_auc, read_pairs_gt,  # noqa: E402
                                          relative_pose_error)
@@ -83,28 +83,13 @@ def main(argv=None) -> dict:
     pairs = read_pairs_gt(args.pairs)
     total = len(pairs)
     pairs = pairs[:args.limit]
-    log = None if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
 
     lines = ["| matcher | pairs | AUC@5 | AUC@10 | AUC@20 | failed | matches (median) | s / pair |",
              "|---|---|---|---|---|---|---|---|"]
-    results = {}
-    for spec in args.matcher:
-        name = label(spec)
-        try:
-            matcher = build_matcher(spec, args.device)
-        except Exception as e:  # e.g. a preset whose weights are absent: report it, run the others
-            print(f"{name}: cannot load the matcher: {e}", file=sys.stderr)
-            lines.append(f"| {name} | not run: {type(e).__name__} | | | | | | |")
-            continue
-        if log:
-            log(f"{name}:")
-        timed = TimedMatcher(matcher, args.num_samples, balanced=True, seed=args.seed)
-        r = evaluate(timed, pairs, args.scenes, args.ransac_px, args.seed, log)
-        r["seconds_per_pair"] = timed.mean_seconds
-        results[name] = r
-        lines.append(f"| {name} | {r['pairs']} | {fmt(r['auc@5'])} | {fmt(r['auc@10'])} | {fmt(r['auc@20'])} "
-                     f"| {r['failed']} | {r['median_matches']:.0f} | {fmt(r['seconds_per_pair'], 2)} |")
-        print(lines[-1], flush=True)
+    results = run_matchers(
+        args, lines, lambda timed, log: evaluate(timed, pairs, args.scenes, args.ransac_px, args.seed, log),
+        lambda name, r: (f"| {name} | {r['pairs']} | {fmt(r['auc@5'])} | {fmt(r['auc@10'])} | {fmt(r['auc@20'])} "
+                         f"| {r['failed']} | {r['median_matches']:.0f} | {fmt(r['seconds_per_pair'], 2)} |"))
     ref = ", ".join(f"{k}: {' / '.join(f'{v:.1f}' for v in vals)}" for k, vals in REFERENCE.items())
     subset = f"the first {len(pairs)}" if args.limit and len(pairs) < total else f"all {len(pairs)}"
     lines += ["", f"Relative pose on {subset} pairs of `{args.pairs.name}` (Strecha, 768x512): essential matrix RANSAC "
