@@ -1,4 +1,4 @@
-"""Shared pieces of the two-view benchmarks (``pose.py``, ``homography.py``).
+"""Shared pieces of the two-view benchmarks (``pose.py``, ``planar.py``).
 
 - ``DATA``: the shared evaluation data (``$ROMA_SFM_SHARED/data``, default ``../shared/data``).
   EVALUATION ONLY: read in place, never copied into the repository.

@@ -1,4 +1,4 @@
-"""Two-view benchmarks (benchmarks/pose.py, benchmarks/homography.py): scoring on constructed inputs,
+"""Two-view benchmarks (benchmarks/pose.py, benchmarks/planar.py): scoring on constructed inputs,
 and a smoke run of each script on 2 real pairs when ../shared/data is present."""
 import importlib.util
 import sys
@@ -20,7 +20,7 @@ def _load(name):
 
 
 pose = _load("pose")
-homography = _load("homography")
+homography = _load("planar")
 common = _load("common")
 DATA = common.DATA
 PAIRS = DATA / "pairs" / "strecha_gap3.txt"

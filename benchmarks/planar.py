@@ -1,6 +1,6 @@
 """Homography benchmark on the 16 real planar pairs of HomogrDataset (CMP Prague).
 
-    python benchmarks/homography.py [--matcher roma sift sift-opencv ...] [--num-samples 5000]
+    python benchmarks/planar.py [--matcher roma sift sift-opencv ...] [--num-samples 5000]
                                     [--limit N] [--names adam graf ...] [--write-readme]
 
 For each pair ``<name>A.*`` / ``<name>B.*`` of ``--data`` (default ``../shared/data/homography``):
@@ -169,7 +169,7 @@ def main(argv=None) -> dict:
     lines += ["", f"Homography on {subset} of HomogrDataset (real planar scenes): H by OpenCV USAC_MAGSAC at "
               f"{args.ransac_px:g} px, error = mean transfer error on the manual validation points, "
               f"share of pairs under each threshold. Dense matchers: {args.num_samples} balanced samples. "
-              f"Reference (data README, OpenCV SIFT + MAGSAC) {ref}. `python benchmarks/homography.py` on "
+              f"Reference (data README, OpenCV SIFT + MAGSAC) {ref}. `python benchmarks/planar.py` on "
               f"{args.threads} CPU threads ({platform.processor() or platform.machine()}); s / pair = matching only."]
     table = "\n".join(lines)
     print(table)
