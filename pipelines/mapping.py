@@ -243,24 +243,20 @@ def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_
     if ver.num_verified == 0:
         logger.warning("mapping: no verified image pair; nothing to reconstruct")
         return MappingResult(None, image_ids, ver, 0, times)
-    if mapper == "incremental":
-        opts = pycolmap.IncrementalPipelineOptions()
-        opts.min_model_size = min_model_size
-        opts.min_num_matches = min_num_inliers
-        opts.num_threads = num_threads
-        opts.random_seed = seed
-        models = pycolmap.incremental_mapping(database, images, models_dir, opts)
-    elif mapper == "global":
-        if not hasattr(pycolmap, "global_mapping"):
-            raise RuntimeError(f"pycolmap {pycolmap.__version__} has no global_mapping")
-        opts = pycolmap.GlobalPipelineOptions()
-        opts.min_model_size = min_model_size
-        opts.min_num_matches = min_num_inliers
-        opts.num_threads = num_threads
-        opts.random_seed = seed
-        models = pycolmap.global_mapping(database, images, models_dir, opts)
-    else:
+    # the two mappers take the same options; pick the pair (options class, entry point) by name
+    mappers = {"incremental": ("IncrementalPipelineOptions", "incremental_mapping"),
+               "global": ("GlobalPipelineOptions", "global_mapping")}
+    if mapper not in mappers:
         raise ValueError(f"mapper must be 'incremental' or 'global', not {mapper!r}")
+    options_cls, entry = mappers[mapper]
+    if not hasattr(pycolmap, entry):
+        raise RuntimeError(f"pycolmap {pycolmap.__version__} has no {entry}")
+    opts = getattr(pycolmap, options_cls)()
+    opts.min_model_size = min_model_size
+    opts.min_num_matches = min_num_inliers
+    opts.num_threads = num_threads
+    opts.random_seed = seed
+    models = getattr(pycolmap, entry)(database, images, models_dir, opts)
     times["mapping"] = time.perf_counter() - t0
     if not models:
         logger.warning("mapping: pycolmap built no model")
