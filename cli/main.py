@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import sys
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
@@ -262,6 +264,25 @@ RESOLUTION_HELP = ("RoMa coarse resolution: N or HxW, multiples of 14 (default: 
                    "roma-tiny, 560 for the paper models).")
 DEVICE_HELP = "Torch device for RoMa: auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ..."
 NUM_SAMPLES_HELP = "Matches sampled per pair from RoMa's dense warp (SIFT keeps at most this many)."
+RAY_HELP = ("Match on a Ray cluster: `--ray` alone starts a local one, `--ray HOST:PORT` (or `auto`) joins a "
+            "running one (needs `pip install roma-sfm\\[ray]`; images and OUTPUT on a file system all workers see).")
+RAY_ADDRESS = re.compile(r"^(local|auto|ray://.*|\[?[\w.:-]*\]?:\d+)$")
+
+
+def normalise_ray_flag(argv: list[str]) -> list[str]:
+    """``--ray`` may come without its ADDRESS (Typer options always take a value): insert 'local'
+    after a ``--ray`` that is not followed by something shaped like an address."""
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg == "--ray" and (i + 1 == len(argv) or not RAY_ADDRESS.match(argv[i + 1])):
+            out.append("local")
+    return out
+
+
+def run() -> None:
+    """Console-script entry point: :data:`app` with ``--ray``'s address made optional."""
+    app(args=normalise_ray_flag(sys.argv[1:]), prog_name="roma-sfm")
 NUM_THREADS_HELP = "Threads for COLMAP's verification and mapping (-1: all cores)."
 VERBOSE_HELP = "Show COLMAP's own log, and full tracebacks on errors."
 POSES_GT_HELP = ("Ground-truth cameras (`name fx fy cx cy qw qx qy qz tx ty tz`) to score the model with: "
@@ -305,6 +326,9 @@ def reconstruct(
                                                 "per_folder, per_image."),
     poses_gt: str = typer.Option("auto", "--poses-gt", help=POSES_GT_HELP),
     num_threads: int = typer.Option(-1, "--num-threads", help=NUM_THREADS_HELP),
+    ray: Optional[str] = typer.Option(None, "--ray", show_default=False, metavar="[ADDRESS]", help=RAY_HELP),
+    ray_workers: Optional[int] = typer.Option(None, "--ray-workers", min=1, show_default=False,
+                                              help="Ray: number of workers (default: one per CPU of the cluster)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Match every pair again instead of resuming from "
                                    "OUT/matches.h5 (the other steps always re-run)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
@@ -330,7 +354,7 @@ def reconstruct(
                                    num_samples=num_samples, cell_size=cell_size, max_keypoints=max_keypoints,
                                    mapper=mapper.value, camera_mode=camera_mode.value, device=device, gt_poses=gt,
                                    overwrite=overwrite, num_threads=num_threads, batch_size=batch_size,
-                                   verbose=verbose)
+                                   verbose=verbose, ray=ray, ray_workers=ray_workers)
     _print_report(report, "roma-sfm reconstruct")
     if report["status"] != "ok":
         _fail(report["message"])
@@ -380,6 +404,15 @@ def match_cmd(
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     num_samples: int = typer.Option(10000, "--num-samples", min=1, help=NUM_SAMPLES_HELP),
     batch_size: int = typer.Option(1, "--batch-size", min=1, help="RoMa: pairs per forward pass."),
+    retrieval: Optional[int] = typer.Option(None, "--retrieval", min=1, show_default=False,
+                                            help="Instead of --pairs: match every image with its K most similar "
+                                                 "images (global descriptors; pairs written next to OUTPUT)."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Threads decoding images ahead of the model."),
+    cache_mb: float = typer.Option(512, "--cache-mb", min=0, help="RoMa: memory for per-image encoder "
+                                   "features reused across pairs."),
+    ray: Optional[str] = typer.Option(None, "--ray", show_default=False, metavar="[ADDRESS]", help=RAY_HELP),
+    ray_workers: Optional[int] = typer.Option(None, "--ray-workers", min=1, show_default=False,
+                                              help="Ray: number of workers (default: one per CPU of the cluster)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start OUTPUT afresh instead of resuming the pairs "
                                    "already in it."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
@@ -390,15 +423,17 @@ def match_cmd(
     out = output or default_output(images) / "matches.h5"
     with _guard(verbose):
         m = match.get_matcher(_resolve_matcher(matcher, resolution, device), device=device)  # load errors first
+        if pairs is not None and retrieval is not None:
+            _fail("give --pairs or --retrieval, not both", code=2)
         if pairs is None:
+            mode = "auto" if retrieval is None else "retrieval"
             pairs = out.parent / "pairs.txt"
-            pair_list = pairs_.main(images, pairs, mode="auto")
-            console.print(f"{len(pair_list)} pairs (auto) -> {escape(str(pairs))}")
-        else:
-            pair_list = pairs
-        try:
-            stats = match.main(pair_list, images, out, m, num_samples=num_samples, batch_size=batch_size,
-                               overwrite=overwrite, device=device)
+            n = len(pairs_.main(images, pairs, mode=mode, num_matched=retrieval or 10))
+            console.print(f"{n} pairs ({mode}) -> {escape(str(pairs))}")
+        try:  # the pairs file is streamed, never held in memory
+            stats = match.main(pairs, images, out, m, num_samples=num_samples, batch_size=batch_size,
+                               overwrite=overwrite, device=device, num_workers=workers, cache_mb=cache_mb,
+                               ray=ray, ray_workers=ray_workers)
         except ValueError as e:  # e.g. OUTPUT holds matches of another matcher
             _fail(f"{e} (CLI: --overwrite)")
     rows = [("pairs", str(stats.num_pairs)),

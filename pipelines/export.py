@@ -15,12 +15,14 @@ Public API
 
 Layout of ``outputs``: ``sparse/0/{cameras,images,points3D,rigs,frames}.{bin,txt}``, ``points.ply``,
 ``report.json``, ``preview.png`` (cameras and points from above, "up" = mean camera up vector),
-``matches/<name0>__<name1>.png``.
+``matches/<name0>__<name1>.png``. The model, the PLY and the preview are written under temporary
+names and renamed into place, so a run killed while exporting leaves the earlier files or the new ones.
 """
 from __future__ import annotations
 
 import json
 import platform
+import shutil
 from importlib import metadata
 from pathlib import Path
 from typing import Optional
@@ -30,7 +32,7 @@ import numpy as np
 import pycolmap
 
 from ..io import ImageReadError, read_image
-from .utils import logger
+from .utils import atomic_output, logger, replace_dir
 
 
 def versions() -> dict[str, str]:
@@ -45,10 +47,14 @@ def versions() -> dict[str, str]:
 
 
 def write_model(reconstruction: pycolmap.Reconstruction, sparse_dir: Path) -> None:
+    """Binary and text model in ``sparse_dir``, which it replaces whole (never a mix of two models)."""
     sparse_dir = Path(sparse_dir)
-    sparse_dir.mkdir(parents=True, exist_ok=True)
-    reconstruction.write_binary(str(sparse_dir))
-    reconstruction.write_text(str(sparse_dir))
+    tmp = sparse_dir.with_name(sparse_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    reconstruction.write_binary(str(tmp))
+    reconstruction.write_text(str(tmp))
+    replace_dir(tmp, sparse_dir)
 
 
 def model_stats(reconstruction: Optional[pycolmap.Reconstruction]) -> dict:
@@ -187,8 +193,10 @@ def main(reconstruction: Optional[pycolmap.Reconstruction], outputs: Path, image
     report = {**report, **model_stats(reconstruction), "versions": versions()}
     if reconstruction is not None and reconstruction.num_reg_images() > 0:
         write_model(reconstruction, outputs / "sparse" / "0")
-        reconstruction.export_PLY(str(outputs / "points.ply"))
-        plot_top_view(reconstruction, outputs / "preview.png")
+        with atomic_output(outputs / "points.ply") as tmp:
+            reconstruction.export_PLY(str(tmp))
+        with atomic_output(outputs / "preview.png") as tmp:
+            plot_top_view(reconstruction, tmp)
         report["model"] = str(outputs / "sparse" / "0")
     if features is not None and matches_idx is not None and Path(matches_idx).exists() and num_match_plots > 0:
         try:

@@ -33,8 +33,11 @@ RANSAC (COLMAP returns DEGENERATE for them anyway), keypoints are converted once
 pairs are verified on ``num_threads`` threads (pycolmap releases the GIL; each pair is seeded, so
 the result does not depend on the number of threads).
 
-Writes ``<sfm_dir>/database.db`` and ``<sfm_dir>/models/<i>/`` (every model pycolmap made; models of
-an earlier run are removed first), and returns the largest model (most registered images).
+Writes ``<sfm_dir>/database.db`` and ``<sfm_dir>/models/<i>/`` (every model pycolmap made), and
+returns the largest model (most registered images). Both are built under temporary names and take the
+place of an earlier run's at the end: a run killed (or failing) at any moment leaves the earlier
+database and models as they were, and a finished run leaves none of the earlier models behind.
+Refuses (ValueError) features.h5 and matches_idx.h5 from two different runs of the tracks step.
 """
 from __future__ import annotations
 
@@ -50,8 +53,8 @@ from typing import Callable, Iterable, Iterator, Optional, TypeVar
 import numpy as np
 import pycolmap
 
-from .tracks import read_features, read_index_matches
-from .utils import logger
+from .tracks import check_same_run, read_features, read_index_matches
+from .utils import atomic_output, logger, replace_dir
 
 DEFAULT_FOCAL_FACTOR = 1.2
 
@@ -166,7 +169,7 @@ def _ordered_map(fn: Callable[[T], R], items: Iterable[T], num_threads: int) -> 
 
 def import_matches(database: Path, image_ids: dict[str, int], matches_idx: Path, min_num_inliers: int = 15,
                    ransac_max_error: float = 4.0, skip_geometric_verification: bool = False,
-                   seed: int = 0, num_threads: int = 1) -> VerificationStats:
+                   seed: int = 0, num_threads: int = 1, prefilter_trials: int = 1000) -> VerificationStats:
     """Write raw matches and verified two-view geometries of every pair into ``database``.
 
     Pairs with fewer than ``min_num_inliers`` matches cannot be verified and skip RANSAC (counted as
@@ -179,6 +182,11 @@ def import_matches(database: Path, image_ids: dict[str, int], matches_idx: Path,
     opts.min_num_inliers = min_num_inliers
     opts.ransac.max_error = ransac_max_error
     opts.ransac.random_seed = seed
+    quick = None
+    if prefilter_trials:
+        quick = pycolmap.TwoViewGeometryOptions()
+        quick.min_num_inliers, quick.ransac.max_error, quick.ransac.random_seed = min_num_inliers, ransac_max_error, seed
+        quick.ransac.max_num_trials = min(prefilter_trials, quick.ransac.max_num_trials)
     inliers = []
     degenerate = pycolmap.TwoViewGeometryConfiguration.DEGENERATE
     with pycolmap.Database.open(database) as db:
@@ -197,7 +205,11 @@ def import_matches(database: Path, image_ids: dict[str, int], matches_idx: Path,
                 tvg = pycolmap.TwoViewGeometry()
                 tvg.config = degenerate
             else:
-                tvg = pycolmap.estimate_two_view_geometry(cams[a], kps[a], cams[b], kps[b], idx, opts)
+                tvg = None
+                if quick is not None:  # cheap look first: most pairs that fail here fail the full RANSAC too
+                    tvg = pycolmap.estimate_two_view_geometry(cams[a], kps[a], cams[b], kps[b], idx, quick)
+                if tvg is None or len(tvg.inlier_matches) >= min_num_inliers:
+                    tvg = pycolmap.estimate_two_view_geometry(cams[a], kps[a], cams[b], kps[b], idx, opts)
             return tvg
 
         threads = 1 if skip_geometric_verification else _resolve_threads(num_threads)
@@ -228,21 +240,6 @@ def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_
     """
     sfm_dir = Path(sfm_dir)
     sfm_dir.mkdir(parents=True, exist_ok=True)
-    times: dict[str, float] = {}
-    t0 = time.perf_counter()
-    database = sfm_dir / "database.db"
-    image_ids = create_database(database, images, features, camera_mode, camera_model)
-    ver = import_matches(database, image_ids, matches_idx, min_num_inliers, ransac_max_error,
-                         skip_geometric_verification, seed, num_threads=num_threads)
-    times["verification"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    models_dir = sfm_dir / "models"
-    shutil.rmtree(models_dir, ignore_errors=True)  # models of an earlier run must not outlive it
-    models_dir.mkdir()
-    pycolmap.set_random_seed(seed)
-    if ver.num_verified == 0:
-        logger.warning("mapping: no verified image pair; nothing to reconstruct")
-        return MappingResult(None, image_ids, ver, 0, times)
     # the two mappers take the same options; pick the pair (options class, entry point) by name
     mappers = {"incremental": ("IncrementalPipelineOptions", "incremental_mapping"),
                "global": ("GlobalPipelineOptions", "global_mapping")}
@@ -251,13 +248,34 @@ def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_
     options_cls, entry = mappers[mapper]
     if not hasattr(pycolmap, entry):
         raise RuntimeError(f"pycolmap {pycolmap.__version__} has no {entry}")
-    opts = getattr(pycolmap, options_cls)()
-    opts.min_model_size = min_model_size
-    opts.min_num_matches = min_num_inliers
-    opts.num_threads = num_threads
-    opts.random_seed = seed
-    models = getattr(pycolmap, entry)(database, images, models_dir, opts)
-    times["mapping"] = time.perf_counter() - t0
+    check_same_run(features, matches_idx)
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    models_tmp = sfm_dir / "models.tmp"
+    shutil.rmtree(models_tmp, ignore_errors=True)  # what a killed run left
+    models_tmp.mkdir()
+    with atomic_output(sfm_dir / "database.db") as database:
+        database.unlink(missing_ok=True)
+        image_ids = create_database(database, images, features, camera_mode, camera_model)
+        ver = import_matches(database, image_ids, matches_idx, min_num_inliers, ransac_max_error,
+                             skip_geometric_verification, seed, num_threads=num_threads)
+        times["verification"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        models: dict = {}
+        if ver.num_verified == 0:
+            logger.warning("mapping: no verified image pair; nothing to reconstruct")
+        else:
+            opts = getattr(pycolmap, options_cls)()
+            opts.min_model_size = min_model_size
+            opts.min_num_matches = min_num_inliers
+            opts.num_threads = num_threads
+            opts.random_seed = seed
+            pycolmap.set_random_seed(seed)
+            models = getattr(pycolmap, entry)(database, images, models_tmp, opts)
+            times["mapping"] = time.perf_counter() - t0
+    replace_dir(models_tmp, sfm_dir / "models")  # models of an earlier run must not outlive it
+    if ver.num_verified == 0:
+        return MappingResult(None, image_ids, ver, 0, times)
     if not models:
         logger.warning("mapping: pycolmap built no model")
         return MappingResult(None, image_ids, ver, 0, times)

@@ -39,22 +39,24 @@ throttled (at most ~10 % of the run time goes to copying) and always happen at t
 """
 from __future__ import annotations
 
+import errno
 import hashlib
+import inspect
 import json
 import os
 import shutil
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import cv2
 import h5py
 import numpy as np
 
 from ..io import ImageReadError, as_rgb
-from .utils import logger, names_to_pair, read_pairs, scan_images
+from .utils import iter_pairs, logger, names_to_pair, scan_images
 
 COORDINATES = "colmap: corner at (0,0), pixel centres at +0.5"
 FORMAT = "roma-sfm matches v1 (hloc dense layout)"
@@ -140,6 +142,18 @@ class SiftMatcher:
         self.cache: OrderedDict[str, tuple[np.ndarray, np.ndarray, tuple[int, int]]] = OrderedDict()
         self.cache_size = cache_size
         self.sift = cv2.SIFT_create(nfeatures=max_features, contrastThreshold=contrast_threshold)
+
+    def __getstate__(self) -> dict:  # picklable (e.g. for Ray workers): cv2 objects are not
+        state = {k: v for k, v in self.__dict__.items() if k not in ("sift", "cache")}
+        state["contrast_threshold"] = float(self.sift.getContrastThreshold())
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        contrast = state.pop("contrast_threshold")
+        self.__dict__.update(state)
+        self.cache = OrderedDict()
+        self.sift = cv2.SIFT_create(nfeatures=self.max_features, contrastThreshold=contrast)
 
     @property
     def name(self) -> str:
@@ -342,18 +356,36 @@ def _group_complete(grp: h5py.Group) -> bool:
             and all(k in grp for k in ("keypoints0", "keypoints1", "scores")))
 
 
-def list_pairs(path: Path) -> list[tuple[str, str]]:
-    """(name0, name1) of every complete pair group in a matches file (exact names from attrs)."""
+def stored_pairs(path: Path) -> dict[tuple[str, str], dict[str, str]]:
+    """Every complete pair group of a matches file: (name0, name1) -> {name: content fingerprint}
+    (empty for files written before fingerprints)."""
     path = Path(path)
+    out: dict[tuple[str, str], dict[str, str]] = {}
     if not path.exists():
-        return []
-    out = []
+        return out
     with h5py.File(path, "r") as f:
         def visit(_, obj):
             if isinstance(obj, h5py.Group) and "name0" in obj.attrs and _group_complete(obj):
-                out.append((str(obj.attrs["name0"]), str(obj.attrs["name1"])))
+                a, b = str(obj.attrs["name0"]), str(obj.attrs["name1"])
+                out[(a, b)] = {n: str(obj.attrs[k]) for n, k in ((a, "fingerprint0"), (b, "fingerprint1"))
+                               if k in obj.attrs}
         f.visititems(visit)
     return out
+
+
+def list_pairs(path: Path) -> list[tuple[str, str]]:
+    """(name0, name1) of every complete pair group in a matches file (exact names from attrs)."""
+    return list(stored_pairs(path))
+
+
+def fingerprint(path: Path, chunk: int = 1 << 20) -> str:
+    """Content hash of a file (blake2b, 16 hex): tells a replaced image from the one matched before,
+    whatever its time stamps (copies and backups change those)."""
+    h = hashlib.blake2b(digest_size=8)
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_matches(path: Path, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -379,6 +411,9 @@ def _write_group(f: h5py.File, item: dict) -> None:
     g.attrs["name0"], g.attrs["name1"] = item["name0"], item["name1"]
     g.attrs["size0"] = np.asarray(item["size0"], np.int64)
     g.attrs["size1"] = np.asarray(item["size1"], np.int64)
+    for k in ("fingerprint0", "fingerprint1"):  # content hashes: a replaced image is re-matched
+        if k in item:
+            g.attrs[k] = str(item[k])
     g.attrs["complete"] = 1  # last: a group without it is ignored by readers
 
 
@@ -386,50 +421,89 @@ def _journal_dir(path: Path) -> Path:
     return Path(str(path) + ".journal")
 
 
+def _read_entry(path: Path) -> dict:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: (str(z[k]) if z[k].dtype.kind == "U" else z[k]) for k in z.files}
+
+
+def _ensure_room(path: Path, size: int) -> None:
+    """Refuse (OSError naming the cause) to write a file of about ``size`` bytes next to ``path``
+    when the disk or the process's file-size limit cannot take it: HDF5 copes badly with a write
+    that fails half way (h5py may even crash at exit), so the merge must not start."""
+    need = int(size * 1.1) + (1 << 20)
+    free = shutil.disk_usage(path.parent).free
+    limit = _file_size_limit()
+    if need > free or need > limit:
+        cause = (f"{free / 2**20:.0f} MB free on the disk" if need > free
+                 else f"files are limited to {limit / 2**20:.1f} MB for this process (ulimit -f)")
+        raise OSError(errno.ENOSPC, f"could not write {path}: it needs about {need / 2**20:.1f} MB and {cause}; "
+                      f"the matches so far are safe in {path.name} and {_journal_dir(path).name}/: free some "
+                      f"space and run the same command again")
+
+
+def _file_size_limit() -> float:
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        return float("inf") if soft == resource.RLIM_INFINITY else float(soft)
+    except (ImportError, ValueError, OSError):  # not on POSIX
+        return float("inf")
+
+
 def consolidate(path: Path, matcher_name: str = "", signature: Optional[dict] = None, kind: str = "") -> int:
     """Merge the journal of ``path`` into it by copy-on-write; returns the number of pairs merged.
 
     ``matcher_name``, ``signature`` and ``kind`` are written as file attrs when given; otherwise the
     journal entries' own (a run killed before its first merge) are used for a file that has none.
+    Entries are read one at a time: memory does not grow with the size of the journal.
     """
     path = Path(path)
     jdir = _journal_dir(path)
     entries = sorted(jdir.glob("*.npz")) if jdir.is_dir() else []
     if not entries and path.exists():
         return 0
-    items = []
     journal_meta: dict = {}
-    for e in entries:
+    for e in entries[:1]:
         try:
-            with np.load(e, allow_pickle=False) as z:
-                items.append({k: (str(z[k]) if k in ("name0", "name1", "_meta") else z[k]) for k in z.files})
-            if "_meta" in items[-1] and not journal_meta:
-                journal_meta = json.loads(items[-1]["_meta"])
-        except Exception as ex:  # a torn entry can only come from a crash outside our atomic rename
-            logger.warning("dropping unreadable journal entry %s (%s)", e.name, ex)
+            journal_meta = json.loads(_read_entry(e).get("_meta", "{}"))
+        except Exception:
+            pass
     tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    _ensure_room(path, (path.stat().st_size if path.exists() else 0) + sum(e.stat().st_size for e in entries))
     if path.exists():
         shutil.copyfile(path, tmp)
-    elif tmp.exists():
-        tmp.unlink()
-    with h5py.File(tmp, "a", libver="latest") as f:
-        f.attrs["coordinates"] = COORDINATES
-        f.attrs["format"] = FORMAT
-        given = {"matcher": matcher_name, "kind": kind,
-                 "matcher_signature": json.dumps(signature, sort_keys=True) if signature else ""}
-        for k, v in given.items():
-            v = v or (str(journal_meta.get(k, "")) if k not in f.attrs else "")
-            if v:
-                f.attrs[k] = v
-        for item in items:
-            _write_group(f, item)
-        f.flush()
+    merged = 0
+    try:
+        with h5py.File(tmp, "a", libver="latest") as f:
+            f.attrs["coordinates"] = COORDINATES
+            f.attrs["format"] = FORMAT
+            given = {"matcher": matcher_name, "kind": kind,
+                     "matcher_signature": json.dumps(signature, sort_keys=True) if signature else ""}
+            for k, v in given.items():
+                v = v or (str(journal_meta.get(k, "")) if k not in f.attrs else "")
+                if v:
+                    f.attrs[k] = v
+            for e in entries:
+                try:
+                    item = _read_entry(e)
+                except Exception as ex:  # a torn entry can only come from a crash outside our atomic rename
+                    logger.warning("dropping unreadable journal entry %s (%s)", e.name, ex)
+                    continue
+                _write_group(f, item)
+                merged += 1
+            f.flush()
+    except OSError as e:  # e.g. disk full: the old file and the journal are untouched
+        tmp.unlink(missing_ok=True)
+        raise OSError(f"could not write {path} ({e}); the matches so far are safe in {path.name} and "
+                      f"{jdir.name}/: free some space and run the same command again") from e
     os.replace(tmp, path)  # atomic: readers see the old or the new complete file
     for e in entries:
         e.unlink(missing_ok=True)
     if jdir.is_dir() and not any(jdir.iterdir()):
         jdir.rmdir()
-    return len(items)
+    return merged
 
 
 class _JournalWriter:
@@ -451,9 +525,14 @@ class _JournalWriter:
     def add(self, item: dict) -> None:
         self.jdir.mkdir(parents=True, exist_ok=True)  # a merge removes it when empty
         tmp = self.jdir / f"{self.seq:08d}.tmp"
-        with open(tmp, "wb") as fh:
-            np.savez(fh, _meta=np.asarray(self.meta), **item)
-            fh.flush()
+        try:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, _meta=np.asarray(self.meta), **item)
+                fh.flush()
+        except OSError as e:  # e.g. disk full: what is already in the journal and the h5 stays
+            tmp.unlink(missing_ok=True)
+            raise OSError(f"could not write the journal of {self.path} ({e}); the pairs matched so far are "
+                          f"safe: free some space and run the same command again") from e
         os.replace(tmp, self.jdir / f"{self.seq:08d}.npz")
         self.seq += 1
         now = time.perf_counter()
@@ -493,28 +572,8 @@ def _progress(total: int, enabled: bool):
                     TextColumn("ETA"), TimeRemainingColumn(), disable=not enabled, transient=False)
 
 
-def main(pairs: Union[Path, Sequence[tuple[str, str]]], images: Path, output: Path, matcher: Any = "sift",
-         num_samples: int = 10000, balanced: bool = True, seed: int = 0, batch_size: int = 1,
-         overwrite: bool = False, device: str = "auto", progress: bool = True,
-         skipped_images: Optional[dict[str, str]] = None) -> MatchStats:
-    """Match every pair (names relative to ``images``) and write ``output`` (matches.h5).
-
-    Resumable: pairs already in ``output`` (or its journal) are skipped unless ``overwrite``; the
-    file records :func:`matcher_signature` (matcher, resolution, weights, sampling), and resuming
-    with a different one raises ValueError naming what differs (``overwrite=True`` starts afresh).
-    Pairs naming an unreadable image are skipped with a warning and listed in the stats.
-    """
-    t0 = time.perf_counter()
-    images, output = Path(images), Path(output)
-    pair_list = read_pairs(pairs) if isinstance(pairs, (str, Path)) else [tuple(p) for p in pairs]
-    stats = MatchStats(num_pairs=len(pair_list))
-    if overwrite:
-        output.unlink(missing_ok=True)
-        shutil.rmtree(_journal_dir(output), ignore_errors=True)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    matcher = get_matcher(matcher, device=device)
-    name, kind = matcher_name(matcher), matcher_kind(matcher)
-    signature = matcher_signature(matcher, num_samples=num_samples, balanced=balanced, seed=seed)
+def _check_resumable(output: Path, name: str, signature: dict) -> None:
+    """Raise ValueError when ``output`` (or its journal) holds matches of another configuration."""
     previous = _stored_meta(output)
     if "matcher_signature" in previous:
         diffs = _signature_diff(previous["matcher_signature"], signature)
@@ -525,56 +584,213 @@ def main(pairs: Union[Path, Sequence[tuple[str, str]]], images: Path, output: Pa
     if diffs:
         raise ValueError(f"{output} holds matches of another matcher configuration ({'; '.join(diffs)}): pass "
                          f"overwrite=True or use another output folder instead of mixing them")
-    consolidate(output, name, signature, kind)  # merge what a killed run left in the journal
-    done = {tuple(sorted(p)) for p in list_pairs(output)}
-    # unreadable images: known from the caller's scan, else found now (decoding each image once)
-    bad = dict(skipped_images or {})
-    names = sorted({n for p in pair_list for n in p})
-    if skipped_images is None:
-        bad.update(scan_images(images, image_list=names).skipped)
-    todo = []
-    for a, b in pair_list:
-        if tuple(sorted((a, b))) in done:
-            stats.num_resumed += 1
-        elif a in bad or b in bad:
-            stats.num_failed += 1
-        else:
-            todo.append((a, b))
-    if stats.num_resumed:
-        logger.info("match: %d of %d pairs already in %s, resuming", stats.num_resumed, len(pair_list), output)
+
+
+def _safe_fingerprint(path: Path) -> str:
+    """:func:`fingerprint`, or '' when the file cannot be read (matchers may not read files at all)."""
+    try:
+        return fingerprint(path)
+    except OSError:
+        return ""
+
+
+def _shards_dir(path: Path) -> Path:
+    return Path(str(path) + ".shards")
+
+
+def merge_shard(writer: "_JournalWriter", shard: Path) -> int:
+    """Move the complete pairs of a shard file (and its journal, left by a killed worker) into
+    ``writer``'s matches file, then delete the shard; returns the number of pairs moved. A shard of
+    another matcher configuration is deleted unread."""
+    shard = Path(shard)
+    meta = _stored_meta(shard)
+    if meta and writer.signature and meta.get("matcher_signature") != writer.signature:
+        logger.warning("match: dropping shard %s of another matcher configuration", shard.name)
+        moved = -1
+    else:
+        consolidate(shard)
+        moved = 0
+        if shard.exists():
+            with h5py.File(shard, "r") as f:
+                def visit(_, g):
+                    nonlocal moved
+                    if isinstance(g, h5py.Group) and "name0" in g.attrs and _group_complete(g):
+                        item = {"name0": str(g.attrs["name0"]), "name1": str(g.attrs["name1"]),
+                                "kpts0": g["keypoints0"][()], "kpts1": g["keypoints1"][()], "scores": g["scores"][()],
+                                "size0": g.attrs["size0"], "size1": g.attrs["size1"]}
+                        item.update({k: str(g.attrs[k]) for k in ("fingerprint0", "fingerprint1") if k in g.attrs})
+                        writer.add(item)
+                        moved += 1
+                f.visititems(visit)
+    # the pairs are safe in the journal now (merged into the main file by the writer's schedule)
+    shard.unlink(missing_ok=True)
+    shutil.rmtree(_journal_dir(shard), ignore_errors=True)
+    return max(moved, 0)
+
+
+def _pair_source(pairs: Union[Path, str, Iterable[tuple[str, str]]]) -> Callable[[], Iterator[tuple[str, str]]]:
+    """A re-iterable view of the pairs: a pairs file is re-read lazily (no list of all pairs)."""
+    if isinstance(pairs, (str, Path)):
+        return lambda: iter_pairs(Path(pairs))
+    seq = pairs if isinstance(pairs, Sequence) else list(pairs)
+    return lambda: ((str(a), str(b)) for a, b in seq)
+
+
+def main(pairs: Union[Path, Iterable[tuple[str, str]]], images: Path, output: Path, matcher: Any = "sift",
+         num_samples: int = 10000, balanced: bool = True, seed: int = 0, batch_size: int = 1,
+         overwrite: bool = False, device: str = "auto", progress: bool = True,
+         skipped_images: Optional[dict[str, str]] = None, num_workers: int = 2, cache_mb: float = 512,
+         ray: Optional[str] = None, ray_workers: Optional[int] = None, shard_size: int = 64) -> MatchStats:
+    """Match every pair (names relative to ``images``) and write ``output`` (matches.h5).
+
+    Streams: a pairs file is read lazily, images are decoded ``num_workers`` threads ahead of the
+    model, per-image encoder features are cached (``cache_mb``, RoMa), pairs go through the model
+    ``batch_size`` at a time, and each result goes to disk at once; memory does not grow with the
+    number of pairs.
+
+    Resumable: pairs already in ``output`` (or its journal, or shard files of a killed distributed
+    run) are skipped unless ``overwrite`` or one of their images changed content since (its pairs
+    are matched again). The file records :func:`matcher_signature` (matcher, resolution, weights,
+    sampling); resuming with a different one raises ValueError naming what differs
+    (``overwrite=True`` starts afresh). Pairs naming an unreadable image are skipped with a warning
+    and listed in the stats.
+
+    ``ray``: match on a Ray cluster instead ('' or 'local' for a local one, else its address), in
+    shards of ``shard_size`` pairs over ``ray_workers`` workers (see :mod:`.cluster`); the results
+    are the same as in one process.
+    """
+    t0 = time.perf_counter()
+    images, output = Path(images), Path(output)
+    source = _pair_source(pairs)
+    if overwrite:
+        output.unlink(missing_ok=True)
+        shutil.rmtree(_journal_dir(output), ignore_errors=True)
+        shutil.rmtree(_shards_dir(output), ignore_errors=True)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    matcher = get_matcher(matcher, device=device)
+    name, kind = matcher_name(matcher), matcher_kind(matcher)
+    signature = matcher_signature(matcher, num_samples=num_samples, balanced=balanced, seed=seed)
+    _check_resumable(output, name, signature)
     writer = _JournalWriter(output, name, signature=signature, kind=kind)
+    consolidate(output, name, signature, kind)  # merge what a killed run left in the journal
+    shards = sorted(_shards_dir(output).glob("*.h5"))  # ... and in the shards of a killed Ray run
+    for shard in shards:
+        logger.info("match: recovered %d pairs from %s", merge_shard(writer, shard), shard.name)
+    if shards:
+        writer.merge()
+    done = stored_pairs(output)
 
-    def results() -> Iterator[tuple[tuple[str, str], Any]]:
-        if hasattr(matcher, "match_many") and batch_size > 1:
-            # images were checked by scan_images above, so a read error here is not expected
-            gen = matcher.match_many([(str(images / a), str(images / b)) for a, b in todo], batch_size=batch_size)
-            yield from zip(todo, gen)
+    # one pass for the image names (bounded by the number of images, not of pairs)
+    names: set[str] = set()
+    for a, b in source():
+        names.update((a, b))
+    bad = dict(skipped_images or {})
+    if skipped_images is None:  # unreadable images: from the caller's scan, else found now
+        bad.update(scan_images(images, image_list=sorted(names)).skipped)
+    prints = {n: _safe_fingerprint(images / n) for n in sorted(names - set(bad))}
+
+    def is_changed(stored: dict[str, str], n: str) -> bool:
+        return bool(stored.get(n)) and bool(prints[n]) and stored[n] != prints[n]
+
+    def status(a: str, b: str) -> str:
+        if a in bad or b in bad:
+            return "failed"
+        stored = done.get((a, b), done.get((b, a)))
+        if stored is None:
+            return "todo"
+        if is_changed(stored, a) or is_changed(stored, b):
+            return "changed"
+        return "resumed"
+
+    stats = MatchStats()
+    changed = set()
+    for a, b in source():
+        st = status(a, b)
+        stats.num_pairs += 1
+        stats.num_resumed += st == "resumed"
+        stats.num_failed += st == "failed"
+        if st == "changed":
+            changed.update(n for n in (a, b) if is_changed(done.get((a, b), done.get((b, a))), n))
+    if stats.num_resumed:
+        logger.info("match: %d of %d pairs already in %s, resuming", stats.num_resumed, stats.num_pairs, output)
+    if changed:
+        logger.warning("match: %d image(s) changed since they were matched (%s): their pairs are matched again",
+                       len(changed), ", ".join(sorted(changed)[:5]) + (" ..." if len(changed) > 5 else ""))
+    num_todo = stats.num_pairs - stats.num_resumed - stats.num_failed
+
+    def todo() -> Iterator[tuple[str, str]]:
+        return ((a, b) for a, b in source() if status(a, b) in ("todo", "changed"))
+
+    def record(pair: tuple[str, str], res: Any) -> None:
+        a, b = pair
+        if isinstance(res, Exception):
+            p = Path(getattr(res, "path", images / a))
+            bad_name = p.relative_to(images).as_posix() if p.is_relative_to(images) else a
+            logger.warning("match: skipping pair (%s, %s): %s", a, b, res)
+            bad[bad_name] = getattr(res, "reason", str(res))
+            stats.num_failed += 1
             return
-        for a, b in todo:
-            try:
-                yield (a, b), matcher.match(str(images / a), str(images / b))
-            except ImageReadError as e:
-                yield (a, b), e
+        k0, k1, s = res.sample(num=num_samples, balanced=balanced, seed=seed)
+        writer.add({"name0": a, "name1": b, "kpts0": np.asarray(k0, np.float32), "kpts1": np.asarray(k1, np.float32),
+                    "scores": np.asarray(s, np.float32), "size0": np.asarray(res.size_A),
+                    "size1": np.asarray(res.size_B), "fingerprint0": prints[a], "fingerprint1": prints[b]})
+        stats.num_matched += 1
 
-    with _progress(len(todo), progress) as prog:
-        task = prog.add_task("match", total=len(todo))
-        for (a, b), res in results():
-            prog.advance(task)
-            if isinstance(res, Exception):
-                p = Path(getattr(res, "path", images / a))
-                name = p.relative_to(images).as_posix() if p.is_relative_to(images) else a
-                logger.warning("match: skipping pair (%s, %s): %s", a, b, res)
-                bad[name] = getattr(res, "reason", str(res))
-                stats.num_failed += 1
-                continue
-            k0, k1, s = res.sample(num=num_samples, balanced=balanced, seed=seed)
-            writer.add({"name0": a, "name1": b, "kpts0": np.asarray(k0, np.float32),
-                        "kpts1": np.asarray(k1, np.float32), "scores": np.asarray(s, np.float32),
-                        "size0": np.asarray(res.size_A), "size1": np.asarray(res.size_B)})
-            stats.num_matched += 1
+    with _progress(num_todo, progress) as prog:
+        task = prog.add_task("match", total=num_todo)
+        if ray is not None:
+            from . import cluster
+
+            cluster.run(todo(), images, output, matcher, writer, num_samples=num_samples, balanced=balanced,
+                        seed=seed, batch_size=batch_size, address=ray, num_workers=ray_workers,
+                        shard_size=shard_size, on_done=lambda n: prog.advance(task, n), stats=stats)
+        else:
+            for pair, res in _match_stream(matcher, todo(), images, batch_size, num_workers, cache_mb):
+                prog.advance(task)
+                record(pair, res)
     writer.merge()
     stats.skipped_images = bad
     stats.seconds = time.perf_counter() - t0
     logger.info("match: %d new, %d resumed, %d failed pairs in %.1f s -> %s", stats.num_matched,
                 stats.num_resumed, stats.num_failed, stats.seconds, output)
     return stats
+
+
+def _match_stream(matcher: Any, todo: Iterator[tuple[str, str]], images: Path, batch_size: int, num_workers: int,
+                  cache_mb: float) -> Iterator[tuple[tuple[str, str], Any]]:
+    """(pair, MatchResult or the exception that stopped it) for every pair of ``todo``, in order.
+
+    Uses the matcher's ``match_many`` (prefetching, batching, feature cache) when it has one. Should
+    it fail on an image (deleted or changed since the scan), the pairs of that batch are retried one
+    by one, so that only the pairs of the bad image are lost, and streaming goes on after them.
+    """
+    if not hasattr(matcher, "match_many"):
+        for a, b in todo:
+            try:
+                yield (a, b), matcher.match(str(images / a), str(images / b))
+            except ImageReadError as e:
+                yield (a, b), e
+        return
+    accepted = inspect.signature(matcher.match_many).parameters
+    kw = {k: v for k, v in {"batch_size": batch_size, "num_workers": num_workers, "cache_mb": cache_mb}.items()
+          if k in accepted}
+    todo = iter(todo)
+    while True:
+        fifo: deque = deque()
+
+        def paths():
+            for a, b in todo:
+                fifo.append((a, b))
+                yield str(images / a), str(images / b)
+
+        try:
+            for res in matcher.match_many(paths(), **kw):
+                yield fifo.popleft(), res
+            return
+        except ImageReadError:
+            for a, b in list(fifo):  # the batch in flight, one pair at a time
+                try:
+                    yield (a, b), matcher.match(str(images / a), str(images / b))
+                except ImageReadError as e:
+                    yield (a, b), e
+

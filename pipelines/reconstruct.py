@@ -8,7 +8,7 @@ Public API (what the CLI wraps)
        refine: str = "flow", mapper: str = "incremental", camera_mode: str = "auto",
        device: str = "auto", gt_poses: Path | str | None = "auto", overwrite: bool = False,
        num_threads: int = -1, batch_size: int = 1, progress: bool = True, verbose: bool = False,
-       seed: int = 0) -> dict``
+       seed: int = 0, ray: str | None = None, ray_workers: int | None = None) -> dict``
 
 - ``matcher``: 'sift' | 'roma' | a RoMa preset name | a checkpoint path | any object with
   ``.match(a, b)`` (see ``match.get_matcher``). ``report['config']['matcher']`` is the string given,
@@ -17,6 +17,8 @@ Public API (what the CLI wraps)
 - ``pairs``: 'auto' | 'exhaustive' | 'sequential' | 'retrieval' | 'file' (with ``pairs_file``) or
   a path to a pairs file.
 - ``batch_size``: pairs per forward pass for matchers with ``match_many`` (RoMa).
+- ``ray``: match on a Ray cluster ('local' or an address; see ``match.main``); the same matches as
+  in one process. Large collections: ``pairs='retrieval'`` and ``mapper='global'``.
 - ``cell_size``: quantization of tracks in px; default 2 for sparse matches (sift), 4 for dense
   (``match.matches_kind`` of matches.h5).
 - ``gt_poses``: a ``poses_gt.txt`` to score the model with; 'auto' uses ``<images>/../poses_gt.txt``
@@ -100,7 +102,7 @@ def main(images: Path, outputs: Path, matcher: Any = "sift", pairs: str = "auto"
          max_keypoints: int = 16384, refine: str = "flow", mapper: str = "incremental", camera_mode: str = "auto",
          device: str = "auto", gt_poses: Union[Path, str, None] = "auto", overwrite: bool = False,
          num_threads: int = -1, batch_size: int = 1, progress: bool = True, verbose: bool = False,
-         seed: int = 0) -> dict:
+         seed: int = 0, ray: Optional[str] = None, ray_workers: Optional[int] = None) -> dict:
     """Reconstruct ``images`` into ``outputs``; returns the report also written to report.json."""
     images, outputs = Path(images), Path(outputs)
     outputs.mkdir(parents=True, exist_ok=True)
@@ -154,7 +156,7 @@ def main(images: Path, outputs: Path, matcher: Any = "sift", pairs: str = "auto"
         with Timer(times, "match"):
             ms = match.main(pair_list, images, outputs / "matches.h5", matcher_obj, num_samples=num_samples,
                             seed=seed, batch_size=batch_size, overwrite=overwrite, progress=progress,
-                            skipped_images=scan.skipped)
+                            skipped_images=scan.skipped, ray=ray, ray_workers=ray_workers)
     except ValueError as e:  # e.g. resuming into a matches.h5 of another matcher
         return finish(str(e))
     report["images_skipped"].update(ms.skipped_images)

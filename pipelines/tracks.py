@@ -40,11 +40,17 @@ Files
   ``matches0`` ((K0,) int32, index into name1's keypoints or -1), ``matching_scores0`` ((K0,)
   float32) (hloc's layout) and the same as pairs: ``matches`` ((M, 2) int32) and ``scores`` ((M,));
   attrs ``name0``, ``name1``.
+
+Both files carry the file attr ``tracks_id`` (the same random id): a run killed between the two
+renames leaves a new features.h5 next to an old matches_idx.h5, and :func:`check_same_run` (called
+by the mapping step) refuses such a mix. Each file is built in memory and written to a temporary
+file that is then renamed (``utils.h5_in_memory``): a kill leaves the old or the new file, never a
+torn one, and a full disk is a clean OSError that leaves the old files.
 """
 from __future__ import annotations
 
-import os
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -53,7 +59,7 @@ import h5py
 import numpy as np
 
 from .match import COORDINATES, list_pairs, consolidate
-from .utils import logger, names_to_pair
+from .utils import h5_in_memory, logger, names_to_pair
 
 Pair = tuple[str, str]
 
@@ -285,10 +291,17 @@ def measure_subpixel(cell_size: float = 8.0, num_images: int = 3, num_samples: i
     return out
 
 
-def _atomic_h5(path: Path):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(path.name + ".tmp")
+def check_same_run(features: Path, matches_idx: Path) -> None:
+    """Raise ValueError when features.h5 and matches_idx.h5 were written by different runs of this
+    step (the index matches would point at another run's keypoints). Files without ``tracks_id``
+    (written before it existed) are not checked."""
+    ids = []
+    for path in (features, matches_idx):
+        with h5py.File(path, "r") as f:
+            ids.append(str(f.attrs.get("tracks_id", "")))
+    if all(ids) and ids[0] != ids[1]:
+        raise ValueError(f"'{features}' and '{matches_idx}' come from different runs of the tracks step (one "
+                         f"was interrupted between writing the two): run the tracks step again")
 
 
 def main(matches: Path, features: Path, matches_idx: Path, cell_size: float = 4.0, max_keypoints: int = 16384,
@@ -308,30 +321,11 @@ def main(matches: Path, features: Path, matches_idx: Path, cell_size: float = 4.
             sizes[a] = tuple(int(v) for v in g.attrs["size0"])
             sizes[b] = tuple(int(v) for v in g.attrs["size1"])
     kps, kp_scores, idx_matches = build_tracks(pair_matches, sizes, cell_size, max_keypoints, refine)
-    tmp = _atomic_h5(features)
-    with h5py.File(tmp, "w") as f:
-        f.attrs["coordinates"] = COORDINATES
-        f.attrs["cell_size"], f.attrs["refine"] = cell_size, refine
-        for name, k in kps.items():
-            g = f.require_group(name)
-            g.create_dataset("keypoints", data=k)
-            g.create_dataset("scores", data=kp_scores[name])
-            g.attrs["image_size"] = np.asarray(sizes[name], np.int64)
-            g.attrs["name"] = name
-    os.replace(tmp, features)
-    tmp = _atomic_h5(matches_idx)
-    with h5py.File(tmp, "w") as f:
-        for (a, b), (idx, sc) in idx_matches.items():
-            g = f.require_group(names_to_pair(a, b))
-            m0 = np.full(len(kps[a]), -1, np.int32)
-            s0 = np.zeros(len(kps[a]), np.float32)
-            m0[idx[:, 0]], s0[idx[:, 0]] = idx[:, 1], sc
-            g.create_dataset("matches0", data=m0)
-            g.create_dataset("matching_scores0", data=s0)
-            g.create_dataset("matches", data=idx)
-            g.create_dataset("scores", data=sc)
-            g.attrs["name0"], g.attrs["name1"] = a, b
-    os.replace(tmp, matches_idx)
+    run_id = uuid.uuid4().hex
+    with h5_in_memory(matches_idx) as f:
+        _write_index_matches(f, kps, idx_matches, run_id)
+    with h5_in_memory(features) as f:
+        _write_features(f, kps, kp_scores, sizes, cell_size, refine, run_id)
     stats = TrackStats(num_images=len(kps), num_pairs=len(idx_matches),
                        mean_keypoints=float(np.mean([len(k) for k in kps.values()])) if kps else 0.0,
                        mean_matches=float(np.mean([len(m[0]) for m in idx_matches.values()])) if idx_matches else 0.0,
@@ -339,3 +333,30 @@ def main(matches: Path, features: Path, matches_idx: Path, cell_size: float = 4.
     logger.info("tracks: %d images, %.0f keypoints/image, %.0f matches/pair (cell %.1f px, refine=%s) in %.1f s",
                 stats.num_images, stats.mean_keypoints, stats.mean_matches, cell_size, refine, stats.seconds)
     return stats
+
+
+def _write_features(f: h5py.File, kps: dict[str, np.ndarray], kp_scores: dict[str, np.ndarray],
+                    sizes: dict[str, tuple[int, int]], cell_size: float, refine: str, run_id: str) -> None:
+    f.attrs["coordinates"] = COORDINATES
+    f.attrs["cell_size"], f.attrs["refine"] = cell_size, refine
+    f.attrs["tracks_id"] = run_id
+    for name, k in kps.items():
+        g = f.require_group(name)
+        g.create_dataset("keypoints", data=k)
+        g.create_dataset("scores", data=kp_scores[name])
+        g.attrs["image_size"] = np.asarray(sizes[name], np.int64)
+        g.attrs["name"] = name
+
+
+def _write_index_matches(f: h5py.File, kps: dict[str, np.ndarray], idx_matches: dict, run_id: str) -> None:
+    f.attrs["tracks_id"] = run_id
+    for (a, b), (idx, sc) in idx_matches.items():
+        g = f.require_group(names_to_pair(a, b))
+        m0 = np.full(len(kps[a]), -1, np.int32)
+        s0 = np.zeros(len(kps[a]), np.float32)
+        m0[idx[:, 0]], s0[idx[:, 0]] = idx[:, 1], sc
+        g.create_dataset("matches0", data=m0)
+        g.create_dataset("matching_scores0", data=s0)
+        g.create_dataset("matches", data=idx)
+        g.create_dataset("scores", data=sc)
+        g.attrs["name0"], g.attrs["name1"] = a, b

@@ -4,19 +4,36 @@ Public API
 ----------
 - ``scan_images(images: Path, image_list: list[str] | None = None) -> ImageScan``
 - ``names_to_pair(name0: str, name1: str) -> str``  (hloc key: ``<name0>/<name1>``, ``/`` in names -> ``-``)
-- ``read_pairs(path: Path) -> list[tuple[str, str]]``, ``write_pairs(pairs, path) -> None``
+- ``iter_pairs(path) -> Iterator[tuple[str, str]]`` (lazy), ``read_pairs(path: Path) -> list[tuple[str, str]]``, ``write_pairs(pairs, path) -> None``
+- ``atomic_output(path) -> ContextManager[Path]`` (write a temporary path, renamed over ``path`` on
+  success), ``replace_dir(src, dst) -> None`` (a finished folder takes the place of another)
+- ``h5_in_memory(path) -> ContextManager[h5py.File]`` (an HDF5 file built in memory, then written
+  atomically with plain file I/O: a full disk is a clean OSError)
 - ``Timer`` (context manager that records seconds per step into a dict)
+
+Names that ``scan_images`` skips besides unreadable files (each with its reason): images smaller than
+``MIN_IMAGE_SIDE`` px a side (nothing to match), and names that would share a pair key with another
+(``a-img.jpg`` and ``a/img.jpg`` both become ``a-img.jpg`` in ``names_to_pair``): the first in sorted
+order is kept, so one pair group of matches.h5 never holds the matches of two different pairs.
+Pairs files quote names with spaces (``"my photo.jpg" b.jpg``, shell-style).
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
+import shlex
+import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import TYPE_CHECKING, Iterable, Iterator, Optional
 
 from ..io import ImageReadError, image_size, list_images, read_image
+
+if TYPE_CHECKING:
+    import h5py
 
 logger = logging.getLogger("roma_sfm.pipelines")
 if not logger.handlers:
@@ -25,6 +42,9 @@ if not logger.handlers:
     logger.addHandler(_h)
     logger.setLevel(logging.INFO)
     logger.propagate = False
+
+# a side shorter than this has nothing to match (SIFT's first octave alone needs ~16 px)
+MIN_IMAGE_SIDE = 16
 
 
 @dataclass
@@ -71,6 +91,22 @@ def scan_images(images: Path, image_list: Optional[Iterable[str]] = None, decode
             logger.warning("skipping %s: %s", name, e.reason)
             scan.skipped[name] = e.reason
     scan.names.sort()
+    keys: dict[str, str] = {}
+    for name in list(scan.names):
+        w, h = scan.sizes[name]
+        key = name.replace("/", "-")  # how names_to_pair writes the name into a pair key
+        if min(w, h) < MIN_IMAGE_SIDE:
+            reason = f"image too small to match ({w}x{h} px; at least {MIN_IMAGE_SIDE} px a side)"
+        elif key in keys:
+            reason = (f"its name collides with '{keys[key]}' in the pair keys of matches.h5 ('/' in names "
+                      f"becomes '-': both are '{key}'); rename one of them")
+        else:
+            keys[key] = name
+            continue
+        logger.warning("skipping %s: %s", name, reason)
+        scan.skipped[name] = reason
+        scan.names.remove(name)
+        del scan.sizes[name]
     return scan
 
 
@@ -79,18 +115,23 @@ def names_to_pair(name0: str, name1: str, separator: str = "/") -> str:
     return separator.join((name0.replace("/", "-"), name1.replace("/", "-")))
 
 
+def iter_pairs(path: Path) -> Iterator[tuple[str, str]]:
+    """``name0 name1`` per line (extra fields ignored, '#' comments allowed), read lazily so that a
+    pairs file of any length costs no memory."""
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = _split(line)
+            if len(parts) < 2:
+                raise ValueError(f"{path}: malformed pair line '{line}'")
+            yield parts[0], parts[1]
+
+
 def read_pairs(path: Path) -> list[tuple[str, str]]:
-    """``name0 name1`` per line (extra fields ignored, '#' comments allowed)."""
-    pairs = []
-    for line in Path(path).read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = line.split()
-        if len(parts) < 2:
-            raise ValueError(f"{path}: malformed pair line '{line}'")
-        pairs.append((parts[0], parts[1]))
-    return pairs
+    """All pairs of a pairs file (see :func:`iter_pairs`)."""
+    return list(iter_pairs(path))
 
 
 def write_pairs(pairs: Iterable[tuple[str, str]], path: Path) -> None:
@@ -98,8 +139,69 @@ def write_pairs(pairs: Iterable[tuple[str, str]], path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(f"{a} {b}\n" for a, b in pairs))
+    tmp.write_text("".join(f"{_quote(a)} {_quote(b)}\n" for a, b in pairs), encoding="utf-8")
     os.replace(tmp, path)
+
+
+def _split(line: str) -> list[str]:
+    """Fields of a pairs line: shell-style when it holds quotes (names with spaces, see :func:`_quote`);
+    a lone apostrophe in an unquoted name (files from before quoting) falls back to a plain split."""
+    if '"' in line or "'" in line:
+        try:
+            return shlex.split(line)
+        except ValueError:
+            pass
+    return line.split()
+
+
+def _quote(name: str) -> str:
+    """Shell-style quotes only where a plain split would cut the name (spaces, quotes)."""
+    return shlex.quote(name) if any(c.isspace() or c in "'\"" for c in name) else name
+
+
+@contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """``with atomic_output(p) as tmp:`` write ``tmp``; on success it is renamed over ``p``
+    (os.replace), on an exception it is removed. A kill at any moment leaves the old file or the new
+    one, never a torn one. ``tmp`` keeps the suffix (``x.tmp.h5``) for writers that go by it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def h5_in_memory(path: Path) -> Iterator["h5py.File"]:
+    """``with h5_in_memory(p) as f:`` fill the HDF5 file ``f``; it is built in memory and written to
+    ``p`` at the end through :func:`atomic_output`. Why: HDF5 does not recover from a failed write
+    (disk full, file size limit): the file handle stays broken and h5py crashes the interpreter at
+    exit (SIGSEGV). Plain file I/O fails with an OSError instead, and the earlier ``p`` stays."""
+    import h5py
+
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        yield f
+    try:
+        with atomic_output(path) as tmp:
+            tmp.write_bytes(buf.getbuffer())
+    except OSError as e:
+        raise OSError(e.errno, f"could not write {path} ({e.strerror}); the earlier file is unchanged") from e
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Put the finished folder ``src`` in the place of ``dst`` (two renames: ``dst`` is missing only
+    between them, never half written)."""
+    src, dst = Path(src), Path(dst)
+    old = dst.with_name(dst.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 class Timer:

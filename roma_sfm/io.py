@@ -3,10 +3,17 @@
 EXIF orientation is applied (so pixel coordinates refer to the image as it is displayed, like
 COLMAP's undistorted images), grayscale / RGBA / palette / 16-bit / CMYK are converted to 8-bit RGB,
 and every failure raises :class:`ImageReadError` naming the file.
+
+Size policy: images of more than :data:`MAX_PIXELS` (150 MP) are refused from their header, before
+any pixel is decoded, with a reason that says so ("image too large ..."): a 20000x20000 scan would
+take 1.2 GB as RGB (and as much again for each conversion) while every matcher here works at a few
+megapixels. Raise ``roma_sfm.io.MAX_PIXELS`` to read larger files (above Pillow's own
+decompression-bomb limit, ``PIL.Image.MAX_IMAGE_PIXELS`` must be raised too).
 """
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Union
 
@@ -17,8 +24,9 @@ ImageLike = Union[str, os.PathLike, np.ndarray, Image.Image]
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
-# Refuse decompression bombs explicitly instead of silently (PIL warns only).
-MAX_PIXELS = 40000 * 40000
+# 150 MP: above the largest camera sensors (151 MP medium format), below Pillow's decompression-bomb
+# error (2 x PIL.Image.MAX_IMAGE_PIXELS = 179 MP), so that our message, not Pillow's, is what users see
+MAX_PIXELS = 150_000_000
 
 
 class ImageReadError(ValueError):
@@ -28,6 +36,23 @@ class ImageReadError(ValueError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"cannot read image '{path}': {reason}")
+
+
+def _too_large(path, pixels: int, size: str = "") -> ImageReadError:
+    what = f"{size} = {pixels / 1e6:.0f} MP" if size else f"{pixels / 1e6:.0f} MP"
+    return ImageReadError(path, f"image too large ({what}; the limit is roma_sfm.io.MAX_PIXELS = "
+                                f"{MAX_PIXELS / 1e6:.0f} MP, decoding it would take {3 * pixels / 1e9:.1f} GB)")
+
+
+def _bomb_reason(path, e: Exception) -> ImageReadError:
+    """Pillow refused to open the file before we could read its size: its message holds the pixel count."""
+    m = re.search(r"\((\d+) pixels\)", str(e))
+    return _too_large(path, int(m.group(1))) if m else ImageReadError(path, f"image too large ({e})")
+
+
+def _check_size(path, w: int, h: int) -> None:
+    if w * h > MAX_PIXELS:
+        raise _too_large(path, w * h, f"{w}x{h}")
 
 
 def _to_uint8_rgb(arr: np.ndarray) -> np.ndarray:
@@ -83,14 +108,15 @@ def read_image(path: Union[str, os.PathLike]) -> np.ndarray:
         raise ImageReadError(path, "file is empty (0 bytes)")
     try:
         with Image.open(path) as im:
-            if im.width * im.height > MAX_PIXELS:
-                raise ImageReadError(path, f"image too large ({im.width}x{im.height})")
+            _check_size(path, im.width, im.height)  # from the header: nothing decoded yet
             im.load()  # forces full decode so truncated files fail here
             im = ImageOps.exif_transpose(im)
             arr = _pil_to_rgb(im)
     except ImageReadError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:
+        raise _bomb_reason(path, e) from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(path, f"not a readable image ({type(e).__name__}: {e})") from e
     if arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ImageReadError(path, "image has no pixels")
@@ -98,13 +124,17 @@ def read_image(path: Union[str, os.PathLike]) -> np.ndarray:
 
 
 def image_size(path: Union[str, os.PathLike]) -> tuple[int, int]:
-    """(width, height) after EXIF orientation, without decoding the pixels."""
+    """(width, height) after EXIF orientation, without decoding the pixels; refuses images above
+    :data:`MAX_PIXELS` as :func:`read_image` does."""
     try:
         with Image.open(path) as im:
             w, h = im.size
             orientation = im.getexif().get(0x0112, 1)
+    except Image.DecompressionBombError as e:
+        raise _bomb_reason(path, e) from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(path, f"not a readable image ({type(e).__name__}: {e})") from e
+    _check_size(path, w, h)
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 

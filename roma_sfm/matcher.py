@@ -10,10 +10,11 @@ import contextlib
 import math
 import os
 import warnings
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence, Union
+from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -174,19 +175,36 @@ class Matcher:
         h, w = im_A.shape[-2:]
         if h % 14 or w % 14:
             raise ValueError(f"image size must be a multiple of 14, got {h}x{w}")
+        b = im_A.shape[0]
         im_A, im_B = im_A.to(self.device), im_B.to(self.device)
+
+        def split(feats: dict) -> tuple[dict, dict]:
+            return {s: f[:b] for s, f in feats.items()}, {s: f[b:] for s, f in feats.items()}
+
+        def second_pass() -> tuple[dict, dict]:
+            A_hr, B_hr = im_A_hr, im_B_hr
+            if A_hr is None:
+                A_hr, B_hr = (F.interpolate(x, size=self.upsample_res, mode="bicubic", align_corners=False,
+                                            antialias=True) for x in (im_A, im_B))
+            with self._autocast():
+                return split(self.model.encode(torch.cat((A_hr, B_hr)).to(self.device), coarse=False))
+
         with self._autocast():
-            corresps = self.model(im_A, im_B, symmetric=self.symmetric)
-            size = (h, w)
+            f_A, f_B = split(self.model.encode(torch.cat((im_A, im_B))))
+        return self._decode(f_A, f_B, (h, w), second_pass)
+
+    def _decode(self, f_A: dict, f_B: dict, size: tuple[int, int],
+                second_pass: Callable[[], tuple[dict, dict]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder pyramids of A and B (batch B each, coarse size ``size``) -> (warp, certainty);
+        ``second_pass()`` gives the fine pyramids at ``upsample_res`` when that is set."""
+        with self._autocast():
+            corresps = self.model.decode(f_A, f_B, self.symmetric, math.sqrt(size[0] * size[1]) / 560)
             coarse_cert = corresps[16]["certainty"]
             if self.upsample_res:
                 size = tuple(self.upsample_res)
-                if im_A_hr is None:
-                    im_A_hr = F.interpolate(im_A, size=size, mode="bicubic", align_corners=False, antialias=True)
-                    im_B_hr = F.interpolate(im_B, size=size, mode="bicubic", align_corners=False, antialias=True)
-                scale = math.sqrt(size[0] * size[1]) / 560
-                corresps = self.model(im_A_hr.to(self.device), im_B_hr.to(self.device), symmetric=self.symmetric,
-                                      scale_factor=scale, first_pass=corresps[1])
+                f_A, f_B = second_pass()
+                corresps = self.model.decode(f_A, f_B, self.symmetric, math.sqrt(size[0] * size[1]) / 560,
+                                             first_pass=corresps[1])
             warp, cert = finalize(corresps, size, attenuate=self.cfg.attenuate_certainty,
                                   coarse_certainty=coarse_cert, symmetric=self.symmetric)
         return warp.float(), cert.float()
@@ -196,6 +214,12 @@ class Matcher:
         hi = to_tensor(rgb, self.upsample_res) if self.upsample_res else None
         return lo, hi
 
+    def _results(self, warp: torch.Tensor, cert: torch.Tensor,
+                 pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[MatchResult]:
+        warp, cert = warp.cpu(), cert.cpu()
+        return [MatchResult(warp[i], cert[i], (a.shape[1], a.shape[0]), (b.shape[1], b.shape[0]),
+                            self.cfg.sample_threshold, self.symmetric) for i, (a, b) in enumerate(pairs)]
+
     def _match_rgb(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[MatchResult]:
         prepared = [(self._prepare(a), self._prepare(b)) for a, b in pairs]
         A = torch.stack([p[0][0] for p in prepared])
@@ -204,22 +228,42 @@ class Matcher:
         if self.upsample_res:
             A_hr = torch.stack([p[0][1] for p in prepared])
             B_hr = torch.stack([p[1][1] for p in prepared])
-        warp, cert = self.match_tensors(A, B, A_hr, B_hr)
-        warp, cert = warp.cpu(), cert.cpu()
-        return [MatchResult(warp[i], cert[i], (a.shape[1], a.shape[0]), (b.shape[1], b.shape[0]),
-                            self.cfg.sample_threshold, self.symmetric) for i, (a, b) in enumerate(pairs)]
+        return self._results(*self.match_tensors(A, B, A_hr, B_hr), pairs)
 
     def match(self, a: ImageLike, b: ImageLike) -> MatchResult:
         """Match two images (paths, PIL images or arrays of any size, aspect, bit depth)."""
         return self._match_rgb([(as_rgb(a), as_rgb(b))])[0]
 
+    @torch.inference_mode()
+    def _features(self, rgb: np.ndarray, key: Optional[str], cache: "FeatureCache", hr: bool) -> dict:
+        """Encoder pyramid of one image (batch 1, so that it does not depend on the batch it came
+        in: the same pair gives the same matches in any batch, shard or order)."""
+        feats = cache.get((key, hr)) if key is not None else None
+        if feats is None:
+            x = to_tensor(rgb, self.upsample_res if hr else self.coarse_res)[None].to(self.device)
+            with self._autocast():
+                feats = self.model.encode(x, coarse=not hr)
+            if key is not None:
+                cache.put((key, hr), feats)
+        return feats
+
     def match_many(self, pairs: Iterable[tuple[ImageLike, ImageLike]], batch_size: int = 4,
-                   num_workers: int = 2) -> Iterator[MatchResult]:
-        """Match many pairs in batches, decoding the next batch's images in threads while the
-        model runs. Yields results in input order; memory does not grow with the number of pairs."""
+                   num_workers: int = 2, cache_mb: float = 512) -> Iterator[MatchResult]:
+        """Match many pairs in batches. Yields results in input order.
+
+        The next batch's images are decoded in ``num_workers`` threads while the model runs, and
+        the encoder pyramid of every image given by path is cached (LRU, at most ``cache_mb`` MB),
+        so an image that recurs in nearby pairs (retrieval and sequential pairs list each image's
+        pairs together) is encoded once. Memory does not grow with the number of pairs. Results
+        depend only on the pair, not on the batch or order (images are encoded one at a time).
+        """
+        cache = FeatureCache(int(cache_mb * 2**20))
 
         def load(pair):
             return as_rgb(pair[0]), as_rgb(pair[1])
+
+        def key(x) -> Optional[str]:
+            return os.fspath(x) if isinstance(x, (str, os.PathLike)) else None
 
         def batches():
             batch = []
@@ -231,15 +275,52 @@ class Matcher:
             if batch:
                 yield batch
 
+        @torch.inference_mode()
+        def run(batch, rgbs) -> list[MatchResult]:
+            def stack(side: int, hr: bool) -> dict:
+                feats = [self._features(rgb[side], key(p[side]), cache, hr) for p, rgb in zip(batch, rgbs)]
+                return {s: torch.cat([f[s] for f in feats]) for s in feats[0]}
+
+            warp, cert = self._decode(stack(0, False), stack(1, False), self.coarse_res,
+                                      lambda: (stack(0, True), stack(1, True)))
+            return self._results(warp, cert, rgbs)
+
         with ThreadPoolExecutor(max(1, num_workers)) as pool:
             pending = None
             for batch in batches():
-                future = [pool.submit(load, p) for p in batch]
+                future = (batch, [pool.submit(load, p) for p in batch])
                 if pending is not None:
-                    yield from self._match_rgb([f.result() for f in pending])
+                    yield from run(pending[0], [f.result() for f in pending[1]])
                 pending = future
             if pending is not None:
-                yield from self._match_rgb([f.result() for f in pending])
+                yield from run(pending[0], [f.result() for f in pending[1]])
+
+
+class FeatureCache:
+    """LRU of per-image encoder pyramids bounded in bytes (tensors stay on their device)."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.bytes = max_bytes, 0
+        self.items: "OrderedDict[object, tuple[dict, int]]" = OrderedDict()
+        self.hits = self.misses = 0
+
+    def get(self, key) -> Optional[dict]:
+        if key in self.items:
+            self.items.move_to_end(key)
+            self.hits += 1
+            return self.items[key][0]
+        self.misses += 1
+        return None
+
+    def put(self, key, feats: dict) -> None:
+        size = sum(f.numel() * f.element_size() for f in feats.values())
+        if size > self.max_bytes:
+            return
+        self.items[key] = (feats, size)
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, (_, s) = self.items.popitem(last=False)
+            self.bytes -= s
 
 
 def load_model(name_or_path: Optional[Union[str, os.PathLike]] = None, weights: Optional[Union[str, os.PathLike]] = None,

@@ -107,11 +107,36 @@ def test_pairs_below_min_inliers_skip_ransac(run, tmp_path, monkeypatch):
 
     monkeypatch.setattr(mapping.pycolmap, "estimate_two_view_geometry", counting)
     ids = mapping.create_database(tmp_path / "db.db", SCENE / "images", out / "features.h5")
-    st = mapping.import_matches(tmp_path / "db.db", ids, out / "matches_idx.h5", min_num_inliers=threshold)
+    st = mapping.import_matches(tmp_path / "db.db", ids, out / "matches_idx.h5", min_num_inliers=threshold,
+                                prefilter_trials=0)
     assert len(calls) == sum(c >= threshold for c in counts) < len(counts)
     assert min(calls) >= threshold
     assert st.num_pairs == len(counts) and st.configs.get("DEGENERATE", 0) >= sum(c < threshold for c in counts)
     assert all(len(m) >= threshold for _, m in _tvgs(tmp_path / "db.db").values())
+
+
+def test_quick_ransac_prefilter_drops_only_hopeless_pairs(run, tmp_path, monkeypatch):
+    """Every pair gets a cheap RANSAC first; only pairs it verifies get the full one, and real
+    pairs end as without the pre-filter."""
+    out, _ = run
+    calls = []
+    real = pycolmap.estimate_two_view_geometry
+
+    def counting(*args):
+        tvg = real(*args)
+        calls.append((args[5].ransac.max_num_trials, len(tvg.inlier_matches)))
+        return tvg
+
+    db_plain, db_quick = tmp_path / "plain.db", tmp_path / "quick.db"
+    ids = mapping.create_database(db_plain, SCENE / "images", out / "features.h5")
+    mapping.create_database(db_quick, SCENE / "images", out / "features.h5")
+    plain = mapping.import_matches(db_plain, ids, out / "matches_idx.h5", prefilter_trials=0)
+    monkeypatch.setattr(mapping.pycolmap, "estimate_two_view_geometry", counting)
+    quick = mapping.import_matches(db_quick, ids, out / "matches_idx.h5", prefilter_trials=200)
+    assert calls and calls[0][0] == 200
+    full = [c for c in calls if c[0] > 200]
+    assert len(full) == sum(n >= 15 for t, n in calls if t == 200)  # a full run only after a cheap success
+    assert (quick.num_verified, quick.configs) == (plain.num_verified, plain.configs)
 
 
 def test_verification_threads_give_the_same_geometries(run, tmp_path):

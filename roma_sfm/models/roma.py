@@ -35,12 +35,21 @@ class RoMa(nn.Module):
         b = im_A.shape[0]
         if scale_factor is None:
             scale_factor = math.sqrt(im_A.shape[-2] * im_A.shape[-1]) / 560
-        feats = self.encoder(torch.cat((im_A, im_B)), coarse=first_pass is None)
+        feats = self.encode(torch.cat((im_A, im_B)), coarse=first_pass is None)
         f_A = {s: f[:b] for s, f in feats.items()}
         f_B = {s: f[b:] for s, f in feats.items()}
+        return self.decode(f_A, f_B, symmetric, scale_factor, first_pass)
+
+    def encode(self, x: torch.Tensor, coarse: bool = True) -> dict[int, torch.Tensor]:
+        """(B,3,H,W) -> feature pyramid {16, 8, 4, 2, 1}; per image, so it can be cached across pairs."""
+        return self.encoder(x, coarse=coarse)
+
+    def decode(self, f_A: dict[int, torch.Tensor], f_B: dict[int, torch.Tensor], symmetric: bool = False,
+               scale_factor: float = 1.0, first_pass: Optional[dict] = None) -> dict[int, dict[str, torch.Tensor]]:
+        """Pyramids of A and B (as from :meth:`encode`, batch B each) -> coarse-to-fine outputs."""
         if symmetric:
-            f_A, f_B = ({s: torch.cat((f_A[s], f_B[s])) for s in feats},
-                        {s: torch.cat((f_B[s], f_A[s])) for s in feats})
+            f_A, f_B = ({s: torch.cat((f_A[s], f_B[s])) for s in f_A},
+                        {s: torch.cat((f_B[s], f_A[s])) for s in f_A})
         kw = {}
         if first_pass is not None:
             kw = dict(flow=first_pass["flow"], certainty=first_pass["certainty"])

@@ -17,16 +17,22 @@ states; it is written atomically (tmp file + os.replace) every ``ckpt_every`` st
 and when SIGINT (Ctrl-C) or SIGTERM arrives (after the current step). Re-running with the same
 ``out_dir`` continues from ``out_dir/last.pt`` and reaches the same weights as an uninterrupted
 run. Checkpoints are plain dicts of tensors / Python scalars: ``torch.load(weights_only=True)``.
+
+kill -9 (no handler runs): ``last.pt`` is the previous complete checkpoint (the temporary file of a
+save in flight is removed by the next run), the next run resumes from it, and the log rows written
+after it (including a half-written last line) are dropped, so each step is logged once.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
 import random
+import re
 import signal
 import sys
 import threading
@@ -102,6 +108,19 @@ def atomic_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _remove_stale_tmp(folder: Path) -> None:
+    """Temporary files (``.<name>.tmp<pid>``) of atomic writes that killed runs left in ``folder``."""
+    for p in Path(folder).glob(".*.tmp*"):
+        if re.fullmatch(r"\..+\.tmp\d+", p.name) and p.is_file():
+            p.unlink(missing_ok=True)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 
@@ -228,18 +247,23 @@ class _StopFlag:
 
 
 class _CsvLog:
-    """Append-only CSV; on resume, rows after the checkpoint's step are dropped (they were lost)."""
+    """Append-only CSV; on resume, rows after the checkpoint's step are dropped (they were lost), and
+    so is a last line without its newline (a kill in the middle of an append)."""
 
     def __init__(self, path: Path, columns: Sequence[str], keep_until: Optional[int]):
         self.path, self.columns = path, list(columns)
         rows = []
         if keep_until is not None and path.exists():
-            with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_until]
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, self.columns, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
+            text = path.read_text()
+            lines = text.splitlines(keepends=True)
+            if lines and not lines[-1].endswith("\n"):
+                lines = lines[:-1]
+            rows = [r for r in csv.DictReader(lines) if int(r["step"]) <= keep_until]
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, self.columns, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+        _atomic_write_text(path, buf.getvalue())  # a kill now must not lose the rows kept
 
     def write(self, row: dict) -> None:
         with open(self.path, "a", newline="") as f:
@@ -346,7 +370,8 @@ def _train(cfg: TrainConfig, on_step: Optional[Callable[[int, dict], None]]) -> 
         random.seed(cfg.seed)
         if cfg.init_from:
             model.load_state_dict(load_weights(cfg.init_from))
-    (out_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    _remove_stale_tmp(out_dir)
+    _atomic_write_text(out_dir / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
 
     def checkpoint(step: int) -> None:
         atomic_save({
