@@ -611,4 +611,4 @@ def eval_cmd(
 
 
 if __name__ == "__main__":
-    app()
+    run()

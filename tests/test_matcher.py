@@ -141,3 +141,19 @@ def test_sample_with_no_certainty_is_empty():
     res.certainty.zero_()
     ka, kb, c = res.sample(num=10)
     assert ka.shape == (0, 2) and c.shape == (0,)
+
+
+def test_grid_density_approximates_the_exact_kde():
+    from roma_sfm.matcher import grid_density, kde_density
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(3000, 4, generator=g) * 0.15 + 0.3, torch.rand(3000, 4, generator=g) * 2 - 1])
+    x = x.clamp(-1, 1)
+    exact, approx = kde_density(x, max_ref=10**6), grid_density(x)
+    assert torch.corrcoef(torch.stack([exact, approx]))[0, 1] > 0.95
+    ratio = approx / exact
+    assert 0.7 < ratio.median() < 1.3
+    # the "isolated match" cut of balanced sampling (density < 10) picks nearly the same matches
+    assert ((exact < 10) == (approx < 10)).float().mean() > 0.9
+    # clustered points are denser than uniform ones, as in the exact KDE
+    assert approx[:3000].mean() > 3 * approx[3000:].mean()
