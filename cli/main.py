@@ -413,6 +413,10 @@ def match_cmd(
     ray: Optional[str] = typer.Option(None, "--ray", show_default=False, metavar="[ADDRESS]", help=RAY_HELP),
     ray_workers: Optional[int] = typer.Option(None, "--ray-workers", min=1, show_default=False,
                                               help="Ray: number of workers (default: one per CPU of the cluster)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, show_default=False,
+                                          help="Torch threads of the matcher (of each Ray worker; default: all "
+                                               "cores, on Ray the cluster's CPUs / workers). Matches are "
+                                               "reproducible bit for bit at equal --threads."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start OUTPUT afresh instead of resuming the pairs "
                                    "already in it."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
@@ -433,7 +437,7 @@ def match_cmd(
         try:  # the pairs file is streamed, never held in memory
             stats = match.main(pairs, images, out, m, num_samples=num_samples, batch_size=batch_size,
                                overwrite=overwrite, device=device, num_workers=workers, cache_mb=cache_mb,
-                               ray=ray, ray_workers=ray_workers)
+                               ray=ray, ray_workers=ray_workers, threads=threads)
         except ValueError as e:  # e.g. OUTPUT holds matches of another matcher
             _fail(f"{e} (CLI: --overwrite)")
     rows = [("pairs", str(stats.num_pairs)),

@@ -21,7 +21,10 @@ How it works
   system on a cluster).
 - Every image is encoded alone (see ``Matcher.match_many``) and shards hold whole batches (the
   shard size is rounded up to a multiple of ``batch_size``), so the matches are bit for bit those of
-  a single-process run over the same pairs.
+  a single-process run over the same pairs with as many torch threads as a worker has (``threads``,
+  default the cluster's CPUs / workers; float sums are split differently at other thread counts).
+- Ray starts its workers at nice 15: beside another busy process on the same machine they get
+  little CPU (seen here beside a training run niced to 10).
 """
 from __future__ import annotations
 
@@ -77,7 +80,7 @@ def _shards(todo: Iterator[tuple[str, str]], size: int) -> Iterator[list[tuple[s
 def run(todo: Iterator[tuple[str, str]], images: Path, output: Path, matcher: Any, writer: Any,
         num_samples: int = 10000, balanced: bool = True, seed: int = 0, batch_size: int = 1,
         address: Optional[str] = None, num_workers: Optional[int] = None, shard_size: int = 64,
-        on_done: Optional[Callable[[int], None]] = None, stats: Any = None) -> int:
+        on_done: Optional[Callable[[int], None]] = None, stats: Any = None, threads: Optional[int] = None) -> int:
     """Match the pairs of ``todo`` on Ray and move them into ``writer``'s file (see module doc)."""
     from . import match
 
@@ -85,7 +88,8 @@ def run(todo: Iterator[tuple[str, str]], images: Path, output: Path, matcher: An
     shard_size = -(-max(shard_size, 1) // batch_size) * batch_size
     ray = _init_ray(address, num_workers)
     n_workers = num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    threads = max(1, int(ray.cluster_resources().get("CPU", n_workers)) // n_workers)
+    # torch threads per worker: the single-process run with the same count gives the same matches
+    threads = threads or max(1, int(ray.cluster_resources().get("CPU", n_workers)) // n_workers)
     shard_dir = match._shards_dir(output)
     shard_dir.mkdir(parents=True, exist_ok=True)
     start = max([int(p.stem.split("-")[-1]) for p in shard_dir.glob("shard-*.h5")] + [-1]) + 1

@@ -39,6 +39,7 @@ throttled (at most ~10 % of the run time goes to copying) and always happen at t
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import inspect
@@ -640,7 +641,8 @@ def main(pairs: Union[Path, Iterable[tuple[str, str]]], images: Path, output: Pa
          num_samples: int = 10000, balanced: bool = True, seed: int = 0, batch_size: int = 1,
          overwrite: bool = False, device: str = "auto", progress: bool = True,
          skipped_images: Optional[dict[str, str]] = None, num_workers: int = 2, cache_mb: float = 512,
-         ray: Optional[str] = None, ray_workers: Optional[int] = None, shard_size: int = 64) -> MatchStats:
+         ray: Optional[str] = None, ray_workers: Optional[int] = None, shard_size: int = 64,
+         threads: Optional[int] = None) -> MatchStats:
     """Match every pair (names relative to ``images``) and write ``output`` (matches.h5).
 
     Streams: a pairs file is read lazily, images are decoded ``num_workers`` threads ahead of the
@@ -657,7 +659,12 @@ def main(pairs: Union[Path, Iterable[tuple[str, str]]], images: Path, output: Pa
 
     ``ray``: match on a Ray cluster instead ('' or 'local' for a local one, else its address), in
     shards of ``shard_size`` pairs over ``ray_workers`` workers (see :mod:`.cluster`); the results
-    are the same as in one process.
+    are bit for bit those of one process run with the same ``threads``.
+
+    ``threads``: torch intra-op threads of the matcher (each Ray worker's; default: torch's own in
+    one process, the cluster's CPUs / workers on Ray). Floating-point sums depend on how they are
+    split over threads, so dense matches are reproducible bit for bit only at equal ``threads``
+    (at other counts the warps agree to ~1e-5 px, but the sampled subsets differ).
     """
     t0 = time.perf_counter()
     images, output = Path(images), Path(output)
@@ -743,17 +750,35 @@ def main(pairs: Union[Path, Iterable[tuple[str, str]]], images: Path, output: Pa
 
             cluster.run(todo(), images, output, matcher, writer, num_samples=num_samples, balanced=balanced,
                         seed=seed, batch_size=batch_size, address=ray, num_workers=ray_workers,
-                        shard_size=shard_size, on_done=lambda n: prog.advance(task, n), stats=stats)
+                        shard_size=shard_size, on_done=lambda n: prog.advance(task, n), stats=stats,
+                        threads=threads)
         else:
-            for pair, res in _match_stream(matcher, todo(), images, batch_size, num_workers, cache_mb):
-                prog.advance(task)
-                record(pair, res)
+            with _torch_threads(threads):
+                for pair, res in _match_stream(matcher, todo(), images, batch_size, num_workers, cache_mb):
+                    prog.advance(task)
+                    record(pair, res)
     writer.merge()
     stats.skipped_images = bad
     stats.seconds = time.perf_counter() - t0
     logger.info("match: %d new, %d resumed, %d failed pairs in %.1f s -> %s", stats.num_matched,
                 stats.num_resumed, stats.num_failed, stats.seconds, output)
     return stats
+
+
+@contextlib.contextmanager
+def _torch_threads(n: Optional[int]) -> Iterator[None]:
+    """torch's intra-op thread count set to ``n`` (None: unchanged) inside the block."""
+    if not n:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _match_stream(matcher: Any, todo: Iterator[tuple[str, str]], images: Path, batch_size: int, num_workers: int,

@@ -186,3 +186,27 @@ def test_ray_matches_equal_single_process_and_survive_a_dead_worker(scene, tmp_p
         assert not match._shards_dir(out2).exists()
     finally:
         ray.shutdown()
+
+
+class ThreadRecordingMatcher(match.SiftMatcher):
+    """SIFT that notes torch's intra-op thread count at each pair."""
+
+    seen: list = []
+
+    def match(self, a, b):
+        self.seen.append(torch.get_num_threads())
+        return super().match(a, b)
+
+
+def test_threads_option_sets_torch_threads_while_matching_only(scene, tmp_path):
+    images, pairs = scene
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # so that 1 differs from the count outside
+    try:
+        m = ThreadRecordingMatcher()
+        m.seen = []
+        match.main(pairs[:3], images, tmp_path / "m.h5", m, progress=False, threads=1)
+        assert m.seen == [1, 1, 1]
+        assert torch.get_num_threads() == 2  # restored afterwards
+    finally:
+        torch.set_num_threads(before)
