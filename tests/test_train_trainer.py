@@ -96,6 +96,13 @@ def test_init_from_starts_with_those_weights_and_a_fresh_optimizer(photos, tmp_p
         if "running" not in k and "num_batches" not in k:
             assert torch.equal(v, b["model"][k]), k
     assert all(st["step"] == 1 for st in b["optimizer"]["state"].values())
+    # the exported weights count the steps of both runs (the model card reports the total)
+    export_weights(str(tmp_path / "b" / "last.pt"), str(tmp_path / "b.safetensors"))
+    from roma_sfm.weights import read_checkpoint_info
+
+    meta = read_checkpoint_info(tmp_path / "b.safetensors")[1]
+    assert (meta["step"], meta["run_step"]) == (3, 1)
+    assert meta["train_seconds"] > meta["run_seconds"] > 0
 
 
 def test_lr_schedule():

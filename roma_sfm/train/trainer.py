@@ -166,10 +166,33 @@ def export_weights(checkpoint: str, out: str, dtype: torch.dtype = torch.float16
     ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
     model = RoMa(RomaConfig.from_dict(ck["model_cfg"]))
     model.load_state_dict(ck["model"])
-    meta = {"step": int(ck["step"]), "train_seconds": float(ck.get("elapsed", 0.0)),
+    prior = ck.get("prior", {"steps": 0, "seconds": 0.0})
+    # totals over every run since the random start (runs chained by init_from), and this run alone
+    meta = {"step": int(prior["steps"]) + int(ck["step"]),
+            "train_seconds": float(prior["seconds"]) + float(ck.get("elapsed", 0.0)),
+            "run_step": int(ck["step"]), "run_seconds": float(ck.get("elapsed", 0.0)),
             "training_data": "synthetic pairs from BSDS500 train+test (non-commercial research use)",
             "train_config": ck.get("train_cfg"), **(metadata or {})}
     return save_checkpoint(out, model, meta, dtype=dtype)
+
+
+def prior_training(init_from: str) -> dict:
+    """Steps and seconds behind the weights of ``init_from`` (a roma-sfm checkpoint's metadata, or a
+    training checkpoint's own counters); zeros for plain state dicts."""
+    if str(init_from).endswith(".safetensors"):
+        from ..weights import CheckpointError, read_checkpoint_info
+
+        try:
+            meta = read_checkpoint_info(init_from)[1]
+        except CheckpointError:
+            return {"steps": 0, "seconds": 0.0}
+        return {"steps": int(meta.get("step", 0)), "seconds": float(meta.get("train_seconds", 0.0))}
+    obj = torch.load(init_from, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict) and "optimizer" in obj:
+        prior = obj.get("prior", {"steps": 0, "seconds": 0.0})
+        return {"steps": int(prior["steps"]) + int(obj["step"]),
+                "seconds": float(prior["seconds"]) + float(obj.get("elapsed", 0.0))}
+    return {"steps": 0, "seconds": 0.0}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -364,12 +387,15 @@ def _train(cfg: TrainConfig, on_step: Optional[Callable[[int, dict], None]]) -> 
         scaler.load_state_dict(ck["scaler"])
         set_rng_state(ck["rng"])
         start, elapsed = int(ck["step"]), float(ck["elapsed"])
+        prior = dict(ck.get("prior", {"steps": 0, "seconds": 0.0}))
     else:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         random.seed(cfg.seed)
+        prior = {"steps": 0, "seconds": 0.0}
         if cfg.init_from:
             model.load_state_dict(load_weights(cfg.init_from))
+            prior = prior_training(cfg.init_from)
     _remove_stale_tmp(out_dir)
     _atomic_write_text(out_dir / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
 
@@ -378,6 +404,7 @@ def _train(cfg: TrainConfig, on_step: Optional[Callable[[int, dict], None]]) -> 
             "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "scaler": scaler.state_dict(), "step": step, "elapsed": elapsed + time.perf_counter() - t0,
             "rng": get_rng_state(), "train_cfg": cfg.to_dict(), "model_cfg": model.cfg.to_dict(),
+            "prior": prior,
         }, last)
 
     synth = SyntheticPairs(cfg.train_roots, cfg.resolution, seed=cfg.seed, length=cfg.steps * cfg.batch_size,
