@@ -125,7 +125,7 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, nargs=2, default=(320, 240), metavar=("W", "H"))
     parser.add_argument("--num-matched", type=int, default=10, help="retrieval: pairs per image")
     parser.add_argument("--matcher", default="roma")
-    parser.add_argument("--resolution", default="224", help="RoMa coarse resolution (roma-sfm match --resolution)")
+    parser.add_argument("--resolution", default="224:none", help="RoMa resolution (roma-sfm match --resolution)")
     parser.add_argument("--num-samples", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--fractions", type=float, nargs="+", default=(0.25, 0.5, 1.0))

@@ -122,19 +122,32 @@ def _colmap_verbosity(verbose: bool) -> None:
         pass
 
 
-def _parse_resolution(value: Optional[str]) -> Optional[tuple[int, int]]:
-    if value is None:
-        return None
+def _parse_size(value: str) -> Optional[tuple[int, int]]:
     try:
         parts = [int(v) for v in value.lower().replace("x", " ").split()]
     except ValueError:
-        parts = []
+        return None
     if len(parts) == 1:
         parts = parts * 2
     if len(parts) != 2 or any(p <= 0 or p % 14 for p in parts):
-        raise typer.BadParameter(f"'{value}': give N or HxW with multiples of 14 (e.g. 448 or 392x518)",
-                                 param_hint="--resolution")
+        return None
     return parts[0], parts[1]
+
+
+def _parse_resolution(value: Optional[str]) -> Optional[dict]:
+    """'COARSE[:FINE]' -> matcher kwargs: {'coarse_res': (h, w)} plus 'upsample_res' when FINE is
+    given ((h, w), or None for 'none': a single pass); None when no value is given."""
+    if value is None:
+        return None
+    coarse, sep, fine = value.partition(":")
+    kw: dict = {"coarse_res": _parse_size(coarse)}
+    single = fine.strip().lower() == "none"
+    if sep:
+        kw["upsample_res"] = None if single else _parse_size(fine)
+    if kw["coarse_res"] is None or (sep and not single and kw["upsample_res"] is None):
+        raise typer.BadParameter(f"'{value}': give COARSE or COARSE:FINE, each N or HxW with multiples of 14, "
+                                 "FINE may be 'none' (e.g. 448, 448:672, 392x518:none)", param_hint="--resolution")
+    return kw
 
 
 def _resolve_matcher(spec: Optional[str], resolution: Optional[str], device: str) -> Any:
@@ -169,7 +182,7 @@ def _resolve_matcher(spec: Optional[str], resolution: Optional[str], device: str
         return spec
     from roma_sfm.pipelines import match
 
-    return match.get_matcher(spec, device=device, coarse_res=res)
+    return match.get_matcher(spec, device=device, **res)
 
 
 def _check_pairs(value: str) -> str:
@@ -260,8 +273,9 @@ MATCHER_HELP = ("'roma' (the shipped model), a preset name (roma-tiny, roma-outd
                 "`roma-sfm models`), a checkpoint file (.safetensors or public .pth), or 'sift' "
                 "('sift-opencv' for OpenCV's SIFT defaults). Default: roma if the shipped weights are "
                 "installed, else sift (with a notice).")
-RESOLUTION_HELP = ("RoMa coarse resolution: N or HxW, multiples of 14 (default: the preset's, 448 for "
-                   "roma-tiny, 560 for the paper models).")
+RESOLUTION_HELP = ("RoMa resolution COARSE[:FINE], each N or HxW in multiples of 14: the coarse pass, then the "
+                   "refiners again at FINE ('none': one pass). Default: the preset's, 448:672 for roma-tiny, "
+                   "560:864 for the paper models.")
 DEVICE_HELP = "Torch device for RoMa: auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ..."
 NUM_SAMPLES_HELP = "Matches sampled per pair from RoMa's dense warp (SIFT keeps at most this many)."
 RAY_HELP = ("Match on a Ray cluster: `--ray` alone starts a local one, `--ray HOST:PORT` (or `auto`) joins a "

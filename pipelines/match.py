@@ -210,7 +210,8 @@ class SiftMatcher:
 
 def get_matcher(spec: Union[str, Path, Any] = "sift", device: str = "auto", **kwargs) -> Any:
     """'sift' -> :class:`SiftMatcher`; 'roma' / a preset name / a checkpoint path -> the RoMa
-    matcher of ``roma_sfm.load_matcher``; any object with ``.match(a, b)`` is returned as is
+    matcher of ``roma_sfm.load_matcher`` at the preset's resolutions, second pass included (override
+    with ``coarse_res`` / ``upsample_res``; ``upsample_res=None``: one pass); any object with ``.match(a, b)`` is returned as is
     (optional attributes: ``name``; ``kind = "sparse"`` for keypoint matchers; ``coarse_res``,
     ``upsample_res``, ``symmetric``, ``model`` and ``metadata`` as RoMa's, for the signature)."""
     if not isinstance(spec, (str, Path)):
@@ -227,6 +228,8 @@ def get_matcher(spec: Union[str, Path, Any] = "sift", device: str = "auto", **kw
         raise RuntimeError("roma_sfm.load_matcher is not available in this version of roma_sfm")
     name = None if str(spec).lower() == "roma" else str(spec)
     keys = ("weights", "coarse_res", "upsample_res", "symmetric")
+    # the preset's full inference (its second, finer pass too) unless upsample_res is given (None: one pass)
+    kwargs = {"upsample_res": True, **kwargs}
     return roma_sfm.load_matcher(name_or_path=name, device=device, **{k: v for k, v in kwargs.items() if k in keys})
 
 

@@ -141,7 +141,7 @@ ROMA_TINY = RomaConfig(
         1: RefinerConfig(8, 4, 0, hidden_blocks=1),
     },
     coarse_res=(448, 448),
-    upsample_res=None,
+    upsample_res=(672, 672),  # the pipeline's second pass (x1.5, like the paper's 560 -> 864)
     symmetric=False,
     needs_dinov2_weights=False,
 )

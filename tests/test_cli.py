@@ -176,6 +176,29 @@ def test_match_with_a_roma_checkpoint_and_resolution(tmp_path):
         assert len(g["scores"]) == 200 and tuple(g.attrs["size0"]) == (480, 360)
 
 
+def test_resolution_coarse_and_fine_pass(tmp_path):
+    import torch
+
+    from conftest import micro_config
+    from roma_sfm import save_checkpoint
+    from roma_sfm.models.roma import RoMa
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "micro.safetensors", RoMa(micro_config()).eval())
+    (tmp_path / "pairs.txt").write_text("0000.jpg 0001.jpg\n")
+    for spec, want in (("56x70:84x112", [84, 112]), ("56x70:none", None), ("56x70", None)):  # micro: no 2nd pass
+        out = tmp_path / f"{spec.replace(':', '_')}.h5"
+        res = invoke("match", IMAGES, "--pairs", tmp_path / "pairs.txt", "-o", out, "--matcher", ckpt,
+                     "--resolution", spec, "--num-samples", 50, "--device", "cpu")
+        assert res.exit_code == 0, res.output
+        with h5py.File(out, "r") as f:
+            sig = json.loads(f.attrs["matcher_signature"])
+        assert sig["coarse_res"] == [56, 70] and sig["upsample_res"] == want, (spec, sig)
+    for bad in ("56:", "56:85", "56:none:3", "x:84"):
+        assert invoke("match", IMAGES, "--pairs", tmp_path / "pairs.txt", "-o", tmp_path / "bad.h5",
+                      "--matcher", ckpt, "--resolution", bad).exit_code == 2, bad
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help(command):
     res = invoke(command, "--help")
