@@ -78,7 +78,7 @@ from roma_sfm.pipelines.synthetic import HomographyMatcher, random_homographies
 match.MERGE_MIN_INTERVAL = 0.0  # merge into the h5 after every pair: kills land inside h5 writes
 names = [f"{i:03d}.png" for i in range(12)]
 Hs = random_homographies(names, (200, 150), seed=1)
-m = HomographyMatcher(Hs, (200, 150), delay=0.01)
+m = HomographyMatcher(Hs, (200, 150), delay=0.05)  # >= 3.3 s of pairs: both kills land mid-run
 pairs = list(combinations(names, 2))
 match.main(pairs, Path(sys.argv[1]), Path(sys.argv[2]), m, num_samples=20000, progress=False,
            skipped_images={})
