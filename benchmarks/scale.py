@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -105,6 +106,18 @@ def run_measured(cmd: list[str]) -> tuple[float, int, subprocess.CompletedProces
     return time.perf_counter() - t0, peak[0], subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
+def fresh_match(base: list[str], pairs: Path, out: Path, extra: list[str]) -> Optional[tuple[float, int]]:
+    """``roma-sfm match`` (``base`` + pairs, output, ``extra``) into a fresh ``out``: (wall seconds, peak
+    RSS in bytes), or None (its output printed) when it failed."""
+    for p in (out, Path(str(out) + ".journal"), Path(str(out) + ".shards")):
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    secs, peak, proc = run_measured(base + ["--pairs", str(pairs), "-o", str(out)] + extra)
+    if proc.returncode != 0:
+        print(proc.stdout[-2000:], proc.stderr[-2000:], file=sys.stderr)
+        return None
+    return secs, peak
+
+
 def same_matches(a: Path, b: Path) -> tuple[int, int]:
     """(pairs compared, pairs that differ) between two matches files."""
     from roma_sfm.pipelines import match
@@ -159,15 +172,11 @@ def main(argv=None) -> int:
         n = max(1, int(round(len(all_pairs) * frac)))
         pf = args.work / f"pairs-{n}.txt"
         out = args.work / f"matches-{n}{'-ray' if ray else ''}.h5"
-        for p in (out, Path(str(out) + ".journal"), Path(str(out) + ".shards")):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-        cmd = base + ["--pairs", str(pf), "-o", str(out)]
-        if ray:
-            cmd += ["--ray", "local", "--ray-workers", str(args.ray_workers)]
-        secs, peak, proc = run_measured(cmd)
-        if proc.returncode != 0:
-            print(proc.stdout[-2000:], proc.stderr[-2000:], file=sys.stderr)
+        extra = ["--ray", "local", "--ray-workers", str(args.ray_workers)] if ray else []
+        result = fresh_match(base, pf, out, extra)
+        if result is None:
             return 1
+        secs, peak = result
         outputs[(n, ray)] = out
         rows.append({"run": f"local Ray, {args.ray_workers} workers" if ray else "single process", "pairs": n,
                      "seconds": secs, "pairs_per_s": n / secs, "peak_gb": peak / 2**30})
@@ -181,12 +190,7 @@ def main(argv=None) -> int:
         threads = max(1, (os.cpu_count() or 1) // args.ray_workers)
         n_ref = max(1, n_all // 4)
         ref = args.work / f"matches-{n_ref}-threads{threads}.h5"
-        ref.unlink(missing_ok=True)
-        shutil.rmtree(Path(str(ref) + ".journal"), ignore_errors=True)
-        proc = subprocess.run(base + ["--pairs", str(args.work / f"pairs-{n_ref}.txt"), "-o", str(ref),
-                                      "--threads", str(threads)], capture_output=True, text=True)
-        if proc.returncode != 0:
-            print(proc.stdout[-2000:], proc.stderr[-2000:], file=sys.stderr)
+        if fresh_match(base, args.work / f"pairs-{n_ref}.txt", ref, ["--threads", str(threads)]) is None:
             return 1
         compared, differ = same_matches(ref, outputs[(n_all, True)])
         same = (f"Ray vs a single process with {threads} torch thread(s) like each worker: {compared - differ} "

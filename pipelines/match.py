@@ -39,7 +39,6 @@ throttled (at most ~10 % of the run time goes to copying) and always happen at t
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import inspect
@@ -756,7 +755,9 @@ def main(pairs: Union[Path, Iterable[tuple[str, str]]], images: Path, output: Pa
                         shard_size=shard_size, on_done=lambda n: prog.advance(task, n), stats=stats,
                         threads=threads)
         else:
-            with _torch_threads(threads):
+            from ..matcher import torch_threads
+
+            with torch_threads(threads):
                 for pair, res in _match_stream(matcher, todo(), images, batch_size, num_workers, cache_mb):
                     prog.advance(task)
                     record(pair, res)
@@ -766,22 +767,6 @@ def main(pairs: Union[Path, Iterable[tuple[str, str]]], images: Path, output: Pa
     logger.info("match: %d new, %d resumed, %d failed pairs in %.1f s -> %s", stats.num_matched,
                 stats.num_resumed, stats.num_failed, stats.seconds, output)
     return stats
-
-
-@contextlib.contextmanager
-def _torch_threads(n: Optional[int]) -> Iterator[None]:
-    """torch's intra-op thread count set to ``n`` (None: unchanged) inside the block."""
-    if not n:
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _match_stream(matcher: Any, todo: Iterator[tuple[str, str]], images: Path, batch_size: int, num_workers: int,

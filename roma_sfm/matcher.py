@@ -38,6 +38,20 @@ def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
     return torch.device(device)
 
 
+@contextlib.contextmanager
+def torch_threads(n: Optional[int]) -> Iterator[None]:
+    """torch's intra-op thread count set to ``n`` inside the block (None or 0: unchanged), then restored."""
+    if not n:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def to_tensor(rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     """(H,W,3) uint8 -> (3,h,w) ImageNet-normalised float, bicubic resize to ``size`` = (h, w)."""
     h, w = size

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from ..matcher import torch_threads
 from ..models.roma import RoMa
 from ..presets import RomaConfig, get_preset
 from .data import DepthPairs, MixedPairs, SynthConfig, SyntheticPairs
@@ -166,14 +167,23 @@ def export_weights(checkpoint: str, out: str, dtype: torch.dtype = torch.float16
     ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
     model = RoMa(RomaConfig.from_dict(ck["model_cfg"]))
     model.load_state_dict(ck["model"])
-    prior = ck.get("prior", {"steps": 0, "seconds": 0.0})
-    # totals over every run since the random start (runs chained by init_from), and this run alone
-    meta = {"step": int(prior["steps"]) + int(ck["step"]),
-            "train_seconds": float(prior["seconds"]) + float(ck.get("elapsed", 0.0)),
+    total = _totals(ck)  # over every run since the random start (runs chained by init_from)
+    meta = {"step": total["steps"], "train_seconds": total["seconds"],
             "run_step": int(ck["step"]), "run_seconds": float(ck.get("elapsed", 0.0)),
             "training_data": "synthetic pairs from BSDS500 train+test (non-commercial research use)",
             "train_config": ck.get("train_cfg"), **(metadata or {})}
     return save_checkpoint(out, model, meta, dtype=dtype)
+
+
+def _no_prior() -> dict:
+    return {"steps": 0, "seconds": 0.0}
+
+
+def _totals(ck: dict) -> dict:
+    """Steps and seconds of a training checkpoint's run plus those of the runs before it."""
+    prior = ck.get("prior", _no_prior())
+    return {"steps": int(prior["steps"]) + int(ck["step"]),
+            "seconds": float(prior["seconds"]) + float(ck.get("elapsed", 0.0))}
 
 
 def prior_training(init_from: str) -> dict:
@@ -185,14 +195,10 @@ def prior_training(init_from: str) -> dict:
         try:
             meta = read_checkpoint_info(init_from)[1]
         except CheckpointError:
-            return {"steps": 0, "seconds": 0.0}
+            return _no_prior()
         return {"steps": int(meta.get("step", 0)), "seconds": float(meta.get("train_seconds", 0.0))}
     obj = torch.load(init_from, map_location="cpu", weights_only=True)
-    if isinstance(obj, dict) and "optimizer" in obj:
-        prior = obj.get("prior", {"steps": 0, "seconds": 0.0})
-        return {"steps": int(prior["steps"]) + int(obj["step"]),
-                "seconds": float(prior["seconds"]) + float(obj.get("elapsed", 0.0))}
-    return {"steps": 0, "seconds": 0.0}
+    return _totals(obj) if isinstance(obj, dict) and "optimizer" in obj else _no_prior()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -350,13 +356,8 @@ def train(cfg: TrainConfig, on_step: Optional[Callable[[int, dict], None]] = Non
 
     ``on_step(step, parts)`` is called after every optimizer step (``step`` = steps done so far).
     """
-    threads = torch.get_num_threads()
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with torch_threads(max(cfg.threads, 0)):
         return _train(cfg, on_step)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(cfg: TrainConfig, on_step: Optional[Callable[[int, dict], None]]) -> dict:
@@ -387,12 +388,12 @@ def _train(cfg: TrainConfig, on_step: Optional[Callable[[int, dict], None]]) -> 
         scaler.load_state_dict(ck["scaler"])
         set_rng_state(ck["rng"])
         start, elapsed = int(ck["step"]), float(ck["elapsed"])
-        prior = dict(ck.get("prior", {"steps": 0, "seconds": 0.0}))
+        prior = dict(ck.get("prior", _no_prior()))
     else:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         random.seed(cfg.seed)
-        prior = {"steps": 0, "seconds": 0.0}
+        prior = _no_prior()
         if cfg.init_from:
             model.load_state_dict(load_weights(cfg.init_from))
             prior = prior_training(cfg.init_from)
