@@ -31,7 +31,8 @@ from _readme import write_table  # noqa: E402
 SCENES = ["strecha-fountain-P11", "strecha-Herz-Jesus-P8", "strecha-entry-P10", "strecha-castle-P19",
           "strecha-Herz-Jesus-P25", "strecha-castle-P30"]
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "scenes"
-COLUMNS = ["method", "registered", "AUC@3", "AUC@5", "AUC@10", "points", "track len", "reproj err (px)", "time (s)"]
+COLUMNS = ["method", "registered", "AUC@3", "AUC@5", "AUC@10", "pairs kept / verified", "points", "track len",
+           "reproj err (px)", "time (s)"]
 
 
 def run_ours(images: Path, gt: Path, out: Path, matcher: str, num_threads: int, **kwargs) -> dict:
@@ -39,7 +40,11 @@ def run_ours(images: Path, gt: Path, out: Path, matcher: str, num_threads: int, 
     rep = reconstruct.main(images, out, matcher=matcher, gt_poses=gt, overwrite=True, progress=False,
                            num_threads=num_threads, **kwargs)
     ev = rep.get("evaluation") or evaluate.evaluate_reconstruction(None, gt)
-    return {"method": f"ours ({matcher})", **_row(ev, rep), "time": time.perf_counter() - t0}
+    ver = rep.get("verification", {})
+    n_pairs = rep.get("match", {}).get("pairs_matched", 0) + rep.get("match", {}).get("pairs_resumed", 0)
+    kept = n_pairs - len(rep.get("tracks", {}).get("pairs_rejected", []))
+    return {"method": f"ours ({matcher})", **_row(ev, rep), "time": time.perf_counter() - t0,
+            "pairs": f"{kept} / {ver.get('verified', 0)} of {n_pairs}"}
 
 
 def run_colmap(images: Path, gt: Path, out: Path, num_threads: int) -> dict:
@@ -60,9 +65,13 @@ def run_colmap(images: Path, gt: Path, out: Path, num_threads: int) -> dict:
     opts.num_threads = num_threads
     opts.random_seed = 0
     models = pycolmap.incremental_mapping(db, images, out / "models", opts)
+    with pycolmap.Database.open(db) as d:
+        n_img, n_verified = d.num_images(), d.num_verified_image_pairs()
+    pairs = f"- / {n_verified} of {n_img * (n_img - 1) // 2}"
     rec = max(models.values(), key=lambda r: r.num_reg_images()) if models else None
     ev = evaluate.evaluate_reconstruction(rec, gt)
-    return {"method": "COLMAP SIFT", **_row(ev, export.model_stats(rec)), "time": time.perf_counter() - t0}
+    return {"method": "COLMAP SIFT", **_row(ev, export.model_stats(rec)), "time": time.perf_counter() - t0,
+            "pairs": pairs}
 
 
 def _row(ev: dict, stats: dict) -> dict:
@@ -76,7 +85,7 @@ def table(scene: str, rows: list[dict]) -> str:
     for r in rows:
         reproj = f"{r['reproj']:.2f}" if r["reproj"] is not None else "-"
         lines.append(f"| {r['method']} | {r['registered']} | {r['auc@3']:.1f} | {r['auc@5']:.1f} | {r['auc@10']:.1f} "
-                     f"| {r['points']} | {r['track_len']:.2f} | {reproj} | {r['time']:.0f} |")
+                     f"| {r.get('pairs', '-')} | {r['points']} | {r['track_len']:.2f} | {reproj} | {r['time']:.0f} |")
     return "\n".join(lines) + "\n"
 
 

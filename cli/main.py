@@ -333,6 +333,10 @@ def reconstruct(
     cell_size: Optional[float] = typer.Option(None, "--cell-size", min=0.5, show_default=False,
                                               help="Track grid in px: matches in one cell of an image share one "
                                                    "keypoint (default: 2 for sift, 4 for RoMa)."),
+    min_pair_score: Optional[float] = typer.Option(None, "--min-pair-score", min=0.0, max=1.0, show_default=False,
+                                                   help="Leave out pairs whose mean match certainty is below "
+                                                        "this: views that share nothing (default: the value of the "
+                                                        "matches' kind in roma_sfm.pipelines.tracks.confs)."),
     num_samples: int = typer.Option(10000, "--num-samples", min=1, help=NUM_SAMPLES_HELP),
     batch_size: int = typer.Option(1, "--batch-size", min=1, help="RoMa: pairs per forward pass."),
     camera_mode: CameraMode = typer.Option(CameraMode.auto, "--camera-mode",
@@ -366,7 +370,8 @@ def reconstruct(
                       f"(matcher: {escape(str(m if isinstance(m, str) else getattr(m, 'name', m)))})")
         report = reconstruct_.main(images, out, matcher=m, pairs=pairs, num_matched=num_matched,
                                    num_samples=num_samples, cell_size=cell_size, max_keypoints=max_keypoints,
-                                   mapper=mapper.value, camera_mode=camera_mode.value, device=device, gt_poses=gt,
+                                   min_pair_score=min_pair_score, mapper=mapper.value, camera_mode=camera_mode.value,
+                                   device=device, gt_poses=gt,
                                    overwrite=overwrite, num_threads=num_threads, batch_size=batch_size,
                                    verbose=verbose, ray=ray, ray_workers=ray_workers)
     _print_report(report, "roma-sfm reconstruct")
@@ -473,6 +478,10 @@ def map_cmd(
     cell_size: Optional[float] = typer.Option(None, "--cell-size", min=0.5, show_default=False,
                                               help="Track grid in px (default: 2 if matches.h5 holds SIFT "
                                                    "matches, else 4)."),
+    min_pair_score: Optional[float] = typer.Option(None, "--min-pair-score", min=0.0, max=1.0, show_default=False,
+                                                   help="Leave out pairs whose mean match certainty is below "
+                                                        "this: views that share nothing (default: the value of the "
+                                                        "matches' kind in roma_sfm.pipelines.tracks.confs)."),
     max_keypoints: int = typer.Option(16384, "--max-keypoints", min=1, help="Keypoints kept per image."),
     mapper: Mapper = typer.Option(Mapper.incremental, "--mapper", help="COLMAP mapper: incremental or global."),
     camera_mode: CameraMode = typer.Option(CameraMode.auto, "--camera-mode",
@@ -492,10 +501,11 @@ def map_cmd(
         raise typer.BadParameter(f"'{matches}' does not exist (run `roma-sfm match` first)", param_hint="--matches")
     _colmap_verbosity(verbose)
     with _guard(verbose):
-        if cell_size is None:
-            cell_size = tracks.confs[match.matches_kind(matches)]["cell_size"]
+        conf = tracks.confs[match.matches_kind(matches)]
+        cell_size = conf["cell_size"] if cell_size is None else cell_size
+        min_pair_score = conf["min_pair_score"] if min_pair_score is None else min_pair_score
         features, matches_idx = out / "features.h5", out / "matches_idx.h5"
-        ts = tracks.main(matches, features, matches_idx, cell_size, max_keypoints)
+        ts = tracks.main(matches, features, matches_idx, cell_size, max_keypoints, min_pair_score=min_pair_score)
         if ts.num_images == 0:
             _fail(f"no matches between any two images in '{matches}'")
         res = mapping.main(out / "sfm", images, features, matches_idx, camera_mode=camera_mode.value,

@@ -5,7 +5,7 @@ Public API (what the CLI wraps)
 ``main(images: Path, outputs: Path, matcher: str | object = "sift", pairs: str = "auto",
        pairs_file: Path | None = None, num_matched: int = 10, window: int = 5,
        num_samples: int = 10000, cell_size: float | None = None, max_keypoints: int = 16384,
-       refine: str = "flow", mapper: str = "incremental", camera_mode: str = "auto",
+       refine: str = "flow", min_pair_score: float | None = None, mapper: str = "incremental", camera_mode: str = "auto",
        device: str = "auto", gt_poses: Path | str | None = "auto", overwrite: bool = False,
        num_threads: int = -1, batch_size: int = 1, progress: bool = True, verbose: bool = False,
        seed: int = 0, ray: str | None = None, ray_workers: int | None = None) -> dict``
@@ -19,8 +19,10 @@ Public API (what the CLI wraps)
 - ``batch_size``: pairs per forward pass for matchers with ``match_many`` (RoMa).
 - ``ray``: match on a Ray cluster ('local' or an address; see ``match.main``); the same matches as
   in one process. Large collections: ``pairs='retrieval'`` and ``mapper='global'``.
-- ``cell_size``: quantization of tracks in px; default 2 for sparse matches (sift), 4 for dense
-  (``match.matches_kind`` of matches.h5).
+- ``cell_size``, ``min_pair_score``: quantization of tracks in px and the mean match certainty
+  below which a pair is left out; None = ``tracks.confs`` of the matches' kind (sparse for sift,
+  dense for RoMa; ``match.matches_kind`` of matches.h5). Left-out pairs are listed in
+  ``report['tracks']['pairs_rejected']``.
 - ``gt_poses``: a ``poses_gt.txt`` to score the model with; 'auto' uses ``<images>/../poses_gt.txt``
   when it exists (as for ``sample_scenes/corner``).
 - Resumable: ``matches.h5`` is reused pair by pair unless ``overwrite`` (and only when it was made
@@ -99,7 +101,8 @@ def _set_colmap_verbosity(verbose: bool) -> None:
 
 def main(images: Path, outputs: Path, matcher: Any = "sift", pairs: str = "auto", pairs_file: Optional[Path] = None,
          num_matched: int = 10, window: int = 5, num_samples: int = 10000, cell_size: Optional[float] = None,
-         max_keypoints: int = 16384, refine: str = "flow", mapper: str = "incremental", camera_mode: str = "auto",
+         max_keypoints: int = 16384, refine: str = "flow", min_pair_score: Optional[float] = None,
+         mapper: str = "incremental", camera_mode: str = "auto",
          device: str = "auto", gt_poses: Union[Path, str, None] = "auto", overwrite: bool = False,
          num_threads: int = -1, batch_size: int = 1, progress: bool = True, verbose: bool = False,
          seed: int = 0, ray: Optional[str] = None, ray_workers: Optional[int] = None) -> dict:
@@ -113,7 +116,7 @@ def main(images: Path, outputs: Path, matcher: Any = "sift", pairs: str = "auto"
     report: dict = {"status": "failed", "message": "", "images": str(images), "outputs": str(outputs),
                     "config": {**_matcher_config(matcher), "pairs": str(pairs), "num_matched": num_matched,
                                "num_samples": num_samples, "cell_size": cell_size, "max_keypoints": max_keypoints,
-                               "refine": refine, "mapper": mapper, "camera_mode": camera_mode, "seed": seed},
+                               "refine": refine, "min_pair_score": min_pair_score, "mapper": mapper, "camera_mode": camera_mode, "seed": seed},
                     "images_given": 0, "images_skipped": {}, "times": times}
 
     def finish(message: str, reconstruction=None, ok: bool = False, **files) -> dict:
@@ -165,13 +168,14 @@ def main(images: Path, outputs: Path, matcher: Any = "sift", pairs: str = "auto"
                        "kind": kind}
 
     # 3) tracks
-    if cell_size is None:
-        cell_size = tracks.confs[kind]["cell_size"]
-        report["config"]["cell_size"] = cell_size
+    cell_size = tracks.confs[kind]["cell_size"] if cell_size is None else cell_size
+    min_pair_score = tracks.confs[kind]["min_pair_score"] if min_pair_score is None else min_pair_score
+    report["config"].update(cell_size=cell_size, min_pair_score=min_pair_score)
     with Timer(times, "tracks"):
         ts = tracks.main(outputs / "matches.h5", outputs / "features.h5", outputs / "matches_idx.h5", cell_size,
-                         max_keypoints, refine, pairs=pair_list)
-    report["tracks"] = {"mean_keypoints": ts.mean_keypoints, "mean_matches": ts.mean_matches}
+                         max_keypoints, refine, pairs=pair_list, min_pair_score=min_pair_score)
+    report["tracks"] = {"mean_keypoints": ts.mean_keypoints, "mean_matches": ts.mean_matches,
+                        "pairs_rejected": [[a, b, round(s, 4)] for a, b, s in ts.rejected]}
     files = {"features": outputs / "features.h5", "matches_idx": outputs / "matches_idx.h5"}
     if ts.num_images == 0:
         return finish("no matches between any two images", **files)

@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -64,8 +64,8 @@ from .utils import h5_in_memory, logger, names_to_pair
 Pair = tuple[str, str]
 
 confs = {
-    "dense": {"cell_size": 4.0, "max_keypoints": 16384, "refine": "flow"},
-    "sparse": {"cell_size": 2.0, "max_keypoints": 16384, "refine": "flow"},
+    "dense": {"cell_size": 4.0, "max_keypoints": 16384, "refine": "flow", "min_pair_score": 0.0},
+    "sparse": {"cell_size": 2.0, "max_keypoints": 16384, "refine": "flow", "min_pair_score": 0.0},
 }
 
 
@@ -76,6 +76,7 @@ class TrackStats:
     mean_keypoints: float = 0.0
     mean_matches: float = 0.0
     seconds: float = 0.0
+    rejected: list = field(default_factory=list)  # [(name0, name1, mean score)] below min_pair_score
 
 
 def _cells(xy: np.ndarray, size: tuple[int, int], cell: float) -> np.ndarray:
@@ -182,7 +183,7 @@ def build_tracks(pair_matches: dict[Pair, tuple[np.ndarray, np.ndarray, np.ndarr
         idx = np.stack([m0[sel], m1[sel]], -1).astype(np.int32)
         matches[(a, b)] = (idx, mean_score[order][sel].astype(np.float32))
     # 3) sub-pixel refinement by match consistency
-    if refine == "flow":
+    if refine == "flow" and pairs:
         keypoints = _refine_flow(pairs, pair_matches, raw_kp, keypoints, kp_mean, matches, sizes, cell_size,
                                  iterations, prior_weight)
     return ({n: k.astype(np.float32) for n, k in keypoints.items()}, kp_scores, matches)
@@ -305,19 +306,28 @@ def check_same_run(features: Path, matches_idx: Path) -> None:
 
 
 def main(matches: Path, features: Path, matches_idx: Path, cell_size: float = 4.0, max_keypoints: int = 16384,
-         refine: str = "flow", pairs: Optional[Sequence[Pair]] = None) -> TrackStats:
-    """Read matches.h5, build shared keypoints, write features.h5 and matches_idx.h5 (atomically)."""
+         refine: str = "flow", pairs: Optional[Sequence[Pair]] = None, min_pair_score: float = 0.0) -> TrackStats:
+    """Read matches.h5, build shared keypoints, write features.h5 and matches_idx.h5 (atomically).
+
+    ``min_pair_score``: a pair whose matches have a mean certainty below it is left out (it adds no
+    keypoints and no matches). A dense matcher samples its matches even between views that share
+    nothing; its certainty is what says so, and such pairs pass RANSAC on smooth wrong warps.
+    """
     t0 = time.perf_counter()
     matches = Path(matches)
     consolidate(matches)  # pick up pairs a killed match run left in the journal
     wanted = None if pairs is None else {tuple(sorted(p)) for p in pairs}
-    pair_matches, sizes = {}, {}
+    pair_matches, sizes, rejected = {}, {}, []
     with h5py.File(matches, "r") as f:
         for a, b in list_pairs(matches):
             if wanted is not None and tuple(sorted((a, b))) not in wanted:
                 continue
             g = f[names_to_pair(a, b)]
-            pair_matches[(a, b)] = (g["keypoints0"][()], g["keypoints1"][()], g["scores"][()])
+            scores = g["scores"][()]
+            if min_pair_score > 0 and (len(scores) == 0 or float(scores.mean()) < min_pair_score):
+                rejected.append((a, b, float(scores.mean()) if len(scores) else 0.0))
+                continue
+            pair_matches[(a, b)] = (g["keypoints0"][()], g["keypoints1"][()], scores)
             sizes[a] = tuple(int(v) for v in g.attrs["size0"])
             sizes[b] = tuple(int(v) for v in g.attrs["size1"])
     kps, kp_scores, idx_matches = build_tracks(pair_matches, sizes, cell_size, max_keypoints, refine)
@@ -329,7 +339,9 @@ def main(matches: Path, features: Path, matches_idx: Path, cell_size: float = 4.
     stats = TrackStats(num_images=len(kps), num_pairs=len(idx_matches),
                        mean_keypoints=float(np.mean([len(k) for k in kps.values()])) if kps else 0.0,
                        mean_matches=float(np.mean([len(m[0]) for m in idx_matches.values()])) if idx_matches else 0.0,
-                       seconds=time.perf_counter() - t0)
+                       seconds=time.perf_counter() - t0, rejected=rejected)
+    if rejected:
+        logger.info("tracks: %d pairs below the mean score %.2f left out", len(rejected), min_pair_score)
     logger.info("tracks: %d images, %.0f keypoints/image, %.0f matches/pair (cell %.1f px, refine=%s) in %.1f s",
                 stats.num_images, stats.mean_keypoints, stats.mean_matches, cell_size, refine, stats.seconds)
     return stats

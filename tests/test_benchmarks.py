@@ -134,3 +134,15 @@ def test_homography_main_smoke():
     assert r["pairs"] == 2 and set(r["errors"]) == {"adam", "city"}
     assert all(np.isfinite(e) for e in r["errors"].values())
     assert "| sift | 2 |" in out["table"]
+
+
+# ----------------------------------------------------------------------------------------- pair gate
+def test_pair_gate_rule_goes_no_higher_than_the_negatives_need():
+    gate = _load("pair_gate")
+    pos, neg = np.repeat([0.5, 0.6, 0.7], 10), np.linspace(0.0, 0.4, 101)
+    t = gate.choose(pos, neg)
+    assert (neg < t).mean() >= gate.MIN_REJECTED and (pos >= t).mean() >= gate.MIN_KEPT
+    assert (neg < t - 0.01).mean() < gate.MIN_REJECTED  # the smallest such threshold
+    # negatives that score like the positives: no threshold does both, the best balanced accuracy wins
+    t2 = gate.choose(np.full(10, 0.3), np.r_[np.zeros(50), np.full(50, 0.5)])
+    assert 0.0 < t2 <= 0.3

@@ -60,3 +60,26 @@ def test_max_keypoints():
     kps, _, _ = tracks.build_tracks({("a", "b"): (p, p + 1, np.ones(5000, np.float32))},
                                     {"a": (300, 200), "b": (300, 200)}, cell_size=2.0, max_keypoints=500)
     assert len(kps["a"]) == 500 and len(kps["b"]) == 500
+
+
+def test_pairs_below_the_mean_score_are_left_out(tmp_path):
+    """A pair whose matches the matcher itself doubts (views that share nothing) adds no keypoints."""
+    rng = np.random.default_rng(0)
+    p = (rng.random((2000, 2)) * [300, 200]).astype(np.float32)
+    pm = {("a", "b"): (p, p + 1, np.full(2000, 0.8, np.float32)),
+          ("a", "c"): (p, p[::-1].copy(), np.full(2000, 0.1, np.float32))}
+    with h5py.File(tmp_path / "m.h5", "w") as f:
+        for (a, b), (k0, k1, sc) in pm.items():
+            g = f.create_group(f"{a}/{b}")
+            g.create_dataset("keypoints0", data=k0), g.create_dataset("keypoints1", data=k1)
+            g.create_dataset("scores", data=sc)
+            g.attrs.update(size0=(300, 200), size1=(300, 200), name0=a, name1=b, complete=1)
+    args = (tmp_path / "m.h5", tmp_path / "f.h5", tmp_path / "mi.h5", 4.0)
+    kept = tracks.main(*args, min_pair_score=0.3)
+    assert kept.num_pairs == 1 and kept.num_images == 2
+    assert [(a, b) for a, b, _ in kept.rejected] == [("a", "c")] and abs(kept.rejected[0][2] - 0.1) < 1e-6
+    assert "c" not in tracks.read_features(tmp_path / "f.h5")
+    both = tracks.main(*args)  # no gate by default for a hand-made file: both pairs stay
+    assert both.num_pairs == 2 and not both.rejected
+    none = tracks.main(*args, min_pair_score=0.9)  # every pair left out: empty files, no crash
+    assert none.num_images == 0 and len(none.rejected) == 2

@@ -215,3 +215,40 @@ def test_mixed_pairs_draws_from_both(photo_dir, tmp_path):
     tags = ["tag" in mixed[i] for i in range(40)]
     assert 5 < sum(tags) < 35
     assert tags == ["tag" in mixed[i] for i in range(40)]  # deterministic
+
+
+def test_negative_pairs_have_no_covisible_pixels(photo_dir):
+    from roma_sfm.train.data import SynthConfig
+
+    plain = SyntheticPairs(photo_dir, size=(56, 56), seed=3, length=20)
+    off = SyntheticPairs(photo_dir, size=(56, 56), seed=3, length=20, cfg=SynthConfig(neg_prob=0.0))
+    assert all(torch.equal(plain[i]["im_B"], off[i]["im_B"]) for i in range(3))  # neg_prob 0: same stream
+    for same in (0.0, 1.0):
+        neg = SyntheticPairs(photo_dir, size=(56, 56), seed=3, length=20,
+                             cfg=SynthConfig(neg_prob=1.0, neg_same_photo=same))
+        masks = [float(neg[i]["mask"].mean()) for i in range(12)]
+        # another photo: nothing covisible; a far part of the same photo: at most a sliver
+        assert max(masks) <= (0.0 if same == 0.0 else 0.02), masks
+        assert not torch.equal(neg[0]["im_B"], plain[0]["im_B"])
+        a, b = neg.pair(5), neg.pair(5)
+        assert np.array_equal(a["im_B"], b["im_B"])  # deterministic
+    mixed = SyntheticPairs(photo_dir, size=(56, 56), seed=3, length=200, cfg=SynthConfig(neg_prob=0.3))
+    share = np.mean([float(mixed[i]["mask"].max()) == 0.0 for i in range(60)])
+    assert 0.1 < share < 0.55, share
+
+
+def test_far_view_keeps_b_on_the_photo():
+    from roma_sfm.train.data import SynthConfig, far_view, _in_photo
+
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    photo = cv2.resize(small, (480, 320), interpolation=cv2.INTER_CUBIC)
+    cfg = far_view(SynthConfig())
+    assert cfg.max_overlap <= 0.02 and cfg.min_B_in_photo > 0.5
+    H = np.eye(3)
+    assert _in_photo(H, (100, 100), (320, 480)) == 1.0  # B = the photo's corner: inside
+    H[:2, 2] = [-400, 0]  # photo x -> B x - 400: B's view starts at photo x = 400, 80 px remain
+    assert 0.0 < _in_photo(H, (100, 100), (320, 480)) < 1.0
+    for seed in range(6):
+        s = make_synthetic_pair(photo, np.random.default_rng(seed), (64, 64), cfg)
+        assert s["mask"].mean() <= 0.02

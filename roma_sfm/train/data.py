@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -80,7 +80,13 @@ class SynthConfig:
     occluder_size: tuple[float, float] = (0.08, 0.3)  # fraction of the output side
     photometric: bool = True
     min_overlap: float = 0.25  # resample geometry (same rng stream) below this covisible fraction
+    max_overlap: float = 1.0  # ... or above this one (negatives ask for ~0)
+    min_B_in_photo: float = 0.0  # ... or when less of B's view than this shows the photo
     max_tries: int = 8
+    # negatives teach matchability "no match": B shows another photo, or a far part of the same
+    # photo (same textures, the hard case of repeated facades); their mask is all / mostly zero
+    neg_prob: float = 0.0
+    neg_same_photo: float = 0.5  # share of negatives cut from A's own photo
 
 
 def _similarity(center_out: np.ndarray, center_src: np.ndarray, angle: float, scale: float) -> np.ndarray:
@@ -181,6 +187,13 @@ def photometric(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
     return out
 
 
+def _in_photo(H_B: np.ndarray, size: tuple[int, int], photo: tuple[int, int], n: int = 16) -> float:
+    """Share of B's view (an n x n grid of its pixels) that samples inside the photo."""
+    g = np.stack(np.meshgrid(np.linspace(0, size[1] - 1, n), np.linspace(0, size[0] - 1, n)), -1)
+    q = cv2.perspectiveTransform(g.reshape(1, -1, 2), np.linalg.inv(H_B))[0]
+    return float(((q[:, 0] >= 0) & (q[:, 0] <= photo[1] - 1) & (q[:, 1] >= 0) & (q[:, 1] <= photo[0] - 1)).mean())
+
+
 def make_synthetic_pair(img: np.ndarray, rng: np.random.Generator, size: tuple[int, int],
                         cfg: SynthConfig = SynthConfig(), texture: Optional[np.ndarray] = None
                         ) -> dict[str, np.ndarray]:
@@ -225,7 +238,8 @@ def make_synthetic_pair(img: np.ndarray, rng: np.random.Generator, size: tuple[i
         mask = ((den > 0) & (q[..., 0] >= 0) & (q[..., 0] <= w0 - 1) & (q[..., 1] >= 0)
                 & (q[..., 1] <= h0 - 1) & (b[..., 0] >= -0.5) & (b[..., 0] <= W - 0.5)
                 & (b[..., 1] >= -0.5) & (b[..., 1] <= H - 0.5))
-        if mask.mean() >= cfg.min_overlap:
+        if cfg.min_overlap <= mask.mean() <= cfg.max_overlap and (
+                cfg.min_B_in_photo <= 0 or _in_photo(H_B, (H, W), (h0, w0)) >= cfg.min_B_in_photo):
             break
     fill = tuple(int(v) for v in rng.integers(0, 256, 3))
     im_A = cv2.remap(_antialias(img, px_A), q[..., 0], q[..., 1], cv2.INTER_LINEAR,
@@ -242,6 +256,13 @@ def make_synthetic_pair(img: np.ndarray, rng: np.random.Generator, size: tuple[i
     if cfg.photometric:
         im_A, im_B = photometric(rng, im_A), photometric(rng, im_B)
     return {"im_A": im_A, "im_B": im_B, "warp": to_normalised(b, W, H).astype(np.float32), "mask": mask}
+
+
+def far_view(cfg: SynthConfig) -> SynthConfig:
+    """The geometry of a same-photo negative: small crops, B shifted far from A, overlap ~0.
+    The mask stays the true covisibility, so a residual sliver of overlap is supervised as such."""
+    return replace(cfg, crop_frac=(0.3, 0.45), shift_rel=1.6, min_overlap=0.0, max_overlap=0.01,
+                               min_B_in_photo=0.8, max_tries=32)
 
 
 def _read_rgb(path: Path) -> np.ndarray:
@@ -286,12 +307,28 @@ class SyntheticPairs(Dataset):
             self._cache[i] = _read_rgb(self.files[i])
         return self._cache[i]
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def pair(self, index: int) -> dict[str, np.ndarray]:
+        """Sample ``index`` as arrays: im_A, im_B (H,W,3) uint8 RGB, warp (H,W,2), mask (H,W) bool."""
         rng = np.random.default_rng(self.seed + int(index))
         n = len(self.files)
-        img = self._image(int(rng.integers(n)))
+        i_img = int(rng.integers(n))
+        img = self._image(i_img)
         texture = self._image(int(rng.integers(n)))
-        s = make_synthetic_pair(img, rng, self.size, self.cfg, texture)
+        # drawn only when enabled, so configs without negatives keep their exact sample streams
+        neg = self.cfg.neg_prob > 0 and rng.random() < self.cfg.neg_prob
+        if not neg:
+            s = make_synthetic_pair(img, rng, self.size, self.cfg, texture)
+        elif rng.random() < self.cfg.neg_same_photo:
+            s = make_synthetic_pair(img, rng, self.size, far_view(self.cfg), texture)
+        else:
+            other = self._image((i_img + 1 + int(rng.integers(max(n - 1, 1)))) % n)
+            s = make_synthetic_pair(img, rng, self.size, self.cfg, texture)
+            s["im_B"] = make_synthetic_pair(other, rng, self.size, self.cfg, texture)["im_B"]
+            s["mask"] = np.zeros_like(s["mask"])
+        return s
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        s = self.pair(index)
         return {"im_A": to_tensor(s["im_A"]), "im_B": to_tensor(s["im_B"]),
                 "warp": torch.from_numpy(s["warp"]), "mask": torch.from_numpy(s["mask"].astype(np.float32))}
 

@@ -67,7 +67,8 @@ class TrainConfig:
     val_pairs: int = 32  # fixed synthetic pairs (seeds val_seed + i) for PCK
     val_seed: int = 1_000_000
     resolution: tuple[int, int] = (224, 224)  # (H, W), multiples of 56 (patch 14 and stride 8)
-    synth: dict = field(default_factory=dict)  # SynthConfig overrides
+    synth: dict = field(default_factory=dict)  # SynthConfig overrides for training
+    val_synth: dict = field(default_factory=dict)  # ... for validation: kept apart so PCK stays comparable
     loss: dict = field(default_factory=dict)  # LossConfig overrides
     # optimisation
     steps: int = 100_000
@@ -309,7 +310,7 @@ class Validator:
 
     def __init__(self, cfg: TrainConfig, loss_cfg: LossConfig):
         ds = SyntheticPairs(cfg.val_root, cfg.resolution, seed=cfg.val_seed, length=cfg.val_pairs,
-                            cfg=SynthConfig(**cfg.synth))
+                            cfg=SynthConfig(**cfg.val_synth))
         self.batches = [_collate([ds[i] for i in range(j, min(j + cfg.batch_size, cfg.val_pairs))])
                         for j in range(0, cfg.val_pairs, cfg.batch_size)]
         self.loss_cfg = loss_cfg
