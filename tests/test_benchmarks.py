@@ -1,27 +1,13 @@
 """Two-view benchmarks (benchmarks/pose.py, benchmarks/planar.py): scoring on constructed inputs,
 and a smoke run of each script on 2 real pairs when ../shared/data is present."""
-import importlib.util
-import sys
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
+from _bench import load as load_benchmark
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-pose = _load("pose")
-homography = _load("planar")
-common = _load("common")
+pose = load_benchmark("pose")
+homography = load_benchmark("planar")
+common = load_benchmark("common")
 DATA = common.DATA
 PAIRS = DATA / "pairs" / "strecha_gap3.txt"
 HOMOG = DATA / "homography"
@@ -138,7 +124,7 @@ def test_homography_main_smoke():
 
 # ----------------------------------------------------------------------------------------- pair gate
 def test_pair_gate_rule_goes_no_higher_than_the_negatives_need():
-    gate = _load("pair_gate")
+    gate = load_benchmark("pair_gate")
     pos, neg = np.repeat([0.5, 0.6, 0.7], 10), np.linspace(0.0, 0.4, 101)
     t = gate.choose(pos, neg)
     assert (neg < t).mean() >= gate.MIN_REJECTED and (pos >= t).mean() >= gate.MIN_KEPT

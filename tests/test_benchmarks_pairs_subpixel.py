@@ -1,32 +1,22 @@
 """benchmarks/retrieval.py and benchmarks/subpixel.py: covisibility ground truth and recall bookkeeping
 on constructed inputs, the README tables, and (when ../shared/data is present) the GT model of the
 smallest Strecha scene."""
-import importlib.util
 import math
-import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pycolmap
 import pytest
+from _bench import load as load_benchmark
 
 from roma_sfm.pipelines import pairs as P
 from roma_sfm.pipelines.synthetic import make_homography_scene
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-retrieval = _load("retrieval")
-subpixel = _load("subpixel")
+retrieval = load_benchmark("retrieval")
+subpixel = load_benchmark("subpixel")
 SCENE = retrieval.DATA / "scenes" / "strecha-Herz-Jesus-P8"
 needs_scene = pytest.mark.skipif(not (SCENE / "poses_gt.txt").is_file(),
                                  reason=f"shared evaluation data not found at {SCENE}")
