@@ -101,3 +101,18 @@ def test_default_cell_size_follows_the_matches_file(textures, tmp_path):
     assert rep["match"]["kind"] == "sparse" and rep["config"]["cell_size"] == 2.0
     with h5py.File(tmp_path / "matches.h5", "r") as f:
         assert f.attrs["kind"] == "sparse" and f.attrs["matcher"] == "wrapped-sift"
+
+
+def test_pair_gate_is_reported_and_explains_an_empty_result(tmp_path):
+    from roma_sfm.pipelines.synthetic import HomographyMatcher, make_homography_scene
+
+    Hs = make_homography_scene(tmp_path / "imgs", num_images=3, size=(240, 180), seed=2)
+    fake = HomographyMatcher(Hs, (240, 180))  # dense, every certainty 1
+    rep = _run(tmp_path / "imgs", tmp_path / "a", matcher=fake, num_samples=2000, min_pair_score=0.5)
+    assert rep["config"]["min_pair_score"] == 0.5 and rep["tracks"]["pairs_rejected"] == []
+    rep = _run(tmp_path / "imgs", tmp_path / "b", matcher=fake, num_samples=2000, min_pair_score=1.5)
+    assert rep["status"] == "failed" and "left out" in rep["message"] and "overlap" in rep["message"]
+    assert sorted(tuple(p[:2]) for p in rep["tracks"]["pairs_rejected"]) == [
+        ("000.png", "001.png"), ("000.png", "002.png"), ("001.png", "002.png")]
+    default = _run(tmp_path / "imgs", tmp_path / "c", matcher="sift")  # sift: the sparse conf, gate off
+    assert default["config"]["min_pair_score"] == 0.0
