@@ -5,9 +5,9 @@ Public API (what the CLI wraps)
 ``main(images: Path, outputs: Path, matcher: str | object = "sift", pairs: str = "auto",
        pairs_file: Path | None = None, num_matched: int = 10, window: int = 5,
        num_samples: int = 10000, cell_size: float | None = None, max_keypoints: int = 16384,
-       refine: str = "flow", min_pair_score: float | None = None, mapper: str = "incremental", camera_mode: str = "auto",
-       device: str = "auto", gt_poses: Path | str | None = "auto", overwrite: bool = False,
-       num_threads: int = -1, batch_size: int = 1, progress: bool = True, verbose: bool = False,
+       refine: str = "flow", min_pair_score: float | None = None, mapper: str = "incremental",
+       camera_mode: str = "auto", device: str = "auto", gt_poses: Path | str | None = "auto",
+       overwrite: bool = False, num_threads: int = -1, batch_size: int = 1, progress: bool = True, verbose: bool = False,
        seed: int = 0, ray: str | None = None, ray_workers: int | None = None) -> dict``
 
 - ``matcher``: 'sift' | 'roma' | a RoMa preset name | a checkpoint path | any object with
@@ -123,7 +123,8 @@ def main(images: Path, outputs: Path, matcher: Any = "sift", pairs: str = "auto"
     report: dict = {"status": "failed", "message": "", "images": str(images), "outputs": str(outputs),
                     "config": {**_matcher_config(matcher), "pairs": str(pairs), "num_matched": num_matched,
                                "num_samples": num_samples, "cell_size": cell_size, "max_keypoints": max_keypoints,
-                               "refine": refine, "min_pair_score": min_pair_score, "mapper": mapper, "camera_mode": camera_mode, "seed": seed},
+                               "refine": refine, "min_pair_score": min_pair_score, "mapper": mapper,
+                               "camera_mode": camera_mode, "seed": seed},
                     "images_given": 0, "images_skipped": {}, "times": times}
 
     def finish(message: str, reconstruction=None, ok: bool = False, **files) -> dict:

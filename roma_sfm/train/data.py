@@ -262,7 +262,7 @@ def far_view(cfg: SynthConfig) -> SynthConfig:
     """The geometry of a same-photo negative: small crops, B shifted far from A, overlap ~0.
     The mask stays the true covisibility, so a residual sliver of overlap is supervised as such."""
     return replace(cfg, crop_frac=(0.3, 0.45), shift_rel=1.6, min_overlap=0.0, max_overlap=0.01,
-                               min_B_in_photo=0.8, max_tries=32)
+                   min_B_in_photo=0.8, max_tries=32)
 
 
 def _read_rgb(path: Path) -> np.ndarray:
