@@ -7,8 +7,8 @@ Public API (what the CLI wraps)
        num_samples: int = 10000, cell_size: float | None = None, max_keypoints: int = 16384,
        refine: str = "flow", min_pair_score: float | None = None, mapper: str = "incremental",
        camera_mode: str = "auto", device: str = "auto", gt_poses: Path | str | None = "auto",
-       overwrite: bool = False, num_threads: int = -1, batch_size: int = 1, progress: bool = True, verbose: bool = False,
-       seed: int = 0, ray: str | None = None, ray_workers: int | None = None) -> dict``
+       overwrite: bool = False, num_threads: int = -1, batch_size: int = 1, progress: bool = True,
+       verbose: bool = False, seed: int = 0, ray: str | None = None, ray_workers: int | None = None) -> dict``
 
 - ``matcher``: 'sift' | 'roma' | a RoMa preset name | a checkpoint path | any object with
   ``.match(a, b)`` (see ``match.get_matcher``). ``report['config']['matcher']`` is the string given,
