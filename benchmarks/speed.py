@@ -4,7 +4,7 @@
 
 Rows: the paper preset at 560 px one direction single pass (the issue's target setting), the
 paper preset with the reference defaults (560 + 864 upsampling, symmetric), and the compact
-preset at its default settings. Images are 768x512 (the evaluation scenes' size), matched through
+preset at `load_matcher()`'s and at the pipeline's default settings. Images are 768x512 (the evaluation scenes' size), matched through
 Matcher.match, i.e. including resizing and normalisation.
 """
 from __future__ import annotations
@@ -26,7 +26,8 @@ from roma_sfm.models.roma import RoMa  # noqa: E402
 from roma_sfm.presets import get_preset  # noqa: E402
 
 ROWS = [
-    ("roma-tiny", "default (448 px, one direction, single pass)", {}),
+    ("roma-tiny", "`load_matcher()` default (448 px, one direction, single pass)", {}),
+    ("roma-tiny", "pipeline default (448 + second pass at 672, one direction)", dict(upsample_res=True)),
     ("roma-outdoor", "560 px, one direction, single pass", dict(symmetric=False, upsample_res=None)),
     ("roma-outdoor", "reference defaults (560 + 864, symmetric)", dict(symmetric=True, upsample_res=True)),
 ]
