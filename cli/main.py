@@ -494,7 +494,6 @@ def map_cmd(
     Writes OUTPUT/features.h5, matches_idx.h5, sfm/ (database.db, models/) and sparse/0 (the largest model).
     """
     from roma_sfm.pipelines import export, mapping, match, tracks
-    from roma_sfm.pipelines import reconstruct as reconstruct_
 
     out = output or default_output(images)
     matches = matches or out / "matches.h5"
@@ -502,13 +501,11 @@ def map_cmd(
         raise typer.BadParameter(f"'{matches}' does not exist (run `roma-sfm match` first)", param_hint="--matches")
     _colmap_verbosity(verbose)
     with _guard(verbose):
-        conf = tracks.confs[match.matches_kind(matches)]
-        cell_size = conf["cell_size"] if cell_size is None else cell_size
-        min_pair_score = conf["min_pair_score"] if min_pair_score is None else min_pair_score
+        cell_size, min_pair_score = tracks.settings(match.matches_kind(matches), cell_size, min_pair_score)
         features, matches_idx = out / "features.h5", out / "matches_idx.h5"
         ts = tracks.main(matches, features, matches_idx, cell_size, max_keypoints, min_pair_score=min_pair_score)
         if ts.num_images == 0:
-            _fail(f"{reconstruct_.no_tracks_message(ts, min_pair_score)} in '{matches}'")
+            _fail(f"{ts.empty_message(min_pair_score)} in '{matches}'")
         res = mapping.main(out / "sfm", images, features, matches_idx, camera_mode=camera_mode.value,
                            mapper=mapper.value, num_threads=num_threads)
         rec, ver = res.reconstruction, res.verification

@@ -99,13 +99,6 @@ def _set_colmap_verbosity(verbose: bool) -> None:
         pass
 
 
-def no_tracks_message(ts: tracks.TrackStats, min_pair_score: float) -> str:
-    if ts.rejected:
-        return (f"every matched pair was left out: mean match certainty below --min-pair-score {min_pair_score:g} "
-                f"in all {len(ts.rejected)} pairs (do the images overlap?)")
-    return "no matches between any two images"
-
-
 def main(images: Path, outputs: Path, matcher: Any = "sift", pairs: str = "auto", pairs_file: Optional[Path] = None,
          num_matched: int = 10, window: int = 5, num_samples: int = 10000, cell_size: Optional[float] = None,
          max_keypoints: int = 16384, refine: str = "flow", min_pair_score: Optional[float] = None,
@@ -176,8 +169,7 @@ def main(images: Path, outputs: Path, matcher: Any = "sift", pairs: str = "auto"
                        "kind": kind}
 
     # 3) tracks
-    cell_size = tracks.confs[kind]["cell_size"] if cell_size is None else cell_size
-    min_pair_score = tracks.confs[kind]["min_pair_score"] if min_pair_score is None else min_pair_score
+    cell_size, min_pair_score = tracks.settings(kind, cell_size, min_pair_score)
     report["config"].update(cell_size=cell_size, min_pair_score=min_pair_score)
     with Timer(times, "tracks"):
         ts = tracks.main(outputs / "matches.h5", outputs / "features.h5", outputs / "matches_idx.h5", cell_size,
@@ -186,7 +178,7 @@ def main(images: Path, outputs: Path, matcher: Any = "sift", pairs: str = "auto"
                         "pairs_rejected": [[a, b, round(s, 4)] for a, b, s in ts.rejected]}
     files = {"features": outputs / "features.h5", "matches_idx": outputs / "matches_idx.h5"}
     if ts.num_images == 0:
-        return finish(no_tracks_message(ts, min_pair_score), **files)
+        return finish(ts.empty_message(min_pair_score), **files)
 
     # 4) mapping
     with Timer(times, "mapping"):

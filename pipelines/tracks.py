@@ -70,6 +70,14 @@ confs = {
 }
 
 
+def settings(kind: str, cell_size: Optional[float] = None, min_pair_score: Optional[float] = None
+             ) -> tuple[float, float]:
+    """(cell_size, min_pair_score): the values given, else ``confs[kind]`` (``match.matches_kind``)."""
+    conf = confs[kind]
+    return (conf["cell_size"] if cell_size is None else cell_size,
+            conf["min_pair_score"] if min_pair_score is None else min_pair_score)
+
+
 @dataclass
 class TrackStats:
     num_images: int = 0
@@ -78,6 +86,13 @@ class TrackStats:
     mean_matches: float = 0.0
     seconds: float = 0.0
     rejected: list = field(default_factory=list)  # [(name0, name1, mean score)] below min_pair_score
+
+    def empty_message(self, min_pair_score: float) -> str:
+        """Why no image got keypoints (for a run that ends here)."""
+        if self.rejected:
+            return (f"every matched pair was left out: mean match certainty below --min-pair-score "
+                    f"{min_pair_score:g} in all {len(self.rejected)} pairs (do the images overlap?)")
+        return "no matches between any two images"
 
 
 def _cells(xy: np.ndarray, size: tuple[int, int], cell: float) -> np.ndarray:
@@ -325,8 +340,9 @@ def main(matches: Path, features: Path, matches_idx: Path, cell_size: float = 4.
                 continue
             g = f[names_to_pair(a, b)]
             scores = g["scores"][()]
-            if min_pair_score > 0 and (len(scores) == 0 or float(scores.mean()) < min_pair_score):
-                rejected.append((a, b, float(scores.mean()) if len(scores) else 0.0))
+            mean = float(scores.mean()) if len(scores) else 0.0
+            if min_pair_score > 0 and mean < min_pair_score:
+                rejected.append((a, b, mean))
                 continue
             pair_matches[(a, b)] = (g["keypoints0"][()], g["keypoints1"][()], scores)
             sizes[a] = tuple(int(v) for v in g.attrs["size0"])
