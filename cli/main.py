@@ -297,6 +297,9 @@ def normalise_ray_flag(argv: list[str]) -> list[str]:
 def run() -> None:
     """Console-script entry point: :data:`app` with ``--ray``'s address made optional."""
     app(args=normalise_ray_flag(sys.argv[1:]), prog_name="roma-sfm")
+MIN_PAIR_SCORE_HELP = ("Leave out pairs whose score (mean match certainty x share of matches that fit one "
+                       "epipolar geometry) is below this: views that share nothing (default: the value of the "
+                       "matches' kind in roma_sfm.pipelines.tracks.confs; 0 = off).")
 NUM_THREADS_HELP = "Threads for COLMAP's verification and mapping (-1: all cores)."
 VERBOSE_HELP = "Show COLMAP's own log, and full tracebacks on errors."
 POSES_GT_HELP = ("Ground-truth cameras (`name fx fy cx cy qw qx qy qz tx ty tz`) to score the model with: "
@@ -334,9 +337,7 @@ def reconstruct(
                                               help="Track grid in px: matches in one cell of an image share one "
                                                    "keypoint (default: 2 for sift, 4 for RoMa)."),
     min_pair_score: Optional[float] = typer.Option(None, "--min-pair-score", min=0.0, max=1.0, show_default=False,
-                                                   help="Leave out pairs whose mean match certainty is below "
-                                                        "this: views that share nothing (default: the value of the "
-                                                        "matches' kind in roma_sfm.pipelines.tracks.confs)."),
+                                                   help=MIN_PAIR_SCORE_HELP),
     num_samples: int = typer.Option(10000, "--num-samples", min=1, help=NUM_SAMPLES_HELP),
     batch_size: int = typer.Option(1, "--batch-size", min=1, help="RoMa: pairs per forward pass."),
     camera_mode: CameraMode = typer.Option(CameraMode.auto, "--camera-mode",
@@ -479,9 +480,7 @@ def map_cmd(
                                               help="Track grid in px (default: 2 if matches.h5 holds SIFT "
                                                    "matches, else 4)."),
     min_pair_score: Optional[float] = typer.Option(None, "--min-pair-score", min=0.0, max=1.0, show_default=False,
-                                                   help="Leave out pairs whose mean match certainty is below "
-                                                        "this: views that share nothing (default: the value of the "
-                                                        "matches' kind in roma_sfm.pipelines.tracks.confs)."),
+                                                   help=MIN_PAIR_SCORE_HELP),
     max_keypoints: int = typer.Option(16384, "--max-keypoints", min=1, help="Keypoints kept per image."),
     mapper: Mapper = typer.Option(Mapper.incremental, "--mapper", help="COLMAP mapper: incremental or global."),
     camera_mode: CameraMode = typer.Option(CameraMode.auto, "--camera-mode",

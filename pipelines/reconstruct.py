@@ -19,8 +19,8 @@ Public API (what the CLI wraps)
 - ``batch_size``: pairs per forward pass for matchers with ``match_many`` (RoMa).
 - ``ray``: match on a Ray cluster ('local' or an address; see ``match.main``); the same matches as
   in one process. Large collections: ``pairs='retrieval'`` and ``mapper='global'``.
-- ``cell_size``, ``min_pair_score``: quantization of tracks in px and the mean match certainty
-  below which a pair is left out; None = ``tracks.confs`` of the matches' kind (sparse for sift,
+- ``cell_size``, ``min_pair_score``: quantization of tracks in px and the ``tracks.pair_score``
+  (mean certainty x epipolar inlier share) below which a pair is left out; None = ``tracks.confs`` of the matches' kind (sparse for sift,
   dense for RoMa; ``match.matches_kind`` of matches.h5). Left-out pairs are listed in
   ``report['tracks']['pairs_rejected']``.
 - ``gt_poses``: a ``poses_gt.txt`` to score the model with; 'auto' uses ``<images>/../poses_gt.txt``

@@ -123,12 +123,14 @@ def test_homography_main_smoke():
 
 
 # ----------------------------------------------------------------------------------------- pair gate
-def test_pair_gate_rule_goes_no_higher_than_the_negatives_need():
+def test_pair_gate_rule_sits_in_the_middle_of_the_gap():
     gate = load_benchmark("pair_gate")
-    pos, neg = np.repeat([0.5, 0.6, 0.7], 10), np.linspace(0.0, 0.4, 101)
+    rng = np.random.default_rng(0)
+    pos, neg = rng.uniform(0.2, 0.6, 200), rng.uniform(0.0, 0.05, 200)
     t = gate.choose(pos, neg)
-    assert (neg < t).mean() >= gate.MIN_REJECTED and (pos >= t).mean() >= gate.MIN_KEPT
-    assert (neg < t - 0.01).mean() < gate.MIN_REJECTED  # the smallest such threshold
-    # negatives that score like the positives: no threshold does both, the best balanced accuracy wins
+    lo, hi = np.quantile(neg, gate.NEG_Q), np.quantile(pos, gate.POS_Q)
+    assert lo < t < hi and abs(np.log(t / lo) - np.log(hi / t)) < 0.25  # equally far from both, in log
+    assert (neg < t).mean() >= gate.NEG_Q and (pos >= t).mean() >= 1 - gate.POS_Q
+    # negatives that score like the positives: no gap, the best balanced accuracy wins
     t2 = gate.choose(np.full(10, 0.3), np.r_[np.zeros(50), np.full(50, 0.5)])
     assert 0.0 < t2 <= 0.3

@@ -11,6 +11,7 @@ from roma_sfm.train.data import (DepthPairs, MixedPairs, SynthConfig, SyntheticP
                                  make_synthetic_pair, warp_from_depth)
 
 GEOMETRY_ONLY = SynthConfig(occluders=(0, 0), photometric=False, tps_prob=1.0)
+TILTED = replace(GEOMETRY_ONLY, tilt_prob=1.0, tilt=4.0)
 
 
 def coordinate_image(h: int, w: int) -> np.ndarray:
@@ -27,11 +28,12 @@ def sample_at_warp(im_B: np.ndarray, warp: np.ndarray) -> np.ndarray:
     return out[0].permute(1, 2, 0).numpy()
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_synthetic_warp_points_at_the_same_photo_location(seed):
+@pytest.mark.parametrize("seed,cfg", [(0, GEOMETRY_ONLY), (1, GEOMETRY_ONLY), (2, GEOMETRY_ONLY),
+                                      (3, GEOMETRY_ONLY), (4, TILTED), (5, TILTED)])
+def test_synthetic_warp_points_at_the_same_photo_location(seed, cfg):
     h0, w0 = 300, 420
     photo = coordinate_image(h0, w0)
-    s = make_synthetic_pair(photo, np.random.default_rng(seed), (112, 168), GEOMETRY_ONLY)
+    s = make_synthetic_pair(photo, np.random.default_rng(seed), (112, 168), cfg)
     m = s["mask"]
     assert 0.25 <= m.mean() <= 1.0
     a = s["im_A"][..., :2]  # photo coordinates seen by each A pixel
@@ -47,6 +49,30 @@ def test_synthetic_warp_points_at_the_same_photo_location(seed):
     shifted = s["warp"] + np.array([2 / 168, 0], np.float32)
     b2 = sample_at_warp(s["im_B"], shifted)[..., :2]
     assert np.median(np.abs(a - b2)[inner]) > 0.3
+
+
+def _anisotropy(warp: np.ndarray, mask: np.ndarray) -> float:
+    """Median ratio of the singular values of the A -> B warp's Jacobian over covisible pixels."""
+    h, w = mask.shape
+    px = (warp + 1) * np.array([w, h]) / 2
+    J = np.stack([np.stack(np.gradient(px[..., k], axis=(1, 0)), -1) for k in range(2)], -2)  # (h,w,2,2)
+    sv = np.linalg.svd(J[mask], compute_uv=False)
+    return float(np.median(sv[:, 0] / sv[:, 1]))
+
+
+def test_tilt_stretches_b_anisotropically():
+    """An affine view's tilt t (ASIFT) shows as a Jacobian with singular values t : 1."""
+    plain = replace(GEOMETRY_ONLY, tps_prob=0.0, perspective=0.0)
+    photo = coordinate_image(300, 420)
+
+    def anisotropy(cfg, seed):
+        s = make_synthetic_pair(photo, np.random.default_rng(seed), (112, 168), cfg)
+        return _anisotropy(s["warp"], s["mask"])
+
+    flat = [anisotropy(plain, i) for i in range(6)]
+    tilted = [anisotropy(replace(plain, tilt_prob=1.0, tilt=4.0), i) for i in range(6)]
+    assert max(abs(a - 1) for a in flat) < 0.02, flat
+    assert all(1.0 <= a <= 4.05 for a in tilted) and max(tilted) > 1.8, tilted
 
 
 def test_occluded_pixels_are_masked():

@@ -73,6 +73,10 @@ class SynthConfig:
     scale_rel: tuple[float, float] = (0.5, 2.0)  # zoom of B relative to A, log-uniform
     shift_rel: float = 0.25  # translation of B's view, fraction of A's view side
     perspective: float = 0.12  # corner jitter, fraction of B's view side
+    # tilt (as in ASIFT): B stretched by sqrt(t) along a random direction and shrunk by sqrt(t)
+    # across it, t log-uniform in [1, tilt]; oblique views of facades and planar scenes look so
+    tilt_prob: float = 0.0
+    tilt: float = 1.0
     tps_prob: float = 0.6
     tps_grid: int = 4  # control points per side
     tps_sigma: float = 0.025  # displacement std, fraction of the output width
@@ -96,6 +100,17 @@ def _similarity(center_out: np.ndarray, center_src: np.ndarray, angle: float, sc
     M = np.eye(3)
     M[:2, :2] = R
     M[:2, 2] = center_src - R @ center_out
+    return M
+
+
+def _tilt(center: np.ndarray, t: float, phi: float) -> np.ndarray:
+    """3x3 area-preserving stretch about center: sqrt(t) along direction phi, 1/sqrt(t) across."""
+    c, s = math.cos(phi), math.sin(phi)
+    R = np.array([[c, -s], [s, c]])
+    A = R @ np.diag([math.sqrt(t), 1.0 / math.sqrt(t)]) @ R.T
+    M = np.eye(3)
+    M[:2, :2] = A
+    M[:2, 2] = center - A @ center
     return M
 
 
@@ -223,6 +238,9 @@ def make_synthetic_pair(img: np.ndarray, rng: np.random.Generator, size: tuple[i
         c_B = c_A + rng.uniform(-cfg.shift_rel, cfg.shift_rel, 2) * L_A
         ang_B = math.radians(rng.uniform(-cfg.rot_rel, cfg.rot_rel))
         M_B0 = _similarity(c_out, c_B, ang_A + ang_B, px_A / zoom)  # B pixel -> photo, before perspective
+        if cfg.tilt_prob > 0 and rng.random() < cfg.tilt_prob:  # drawn only when enabled: same streams
+            M_B0 = M_B0 @ _tilt(c_out, math.exp(rng.uniform(0.0, math.log(cfg.tilt))),
+                                rng.uniform(0.0, math.pi))
         src_B = cv2.perspectiveTransform(corners[None].astype(np.float64), M_B0)[0]
         src_B += rng.uniform(-cfg.perspective, cfg.perspective, (4, 2)) * (L_A / zoom)
         H_B = cv2.getPerspectiveTransform(src_B.astype(np.float32), corners)  # photo -> B
