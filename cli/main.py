@@ -500,13 +500,14 @@ def map_cmd(
         raise typer.BadParameter(f"'{matches}' does not exist (run `roma-sfm match` first)", param_hint="--matches")
     _colmap_verbosity(verbose)
     with _guard(verbose):
-        cell_size, min_pair_score = tracks.settings(match.matches_kind(matches), cell_size, min_pair_score)
+        kind = match.matches_kind(matches)
+        cell_size, min_pair_score = tracks.settings(kind, cell_size, min_pair_score)
         features, matches_idx = out / "features.h5", out / "matches_idx.h5"
         ts = tracks.main(matches, features, matches_idx, cell_size, max_keypoints, min_pair_score=min_pair_score)
         if ts.num_images == 0:
             _fail(f"{ts.empty_message(min_pair_score)} in '{matches}'")
         res = mapping.main(out / "sfm", images, features, matches_idx, camera_mode=camera_mode.value,
-                           mapper=mapper.value, num_threads=num_threads)
+                           mapper=mapper.value, num_threads=num_threads, options=mapping.mapper_options[kind][mapper.value])
         rec, ver = res.reconstruction, res.verification
         rows = [("images with matches", str(ts.num_images)),
                 ("keypoints / image, matches / pair", f"{ts.mean_keypoints:.0f}, {ts.mean_matches:.0f} "

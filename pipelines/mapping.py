@@ -5,7 +5,8 @@ Public API
 - ``main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_mode: str = "auto",
          mapper: str = "incremental", camera_model: str = "SIMPLE_RADIAL", min_model_size: int = 3,
          min_num_inliers: int = 15, ransac_max_error: float = 4.0, skip_geometric_verification: bool = False,
-         num_threads: int = -1, seed: int = 0) -> MappingResult``
+         num_threads: int = -1, seed: int = 0, options: Optional[dict] = None) -> MappingResult``
+- ``mapper_options[kind][mapper]``: mapper option overrides for the matches' kind (``match.matches_kind``).
 - ``create_database(database: Path, images: Path, features: Path, camera_mode="auto",
                     camera_model="SIMPLE_RADIAL") -> dict[str, int]``  (image name -> image id)
 - ``import_matches(database, image_ids, matches_idx, min_num_inliers=15, ransac_max_error=4.0,
@@ -57,6 +58,18 @@ from .tracks import check_same_run, read_features, read_index_matches
 from .utils import atomic_output, logger, replace_dir
 
 DEFAULT_FOCAL_FACTOR = 1.2
+
+# Mapper options over COLMAP's defaults, by matches kind and mapper; dotted keys reach nested
+# options. Dense tracks carry ~5x SIFT's observations per image, and BA dominates: one refinement
+# round instead of 2 (local) / 5 (global), and global BA without redundant points, measured on the
+# same databases (2 threads): fountain-P11 43 -> 18 s, AUC@3 84.5 -> 85.2; castle-P19 45 -> 27 s,
+# AUC@3 67.1 -> 65.9 (its run-to-run spread is ~1).
+mapper_options = {
+    "dense": {"incremental": {"ba_local_max_refinements": 1, "ba_global_max_refinements": 1,
+                              "mapper.ba_global_ignore_redundant_points3D": True},
+              "global": {}},
+    "sparse": {"incremental": {}, "global": {}},
+}
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -230,13 +243,26 @@ def import_matches(database: Path, image_ids: dict[str, int], matches_idx: Path,
     return stats
 
 
+def set_options(opts, overrides: dict) -> None:
+    """Set ``{"a.b": value}`` on a pycolmap options object; an unknown name is a clear error."""
+    for key, value in overrides.items():
+        *path, name = key.split(".")
+        target = opts
+        for p in path:
+            target = getattr(target, p, None)
+        if target is None or not hasattr(target, name):
+            raise ValueError(f"{type(opts).__name__} has no option '{key}'")
+        setattr(target, name, value)
+
+
 def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_mode: str = "auto",
          mapper: str = "incremental", camera_model: str = "SIMPLE_RADIAL", min_model_size: int = 3,
          min_num_inliers: int = 15, ransac_max_error: float = 4.0, skip_geometric_verification: bool = False,
-         num_threads: int = -1, seed: int = 0) -> MappingResult:
+         num_threads: int = -1, seed: int = 0, options: Optional[dict] = None) -> MappingResult:
     """Database, verification and mapping; returns the largest model (None if nothing registered).
 
-    ``num_threads`` (<= 0: all cores) is used by the verification and by the mapper.
+    ``num_threads`` (<= 0: all cores) is used by the verification and by the mapper. ``options``:
+    mapper option overrides, dotted keys for nested ones (e.g. ``mapper_options["dense"]["incremental"]``).
     """
     sfm_dir = Path(sfm_dir)
     sfm_dir.mkdir(parents=True, exist_ok=True)
@@ -270,6 +296,7 @@ def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_
             opts.min_num_matches = min_num_inliers
             opts.num_threads = num_threads
             opts.random_seed = seed
+            set_options(opts, options or {})
             pycolmap.set_random_seed(seed)
             models = getattr(pycolmap, entry)(database, images, models_tmp, opts)
             times["mapping"] = time.perf_counter() - t0

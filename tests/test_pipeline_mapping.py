@@ -81,6 +81,24 @@ def test_global_mapper_option(run, tmp_path):
     assert res.reconstruction is not None and res.reconstruction.num_reg_images() >= 6
 
 
+def test_mapper_options_reach_pycolmap(run, tmp_path, monkeypatch):
+    """The dense conf's overrides (nested ones too) are set on the options the mapper gets."""
+    out, _ = run
+    seen = {}
+    real = pycolmap.incremental_mapping
+
+    def spy(database, images, path, opts):
+        seen.update(local=opts.ba_local_max_refinements, redundant=opts.mapper.ba_global_ignore_redundant_points3D)
+        return real(database, images, path, opts)
+
+    monkeypatch.setattr(pycolmap, "incremental_mapping", spy)
+    res = mapping.main(tmp_path / "sfm", SCENE / "images", out / "features.h5", out / "matches_idx.h5",
+                       num_threads=1, options=mapping.mapper_options["dense"]["incremental"])
+    assert seen == {"local": 1, "redundant": True} and res.reconstruction.num_reg_images() == 8
+    with pytest.raises(ValueError, match="no option 'mapper.no_such_thing'"):
+        mapping.set_options(pycolmap.IncrementalPipelineOptions(), {"mapper.no_such_thing": 1})
+
+
 def _tvgs(database):
     with pycolmap.Database.open(database) as db:
         ids = {im.image_id: im.name for im in db.read_all_images()}
