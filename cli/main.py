@@ -507,7 +507,8 @@ def map_cmd(
         if ts.num_images == 0:
             _fail(f"{ts.empty_message(min_pair_score)} in '{matches}'")
         res = mapping.main(out / "sfm", images, features, matches_idx, camera_mode=camera_mode.value,
-                           mapper=mapper.value, num_threads=num_threads, options=mapping.mapper_options[kind][mapper.value])
+                           mapper=mapper.value, num_threads=num_threads,
+                           options=mapping.mapper_options[kind][mapper.value])
         rec, ver = res.reconstruction, res.verification
         rows = [("images with matches", str(ts.num_images)),
                 ("keypoints / image, matches / pair", f"{ts.mean_keypoints:.0f}, {ts.mean_matches:.0f} "

@@ -20,9 +20,10 @@ Public API (what the CLI wraps)
 - ``ray``: match on a Ray cluster ('local' or an address; see ``match.main``); the same matches as
   in one process. Large collections: ``pairs='retrieval'`` and ``mapper='global'``.
 - ``cell_size``, ``min_pair_score``: quantization of tracks in px and the ``tracks.pair_score``
-  (mean certainty x epipolar inlier share) below which a pair is left out; None = ``tracks.confs`` of the matches' kind (sparse for sift,
-  dense for RoMa; ``match.matches_kind`` of matches.h5). Left-out pairs are listed in
-  ``report['tracks']['pairs_rejected']``.
+  (mean certainty x epipolar inlier share) below which a pair is left out; None = ``tracks.confs``
+  of the matches' kind (sparse for sift, dense for RoMa; ``match.matches_kind`` of matches.h5).
+  Left-out pairs are listed in ``report['tracks']['pairs_rejected']``. The mapper gets
+  ``mapping.mapper_options`` of that kind.
 - ``gt_poses``: a ``poses_gt.txt`` to score the model with; 'auto' uses ``<images>/../poses_gt.txt``
   when it exists (as for ``sample_scenes/corner``).
 - Resumable: ``matches.h5`` is reused pair by pair unless ``overwrite`` (and only when it was made

@@ -91,8 +91,9 @@ class TrackStats:
     def empty_message(self, min_pair_score: float) -> str:
         """Why no image got keypoints (for a run that ends here)."""
         if self.rejected:
-            return (f"every matched pair was left out: pair score (mean certainty x epipolar inlier share) below --min-pair-score "
-                    f"{min_pair_score:g} in all {len(self.rejected)} pairs (do the images overlap?)")
+            return (f"every matched pair was left out: pair score (mean certainty x epipolar inlier share) "
+                    f"below --min-pair-score {min_pair_score:g} in all {len(self.rejected)} pairs "
+                    f"(do the images overlap?)")
         return "no matches between any two images"
 
 
