@@ -45,16 +45,16 @@ def pair_scores(matcher, pairs, num_samples: int, seed: int) -> tuple[np.ndarray
     matches within CORRECT_PX of the ground truth; and the seconds per pair."""
     from roma_sfm.pipelines.tracks import pair_score
 
-    mean, correct, t = [], [], time.perf_counter()
+    score, correct, t = [], [], time.perf_counter()
     for p in pairs:
         ka, kb, s = matcher.match(p["im_A"], p["im_B"]).sample(num=num_samples, balanced=True, seed=seed)
         h, w = p["mask"].shape
-        mean.append(pair_score(ka, kb, s, (w, h), (w, h)))
+        score.append(pair_score(ka, kb, s, (w, h), (w, h)))
         ij = np.clip(np.floor(ka).astype(int), 0, [w - 1, h - 1])  # COLMAP convention -> pixel index
         gt = (p["warp"][ij[:, 1], ij[:, 0]] + 1) * np.array([w, h]) / 2  # normalised -> COLMAP pixels
         ok = p["mask"][ij[:, 1], ij[:, 0]] & (np.linalg.norm(gt - kb, axis=1) < CORRECT_PX)
         correct.append(float(ok.mean()) if len(ok) else 0.0)
-    return np.array(mean), np.array(correct), (time.perf_counter() - t) / max(len(mean), 1)
+    return np.array(score), np.array(correct), (time.perf_counter() - t) / max(len(score), 1)
 
 
 def choose(pos: np.ndarray, neg: np.ndarray, candidates=np.round(np.arange(0.01, 0.61, 0.01), 2)) -> float:
@@ -63,7 +63,8 @@ def choose(pos: np.ndarray, neg: np.ndarray, candidates=np.round(np.arange(0.01,
     than real photos: real non-overlapping views of look-alike facades score higher than synthetic
     negatives, real wide baselines lower than synthetic positives, so neither edge of the gap is a
     safe gate. Without a gap: the threshold of best balanced accuracy."""
-    lo, hi = float(np.quantile(neg, NEG_Q)), float(np.quantile(pos, POS_Q)) if len(pos) else 1.0
+    lo = float(np.quantile(neg, NEG_Q))
+    hi = float(np.quantile(pos, POS_Q)) if len(pos) else 1.0
     if lo < hi:
         return float(candidates[np.argmin(np.abs(np.log(candidates) - 0.5 * np.log(max(lo, 1e-3) * hi)))])
     kept = np.array([(pos >= t).mean() if len(pos) else 1.0 for t in candidates])
