@@ -171,8 +171,8 @@ def main(images: Path, outputs: Path, matcher: Any = "sift", pairs: str = "auto"
 
     # 3) tracks
     cell_size, min_pair_score = tracks.settings(kind, cell_size, min_pair_score)
-    report["config"].update(cell_size=cell_size, min_pair_score=min_pair_score,
-                            mapper_options=mapping.mapper_options[kind][mapper])
+    mapper_options = mapping.mapper_options[kind][mapper]
+    report["config"].update(cell_size=cell_size, min_pair_score=min_pair_score, mapper_options=mapper_options)
     with Timer(times, "tracks"):
         ts = tracks.main(outputs / "matches.h5", outputs / "features.h5", outputs / "matches_idx.h5", cell_size,
                          max_keypoints, refine, pairs=pair_list, min_pair_score=min_pair_score)
@@ -186,7 +186,7 @@ def main(images: Path, outputs: Path, matcher: Any = "sift", pairs: str = "auto"
     with Timer(times, "mapping"):
         res = mapping.main(outputs / "sfm", images, outputs / "features.h5", outputs / "matches_idx.h5",
                            camera_mode=camera_mode, mapper=mapper, num_threads=num_threads, seed=seed,
-                           options=mapping.mapper_options[kind][mapper])
+                           options=mapper_options)
     times.update({f"mapping/{k}": v for k, v in res.seconds.items()})
     report["verification"] = {"pairs": res.verification.num_pairs, "verified": res.verification.num_verified,
                               "mean_inliers": res.verification.mean_inliers, "configs": res.verification.configs}

@@ -57,6 +57,7 @@ from typing import Callable, Optional, Sequence
 
 import h5py
 import numpy as np
+import pycolmap
 
 from .match import COORDINATES, list_pairs, consolidate
 from .utils import h5_in_memory, logger, names_to_pair
@@ -112,8 +113,6 @@ def pair_score(kp0: np.ndarray, kp1: np.ndarray, scores: np.ndarray, size0: tupl
     if len(scores) < 8:
         return 0.0
     sel = np.linspace(0, len(scores) - 1, min(len(scores), max_points)).astype(int)
-    import pycolmap  # the mapping step's dependency; imported here so tracks alone stays light
-
     opts = pycolmap.RANSACOptions()
     opts.max_error = max_error * max(*size0, *size1)
     opts.random_seed = seed

@@ -93,25 +93,25 @@ class SynthConfig:
     neg_same_photo: float = 0.5  # share of negatives cut from A's own photo
 
 
+def _affine(A: np.ndarray, center_out: np.ndarray, center_src: np.ndarray) -> np.ndarray:
+    """3x3 map output -> source: q = c_src + A (p - c_out), A a 2x2 matrix."""
+    M = np.eye(3)
+    M[:2, :2] = A
+    M[:2, 2] = center_src - A @ center_out
+    return M
+
+
 def _similarity(center_out: np.ndarray, center_src: np.ndarray, angle: float, scale: float) -> np.ndarray:
     """3x3 map output -> source: q = c_src + scale * R(angle) (p - c_out)."""
     c, s = math.cos(angle), math.sin(angle)
-    R = np.array([[c, -s], [s, c]]) * scale
-    M = np.eye(3)
-    M[:2, :2] = R
-    M[:2, 2] = center_src - R @ center_out
-    return M
+    return _affine(np.array([[c, -s], [s, c]]) * scale, center_out, center_src)
 
 
 def _tilt(center: np.ndarray, t: float, phi: float) -> np.ndarray:
     """3x3 area-preserving stretch about center: sqrt(t) along direction phi, 1/sqrt(t) across."""
     c, s = math.cos(phi), math.sin(phi)
     R = np.array([[c, -s], [s, c]])
-    A = R @ np.diag([math.sqrt(t), 1.0 / math.sqrt(t)]) @ R.T
-    M = np.eye(3)
-    M[:2, :2] = A
-    M[:2, 2] = center - A @ center
-    return M
+    return _affine(R @ np.diag([math.sqrt(t), 1.0 / math.sqrt(t)]) @ R.T, center, center)
 
 
 def tps_displacement(rng: np.random.Generator, h: int, w: int, n: int, sigma: float) -> np.ndarray:
