@@ -6,7 +6,8 @@
 For each pair of ``--pairs`` (default ``../shared/data/pairs/strecha_gap3.txt``, 273 pairs,
 38-field SuperGlue/LoFTR format, image paths relative to ``--scenes``): match, then essential
 matrix RANSAC at 0.5 px (on coordinates normalised by the intrinsics, threshold 0.5 / mean focal)
-+ cheirality (``roma_sfm.pipelines.evaluate.estimate_relative_pose``); pose error = max(rotation
++ cheirality (``roma_sfm.pipelines.evaluate.estimate_relative_pose``; OpenCV's USAC estimator on
+the point sets where OpenCV 5.1's RANSAC asserts); pose error = max(rotation
 error, angle between translation directions, sign folded); AUC of the recall curve up to 5/10/20
 deg (SuperGlue's ``pose_auc``). A pair without a pose counts as a failure (infinite error). Dense
 matchers are sampled (``--num-samples``, balanced sampling); sparse ones give all their matches.
