@@ -62,6 +62,28 @@ def test_pair_pose_error_exact_and_known_offset():
     assert pose.pair_pose_error(pair, k0[:4], k1[:4]) == np.inf  # too few matches: failure
 
 
+def test_pose_survives_an_opencv_ransac_assertion(monkeypatch):
+    """OpenCV 5.1's RANSAC essential matrix asserts on some point sets: the estimate falls back to USAC."""
+    from roma_sfm.pipelines import evaluate
+
+    rng = np.random.default_rng(3)
+    K = np.array([[700.0, 0, 384.0], [0, 700.0, 256.0], [0, 0, 1]])
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = _rot([0.2, 1.0, 0.0], 6.0), [-1.0, 0.1, 0.1]
+    k0, k1 = _synthetic_pair(rng, T, K)
+    real, methods = cv2.findEssentialMat, []
+
+    def flaky(*args, method=cv2.RANSAC, **kw):
+        methods.append(method)
+        if method == cv2.RANSAC:
+            raise cv2.error("solvePoly assertion")
+        return real(*args, method=method, **kw)
+    monkeypatch.setattr(evaluate.cv2, "findEssentialMat", flaky)
+    pair = {"name0": "a", "name1": "b", "rot0": 0, "rot1": 0, "K0": K, "K1": K, "T_0to1": T}
+    assert pose.pair_pose_error(pair, k0, k1) < 0.1
+    assert methods == [cv2.RANSAC, cv2.USAC_DEFAULT]
+
+
 # ---------------------------------------------------------------------------------------------- homography
 def test_transfer_error_and_summary():
     rng = np.random.default_rng(1)
