@@ -154,11 +154,12 @@ def estimate_relative_pose(k0: np.ndarray, k1: np.ndarray, K0: np.ndarray, K1: n
     f = np.mean([K0[0, 0], K1[0, 0], K0[1, 1], K1[1, 1]])
     n0 = (k0 - K0[[0, 1], [2, 2]][None]) / K0[[0, 1], [0, 1]][None]
     n1 = (k1 - K1[[0, 1], [2, 2]][None]) / K1[[0, 1], [0, 1]][None]
+    def solve(method: int):
+        return cv2.findEssentialMat(n0, n1, np.eye(3), threshold=ransac_px / f, prob=conf, method=method)
     try:
-        E, mask = cv2.findEssentialMat(n0, n1, np.eye(3), threshold=ransac_px / f, prob=conf, method=cv2.RANSAC)
+        E, mask = solve(cv2.RANSAC)
     except cv2.error:  # OpenCV 5.1's 5-point RANSAC asserts in solvePoly on some point sets, whatever the
-        # seed (11 % of SIFT's Strecha pairs): its USAC estimator, same threshold, solves them
-        E, mask = cv2.findEssentialMat(n0, n1, np.eye(3), threshold=ransac_px / f, prob=conf, method=cv2.USAC_DEFAULT)
+        E, mask = solve(cv2.USAC_DEFAULT)  # seed (11 % of SIFT's Strecha pairs); its USAC solves them
     if E is None:
         return None
     best = None
