@@ -220,6 +220,11 @@ def _kv_table(title: str, rows: list[tuple[str, str]]) -> Table:
     return table
 
 
+def _verified(verified: int, pairs: int, mean_inliers: float, rotation_outliers: int) -> str:
+    text = f"{verified} of {pairs} ({mean_inliers:.0f} inliers/pair)"
+    return text + (f"; {rotation_outliers} more left out by the view-graph check" if rotation_outliers else "")
+
+
 def _print_report(report: dict, title: str) -> None:
     """Summary table of a report as written by ``pipelines.export.main``."""
     out = Path(report.get("outputs", "."))
@@ -240,7 +245,8 @@ def _print_report(report: dict, title: str) -> None:
                      f"{m['pairs_matched']} / {m['pairs_resumed']} / {m['pairs_failed']}"))
     if "verification" in report:
         v = report["verification"]
-        rows.append(("pairs verified", f"{v['verified']} of {v['pairs']} ({v['mean_inliers']:.0f} inliers/pair)"))
+        rows.append(("pairs verified", _verified(v["verified"], v["pairs"], v["mean_inliers"],
+                                                 len(v.get("rotation_outliers", [])))))
     if report.get("images_registered"):
         rows += [("3D points", str(report.get("points", 0))),
                  ("mean track length", _fmt(report.get("mean_track_length"))),
@@ -301,6 +307,8 @@ MIN_PAIR_SCORE_HELP = ("Leave out pairs whose score (mean match certainty x shar
                        "epipolar geometry) is below this: views that share nothing (default: the value of the "
                        "matches' kind in roma_sfm.pipelines.tracks.confs; 0 = off).")
 NUM_THREADS_HELP = "Threads for COLMAP's verification and mapping (-1: all cores)."
+MAX_ROTATION_ERROR_HELP = ("View-graph check: a verified pair whose relative rotation is more than this many "
+                           "degrees from the robust average over all pairs is left out (look-alike views); 0: off.")
 VERBOSE_HELP = "Show COLMAP's own log, and full tracebacks on errors."
 POSES_GT_HELP = ("Ground-truth cameras (`name fx fy cx cy qw qx qy qz tx ty tz`) to score the model with: "
                  "'auto' uses IMAGES/../poses_gt.txt if it exists, 'none' skips.")
@@ -345,6 +353,7 @@ def reconstruct(
                                                 "per_folder, per_image."),
     poses_gt: str = typer.Option("auto", "--poses-gt", help=POSES_GT_HELP),
     num_threads: int = typer.Option(-1, "--num-threads", help=NUM_THREADS_HELP),
+    max_rotation_error: float = typer.Option(30.0, "--max-rotation-error", min=0.0, help=MAX_ROTATION_ERROR_HELP),
     ray: Optional[str] = typer.Option(None, "--ray", show_default=False, metavar="[ADDRESS]", help=RAY_HELP),
     ray_workers: Optional[int] = typer.Option(None, "--ray-workers", min=1, show_default=False,
                                               help="Ray: number of workers (default: one per CPU of the cluster)."),
@@ -374,7 +383,8 @@ def reconstruct(
                                    min_pair_score=min_pair_score, mapper=mapper.value, camera_mode=camera_mode.value,
                                    device=device, gt_poses=gt,
                                    overwrite=overwrite, num_threads=num_threads, batch_size=batch_size,
-                                   verbose=verbose, ray=ray, ray_workers=ray_workers)
+                                   verbose=verbose, ray=ray, ray_workers=ray_workers,
+                                   max_rotation_error=max_rotation_error)
     _print_report(report, "roma-sfm reconstruct")
     if report["status"] != "ok":
         _fail(report["message"])
@@ -486,6 +496,7 @@ def map_cmd(
     camera_mode: CameraMode = typer.Option(CameraMode.auto, "--camera-mode",
                                            help="Camera sharing: auto, single, per_folder, per_image."),
     num_threads: int = typer.Option(-1, "--num-threads", help=NUM_THREADS_HELP),
+    max_rotation_error: float = typer.Option(30.0, "--max-rotation-error", min=0.0, help=MAX_ROTATION_ERROR_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
 ):
     """Map matches.h5 into a COLMAP model (tracks, database, verification, mapping).
@@ -508,12 +519,14 @@ def map_cmd(
             _fail(f"{ts.empty_message(min_pair_score)} in '{matches}'")
         res = mapping.main(out / "sfm", images, features, matches_idx, camera_mode=camera_mode.value,
                            mapper=mapper.value, num_threads=num_threads,
-                           options=mapping.mapper_options[kind][mapper.value])
+                           options=mapping.mapper_options[kind][mapper.value],
+                           max_rotation_error=max_rotation_error)
         rec, ver = res.reconstruction, res.verification
         rows = [("images with matches", str(ts.num_images)),
                 ("keypoints / image, matches / pair", f"{ts.mean_keypoints:.0f}, {ts.mean_matches:.0f} "
                                                       f"(cell {cell_size:g} px)"),
-                ("pairs verified", f"{ver.num_verified} of {ver.num_pairs} ({ver.mean_inliers:.0f} inliers/pair)"),
+                ("pairs verified", _verified(ver.num_verified, ver.num_pairs, ver.mean_inliers,
+                                             len(ver.rotation_outliers))),
                 ("models", str(res.num_models))]
         if rec is None or rec.num_reg_images() == 0:
             console.print(_kv_table("roma-sfm map", rows))

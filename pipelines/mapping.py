@@ -5,12 +5,14 @@ Public API
 - ``main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_mode: str = "auto",
          mapper: str = "incremental", camera_model: str = "SIMPLE_RADIAL", min_model_size: int = 3,
          min_num_inliers: int = 15, ransac_max_error: float = 4.0, skip_geometric_verification: bool = False,
-         num_threads: int = -1, seed: int = 0, options: Optional[dict] = None) -> MappingResult``
+         num_threads: int = -1, seed: int = 0, options: Optional[dict] = None,
+         max_rotation_error: float = 30.0) -> MappingResult``
 - ``mapper_options[kind][mapper]``: mapper option overrides for the matches' kind (``match.matches_kind``).
 - ``create_database(database: Path, images: Path, features: Path, camera_mode="auto",
                     camera_model="SIMPLE_RADIAL") -> dict[str, int]``  (image name -> image id)
 - ``import_matches(database, image_ids, matches_idx, min_num_inliers=15, ransac_max_error=4.0,
-                   skip_geometric_verification=False, seed=0, num_threads=1) -> VerificationStats``
+                   skip_geometric_verification=False, seed=0, num_threads=1, prefilter_trials=1000,
+                   max_rotation_error=30.0) -> VerificationStats``
 - ``camera_from_exif(path: Path, size: (W, H)) -> tuple[float, bool]``  (focal px, from EXIF?)
 - ``DEFAULT_FOCAL_FACTOR`` = 1.2: focal = 1.2 * max(W, H) px when EXIF has none (COLMAP's default;
   a ~45 deg field of view, refined by bundle adjustment).
@@ -34,6 +36,11 @@ RANSAC (COLMAP returns DEGENERATE for them anyway), keypoints are converted once
 pairs are verified on ``num_threads`` threads (pycolmap releases the GIL; each pair is seeded, so
 the result does not depend on the number of threads).
 
+View-graph check (``viewgraph``): after verification, a pair whose relative rotation is more than
+``max_rotation_error`` deg from the robust rotation average of all verified pairs is left out of
+the two-view geometries (its raw matches stay), so that look-alike views (two walls of one
+courtyard) cannot glue the model together; such pairs are in ``VerificationStats.rotation_outliers``.
+
 Writes ``<sfm_dir>/database.db`` and ``<sfm_dir>/models/<i>/`` (every model pycolmap made), and
 returns the largest model (most registered images). Both are built under temporary names and take the
 place of an earlier run's at the end: a run killed (or failing) at any moment leaves the earlier
@@ -54,6 +61,7 @@ from typing import Callable, Iterable, Iterator, Optional, TypeVar
 import numpy as np
 import pycolmap
 
+from . import viewgraph
 from .tracks import check_same_run, read_features, read_index_matches
 from .utils import atomic_output, logger, replace_dir
 
@@ -86,6 +94,8 @@ class VerificationStats:
     num_verified: int = 0  # pairs with a valid two-view geometry
     mean_inliers: float = 0.0
     configs: dict[str, int] = field(default_factory=dict)
+    # [(name0, name1, residual deg)]: verified, but left out by the view-graph check
+    rotation_outliers: list = field(default_factory=list)
 
 
 @dataclass
@@ -182,12 +192,15 @@ def _ordered_map(fn: Callable[[T], R], items: Iterable[T], num_threads: int) -> 
 
 def import_matches(database: Path, image_ids: dict[str, int], matches_idx: Path, min_num_inliers: int = 15,
                    ransac_max_error: float = 4.0, skip_geometric_verification: bool = False,
-                   seed: int = 0, num_threads: int = 1, prefilter_trials: int = 1000) -> VerificationStats:
+                   seed: int = 0, num_threads: int = 1, prefilter_trials: int = 1000,
+                   max_rotation_error: float = 30.0) -> VerificationStats:
     """Write raw matches and verified two-view geometries of every pair into ``database``.
 
     Pairs with fewer than ``min_num_inliers`` matches cannot be verified and skip RANSAC (counted as
     DEGENERATE, as COLMAP would); the others are verified on ``num_threads`` threads (<= 0: all
-    cores) with the same result as on one.
+    cores) with the same result as on one. A verified pair whose relative rotation is more than
+    ``max_rotation_error`` deg from the robust average over all pairs (``viewgraph``; 0 disables)
+    keeps its matches but not its geometry, and is listed in ``rotation_outliers``.
     """
     matches = read_index_matches(matches_idx)
     stats = VerificationStats(num_pairs=len(matches))
@@ -226,21 +239,56 @@ def import_matches(database: Path, image_ids: dict[str, int], matches_idx: Path,
             return tvg
 
         threads = 1 if skip_geometric_verification else _resolve_threads(num_threads)
+        verified = []
         for ((a, b), idx), tvg in zip(todo, _ordered_map(verify, todo, threads)):
-            ia, ib = image_ids[a], image_ids[b]
-            db.write_matches(ia, ib, idx)
+            db.write_matches(image_ids[a], image_ids[b], idx)
             cfg = pycolmap.TwoViewGeometryConfiguration(int(tvg.config)).name
             stats.configs[cfg] = stats.configs.get(cfg, 0) + 1
-            n_in = len(tvg.inlier_matches)
-            if cfg in ("UNDEFINED", "DEGENERATE") or n_in < min_num_inliers:
-                continue
-            db.write_two_view_geometry(ia, ib, tvg)
-            stats.num_verified += 1
-            inliers.append(n_in)
+            if cfg not in ("UNDEFINED", "DEGENERATE") and len(tvg.inlier_matches) >= min_num_inliers:
+                verified.append((a, b, tvg))
+        outliers = np.zeros(len(verified), bool)
+        if max_rotation_error > 0 and not skip_geometric_verification:
+            outliers = _rotation_outliers(verified, kps, cams, max_rotation_error, stats)
+        for (a, b, tvg), bad in zip(verified, outliers):
+            if not bad:
+                db.write_two_view_geometry(image_ids[a], image_ids[b], tvg)
+                stats.num_verified += 1
+                inliers.append(len(tvg.inlier_matches))
     stats.mean_inliers = float(np.mean(inliers)) if inliers else 0.0
     logger.info("mapping: %d of %d pairs verified, %.0f inliers/pair, configs %s", stats.num_verified,
                 stats.num_pairs, stats.mean_inliers, stats.configs)
     return stats
+
+
+def _rotation_outliers(verified: list, kps: dict, cams: dict, max_error: float, stats: VerificationStats
+                       ) -> np.ndarray:
+    """(V,) bool over ``verified`` [(name0, name1, TwoViewGeometry)]: the view-graph check.
+
+    Fills each geometry's relative pose (also useful to the global mapper); a pair whose pose cannot
+    be recovered takes no part and is kept. Outliers go to ``stats.rotation_outliers``."""
+    names = sorted({n for a, b, _ in verified for n in (a, b)})
+    node = {n: k for k, n in enumerate(names)}
+    use, edges, rots, weights = [], [], [], []
+    for v, (a, b, tvg) in enumerate(verified):
+        m = tvg.inlier_matches
+        if pycolmap.estimate_two_view_geometry_pose(cams[a], kps[a][m[:, 0]], cams[b], kps[b][m[:, 1]], tvg):
+            use.append(v)
+            edges.append((node[a], node[b]))
+            rots.append(tvg.cam2_from_cam1.rotation.matrix())
+            weights.append(len(m))
+    outliers = np.zeros(len(verified), bool)
+    if not use:
+        return outliers
+    _, res = viewgraph.average_rotations(len(names), np.array(edges), np.array(rots), np.array(weights, float))
+    for v, r in zip(use, res):
+        if r > max_error:
+            outliers[v] = True
+            a, b, _ = verified[v]
+            stats.rotation_outliers.append((a, b, float(r)))
+    if stats.rotation_outliers:
+        logger.info("mapping: %d verified pairs left out, their rotation is > %g deg off the view graph's",
+                    len(stats.rotation_outliers), max_error)
+    return outliers
 
 
 def set_options(opts, overrides: dict) -> None:
@@ -258,7 +306,8 @@ def set_options(opts, overrides: dict) -> None:
 def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_mode: str = "auto",
          mapper: str = "incremental", camera_model: str = "SIMPLE_RADIAL", min_model_size: int = 3,
          min_num_inliers: int = 15, ransac_max_error: float = 4.0, skip_geometric_verification: bool = False,
-         num_threads: int = -1, seed: int = 0, options: Optional[dict] = None) -> MappingResult:
+         num_threads: int = -1, seed: int = 0, options: Optional[dict] = None,
+         max_rotation_error: float = 30.0) -> MappingResult:
     """Database, verification and mapping; returns the largest model (None if nothing registered).
 
     ``num_threads`` (<= 0: all cores) is used by the verification and by the mapper. ``options``:
@@ -284,7 +333,8 @@ def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_
         database.unlink(missing_ok=True)
         image_ids = create_database(database, images, features, camera_mode, camera_model)
         ver = import_matches(database, image_ids, matches_idx, min_num_inliers, ransac_max_error,
-                             skip_geometric_verification, seed, num_threads=num_threads)
+                             skip_geometric_verification, seed, num_threads=num_threads,
+                             max_rotation_error=max_rotation_error)
         times["verification"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         models: dict = {}

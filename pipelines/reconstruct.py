@@ -8,7 +8,8 @@ Public API (what the CLI wraps)
        refine: str = "flow", min_pair_score: float | None = None, mapper: str = "incremental",
        camera_mode: str = "auto", device: str = "auto", gt_poses: Path | str | None = "auto",
        overwrite: bool = False, num_threads: int = -1, batch_size: int = 1, progress: bool = True,
-       verbose: bool = False, seed: int = 0, ray: str | None = None, ray_workers: int | None = None) -> dict``
+       verbose: bool = False, seed: int = 0, ray: str | None = None, ray_workers: int | None = None,
+       max_rotation_error: float = 30.0) -> dict``
 
 - ``matcher``: 'sift' | 'roma' | a RoMa preset name | a checkpoint path | any object with
   ``.match(a, b)`` (see ``match.get_matcher``). ``report['config']['matcher']`` is the string given,
@@ -24,6 +25,8 @@ Public API (what the CLI wraps)
   of the matches' kind (sparse for sift, dense for RoMa; ``match.matches_kind`` of matches.h5).
   Left-out pairs are listed in ``report['tracks']['pairs_rejected']``. The mapper gets
   ``mapping.mapper_options`` of that kind.
+- ``max_rotation_error``: the mapping step's view-graph check (deg, 0 = off); the verified pairs it
+  leaves out are in ``report['verification']['rotation_outliers']``.
 - ``gt_poses``: a ``poses_gt.txt`` to score the model with; 'auto' uses ``<images>/../poses_gt.txt``
   when it exists (as for ``sample_scenes/corner``).
 - Resumable: ``matches.h5`` is reused pair by pair unless ``overwrite`` (and only when it was made
@@ -106,7 +109,8 @@ def main(images: Path, outputs: Path, matcher: Any = "sift", pairs: str = "auto"
          mapper: str = "incremental", camera_mode: str = "auto",
          device: str = "auto", gt_poses: Union[Path, str, None] = "auto", overwrite: bool = False,
          num_threads: int = -1, batch_size: int = 1, progress: bool = True, verbose: bool = False,
-         seed: int = 0, ray: Optional[str] = None, ray_workers: Optional[int] = None) -> dict:
+         seed: int = 0, ray: Optional[str] = None, ray_workers: Optional[int] = None,
+         max_rotation_error: float = 30.0) -> dict:
     """Reconstruct ``images`` into ``outputs``; returns the report also written to report.json."""
     images, outputs = Path(images), Path(outputs)
     outputs.mkdir(parents=True, exist_ok=True)
@@ -118,7 +122,8 @@ def main(images: Path, outputs: Path, matcher: Any = "sift", pairs: str = "auto"
                     "config": {**_matcher_config(matcher), "pairs": str(pairs), "num_matched": num_matched,
                                "num_samples": num_samples, "cell_size": cell_size, "max_keypoints": max_keypoints,
                                "refine": refine, "min_pair_score": min_pair_score, "mapper": mapper,
-                               "camera_mode": camera_mode, "seed": seed},
+                               "camera_mode": camera_mode, "max_rotation_error": max_rotation_error,
+                               "seed": seed},
                     "images_given": 0, "images_skipped": {}, "times": times}
 
     def finish(message: str, reconstruction=None, ok: bool = False, **files) -> dict:
@@ -186,10 +191,11 @@ def main(images: Path, outputs: Path, matcher: Any = "sift", pairs: str = "auto"
     with Timer(times, "mapping"):
         res = mapping.main(outputs / "sfm", images, outputs / "features.h5", outputs / "matches_idx.h5",
                            camera_mode=camera_mode, mapper=mapper, num_threads=num_threads, seed=seed,
-                           options=mapper_options)
+                           options=mapper_options, max_rotation_error=max_rotation_error)
     times.update({f"mapping/{k}": v for k, v in res.seconds.items()})
     report["verification"] = {"pairs": res.verification.num_pairs, "verified": res.verification.num_verified,
-                              "mean_inliers": res.verification.mean_inliers, "configs": res.verification.configs}
+                              "mean_inliers": res.verification.mean_inliers, "configs": res.verification.configs,
+                              "rotation_outliers": [[a, b, round(r, 1)] for a, b, r in res.verification.rotation_outliers]}
     rec = res.reconstruction
     report["images_unregistered"] = sorted(set(scan.names) - {im.name for im in rec.images.values() if im.has_pose}) \
         if rec is not None else sorted(scan.names)
