@@ -6,6 +6,8 @@ from PIL import Image
 
 from conftest import micro_config
 from roma_sfm import ImageReadError, MatchResult, random_matcher
+from roma_sfm.matcher import Matcher, fuse_batchnorm
+from roma_sfm.models.roma import RoMa
 from roma_sfm.models.gp import pixel_grid
 from roma_sfm.models.roma import finalize
 from roma_sfm.models.transformer import anchor_grid, to_warp
@@ -26,6 +28,30 @@ def test_match_tensors_semantics():
     # certainty is zeroed where the raw warp left the image (the clamped warp sits on the border)
     on_border = (warp[..., 2:].abs() == 1).any(-1)
     assert (cert[on_border] == 0).all()
+
+
+def test_fused_batchnorm_gives_the_same_matches():
+    import copy
+
+    torch.manual_seed(0)
+    model = RoMa(micro_config(upsample_res=(112, 140))).eval()
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():  # non-trivial statistics, as a trained model has
+        for bn in bns:
+            bn.running_mean.normal_(0, 0.5)
+            bn.running_var.uniform_(0.2, 3.0)
+            bn.weight.normal_(1, 0.3)
+            bn.bias.normal_(0, 0.3)
+    fused = copy.deepcopy(model)
+    assert fuse_batchnorm(fused) == len(bns) > 0
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    A, B = rand_images()
+    w0, c0 = Matcher(model, "cpu", upsample_res=True).match_tensors(A, B)
+    w1, c1 = Matcher(fused, "cpu", upsample_res=True).match_tensors(A, B)
+    assert torch.allclose(w0, w1, atol=1e-4) and torch.allclose(c0, c1, atol=1e-4)
+    # a BatchNorm in training mode is left alone
+    model.train()
+    assert fuse_batchnorm(model) == 0
 
 
 def test_symmetric_is_both_directions_in_one_batch():
