@@ -56,6 +56,7 @@ import h5py
 import numpy as np
 
 from ..io import ImageReadError, as_rgb
+from ..weights import weights_fingerprint
 from .utils import iter_pairs, logger, names_to_pair, scan_images
 
 COORDINATES = "colmap: corner at (0,0), pixel centres at +0.5"
@@ -254,23 +255,6 @@ def _jsonable(v: Any) -> Any:
     return str(v)
 
 
-def _weights_fingerprint(model: Any) -> Optional[str]:
-    """Short hash of a torch module's weights (names, shapes and <= 256 strided values per tensor):
-    tells two checkpoints of one preset apart without hashing every byte."""
-    try:
-        state = model.state_dict()
-    except Exception:
-        return None
-    h = hashlib.sha1()
-    for k in sorted(state):
-        v = state[k]
-        h.update(f"{k}{tuple(v.shape)}".encode())
-        if v.numel():
-            flat = v.detach().reshape(-1)
-            h.update(flat[:: max(1, flat.numel() // 256)][:256].float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def matcher_signature(matcher: Any, num_samples: int = 10000, balanced: bool = True, seed: int = 0) -> dict:
     """Everything that changes the matches a matcher writes (JSON-able); one matches file holds one.
 
@@ -289,7 +273,8 @@ def matcher_signature(matcher: Any, num_samples: int = 10000, balanced: bool = T
         if hasattr(matcher, k):
             sig[k] = _jsonable(getattr(matcher, k))
     model = getattr(matcher, "model", None)
-    weights = _weights_fingerprint(model) if model is not None else None
+    # a Matcher fingerprints its weights before it folds BatchNorm into convolutions
+    weights = getattr(matcher, "weights_id", None) or (weights_fingerprint(model) if model is not None else None)
     if weights is not None:
         sig["weights"] = weights
     meta = getattr(matcher, "metadata", None)

@@ -26,7 +26,7 @@ from .io import ImageLike, as_rgb
 from .models.roma import RoMa, finalize
 from .presets import DEFAULT_PRESET, PRESETS, RomaConfig, get_preset
 from .weights import (DINOV2_FILE, CheckpointError, default_checkpoint, find_weights, load_checkpoint,
-                      load_public)
+                      load_public, weights_fingerprint)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -181,15 +181,23 @@ class MatchResult:
 
 
 class Matcher:
-    """A RoMa model plus its inference settings."""
+    """A RoMa model plus its inference settings.
+
+    ``fuse``: fold BatchNorm into the convolutions (:func:`fuse_batchnorm`, in place: only for a
+    model the matcher owns, as in :func:`load_matcher`). ``weights_id`` fingerprints the weights
+    as given, so fused and unfused matchers of one checkpoint sign their matches alike.
+    """
 
     def __init__(self, model: RoMa, device: Union[str, torch.device] = "auto",
                  coarse_res: Optional[tuple[int, int]] = None, upsample_res: Optional[tuple[int, int]] = None,
-                 symmetric: Optional[bool] = None, metadata: Optional[dict] = None):
+                 symmetric: Optional[bool] = None, metadata: Optional[dict] = None, fuse: bool = False):
         cfg = model.cfg
         self.cfg = cfg
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
+        self.weights_id = weights_fingerprint(self.model)
+        if fuse:
+            fuse_batchnorm(self.model)
         self.coarse_res = tuple(coarse_res or cfg.coarse_res)
         if self.coarse_res[0] % 14 or self.coarse_res[1] % 14:
             raise ValueError(f"coarse_res must be multiples of 14, got {self.coarse_res}")
@@ -457,17 +465,14 @@ def load_matcher(name_or_path: Optional[Union[str, os.PathLike]] = None, weights
     model); an int or (h, w) sets it.
     """
     model, meta = load_model(name_or_path, weights, dinov2_weights)
-    fuse_batchnorm(model.eval())
-    return Matcher(model, device, _pair(coarse_res), upsample_res, symmetric, meta)
+    return Matcher(model, device, _pair(coarse_res), upsample_res, symmetric, meta, fuse=True)
 
 
 def random_matcher(preset: Union[str, RomaConfig], device="auto", seed: int = 0, **kw) -> Matcher:
     """A matcher with random weights (timing, tests)."""
     cfg = get_preset(preset) if isinstance(preset, str) else preset
     torch.manual_seed(seed)
-    model = RoMa(cfg).eval()
-    fuse_batchnorm(model)
-    return Matcher(model, device, **kw)
+    return Matcher(RoMa(cfg), device, **{"fuse": True, **kw})
 
 
 def _pair(x):

@@ -6,6 +6,7 @@ preset, the weights and metadata (training data, steps, metrics).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -187,3 +188,20 @@ def weights_status() -> list[dict]:
                 where += f" (in training: step {read_checkpoint_info(ck)[1].get('step', '?')}, not yet better than SIFT)"
         rows.append({"preset": name, "available": ok, "weights": where})
     return rows
+
+
+def weights_fingerprint(model: torch.nn.Module) -> Optional[str]:
+    """Short hash of a torch module's weights (names, shapes and <= 256 strided values per tensor):
+    tells two checkpoints of one preset apart without hashing every byte."""
+    try:
+        state = model.state_dict()
+    except Exception:
+        return None
+    h = hashlib.sha1()
+    for k in sorted(state):
+        v = state[k]
+        h.update(f"{k}{tuple(v.shape)}".encode())
+        if v.numel():
+            flat = v.detach().reshape(-1)
+            h.update(flat[:: max(1, flat.numel() // 256)][:256].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -7,6 +7,7 @@ from PIL import Image
 from conftest import micro_config
 from roma_sfm import ImageReadError, MatchResult, random_matcher
 from roma_sfm.matcher import Matcher, fuse_batchnorm
+from roma_sfm.weights import weights_fingerprint
 from roma_sfm.models.roma import RoMa
 from roma_sfm.models.gp import pixel_grid
 from roma_sfm.models.roma import finalize
@@ -46,9 +47,14 @@ def test_fused_batchnorm_gives_the_same_matches():
     assert fuse_batchnorm(fused) == len(bns) > 0
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
     A, B = rand_images()
-    w0, c0 = Matcher(model, "cpu", upsample_res=True).match_tensors(A, B)
+    plain = Matcher(model, "cpu", upsample_res=True)
+    w0, c0 = plain.match_tensors(A, B)
     w1, c1 = Matcher(fused, "cpu", upsample_res=True).match_tensors(A, B)
     assert torch.allclose(w0, w1, atol=1e-4) and torch.allclose(c0, c1, atol=1e-4)
+    # a matcher that fuses its own model keeps the fingerprint of the weights it was given
+    own = Matcher(copy.deepcopy(model), "cpu", upsample_res=True, fuse=True)
+    assert own.weights_id == plain.weights_id and own.weights_id != weights_fingerprint(own.model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in own.model.modules())
     # a BatchNorm in training mode is left alone
     model.train()
     assert fuse_batchnorm(model) == 0
