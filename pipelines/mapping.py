@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, TypeVar
 
+import cv2
 import numpy as np
 import pycolmap
 
@@ -260,21 +261,49 @@ def import_matches(database: Path, image_ids: dict[str, int], matches_idx: Path,
     return stats
 
 
+def relative_rotation(tvg, cam0: pycolmap.Camera, cam1: pycolmap.Camera, pts0: np.ndarray, pts1: np.ndarray
+                      ) -> Optional[np.ndarray]:
+    """cam1_from_cam0 rotation (3, 3) of a verified pair from its essential matrix, or None.
+
+    pts0, pts1: (M, 2) pixels of the inlier matches. E is the pair's own (CALIBRATED, PLANAR) or
+    K1^T F K0 (UNCALIBRATED: the cameras' focal guesses); OpenCV's recoverPose picks the
+    decomposition with the most points in front of both cameras. Pure-rotation configurations
+    (PANORAMIC, PLANAR_OR_PANORAMIC) have no usable E and give None. (pycolmap's
+    estimate_two_view_geometry_pose is not used: on PLANAR pairs it returned different rotations
+    for the same geometry from one call to the next.)
+    """
+    C = pycolmap.TwoViewGeometryConfiguration
+    config = C(int(tvg.config))
+    if config in (C.CALIBRATED, C.PLANAR):
+        E = np.asarray(tvg.E, np.float64)
+    elif config == C.UNCALIBRATED:
+        E = cam1.calibration_matrix().T @ np.asarray(tvg.F, np.float64) @ cam0.calibration_matrix()
+    else:
+        return None
+    x0 = np.ascontiguousarray(cam0.cam_from_img(pts0), np.float64)
+    x1 = np.ascontiguousarray(cam1.cam_from_img(pts1), np.float64)
+    if len(x0) < 5 or not np.isfinite(E).all() or not np.abs(E).sum():
+        return None
+    n, R, _, _ = cv2.recoverPose(E, x0, x1, np.eye(3))
+    return R if n >= 5 else None
+
+
 def _rotation_outliers(verified: list, kps: dict, cams: dict, max_error: float, stats: VerificationStats
                        ) -> np.ndarray:
     """(V,) bool over ``verified`` [(name0, name1, TwoViewGeometry)]: the view-graph check.
 
-    Fills each geometry's relative pose (also useful to the global mapper); a pair whose pose cannot
-    be recovered takes no part and is kept. Outliers go to ``stats.rotation_outliers``."""
+    A pair without a rotation (:func:`relative_rotation`) takes no part and is kept. Outliers go to
+    ``stats.rotation_outliers``."""
     names = sorted({n for a, b, _ in verified for n in (a, b)})
     node = {n: k for k, n in enumerate(names)}
     use, edges, rots, weights = [], [], [], []
     for v, (a, b, tvg) in enumerate(verified):
         m = tvg.inlier_matches
-        if pycolmap.estimate_two_view_geometry_pose(cams[a], kps[a][m[:, 0]], cams[b], kps[b][m[:, 1]], tvg):
+        R = relative_rotation(tvg, cams[a], cams[b], kps[a][m[:, 0]], kps[b][m[:, 1]])
+        if R is not None:
             use.append(v)
             edges.append((node[a], node[b]))
-            rots.append(tvg.cam2_from_cam1.rotation.matrix())
+            rots.append(R)
             weights.append(len(m))
     outliers = np.zeros(len(verified), bool)
     if not use:

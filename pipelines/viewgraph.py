@@ -85,7 +85,8 @@ def average_rotations(num_nodes: int, edges: np.ndarray, rotations: np.ndarray, 
     """Robust rotation averaging.
 
     edges: (E, 2) node indices (i, j); rotations: (E, 3, 3) relative rotations with R_j = R_ij R_i
-    (COLMAP's cam2_from_cam1); weights: (E,) confidence of each pair (used for the initial tree).
+    (COLMAP's cam2_from_cam1); weights: (E,) confidence of each pair (> 0; the initial tree, and a
+    factor of every robust weight).
     Returns the absolute rotations (N, 3, 3) (one gauge per connected component) and each edge's
     residual angle |R_j R_i^T R_ij^T| in degrees (E,).
     """
@@ -93,7 +94,9 @@ def average_rotations(num_nodes: int, edges: np.ndarray, rotations: np.ndarray, 
     rotations = np.asarray(rotations, np.float64).reshape(-1, 3, 3)
     if len(edges) == 0:
         return np.tile(np.eye(3), (num_nodes, 1, 1)), np.zeros(0)
-    R = _spanning_tree_init(num_nodes, edges, rotations, np.asarray(weights, np.float64))
+    weights = np.asarray(weights, np.float64)
+    R = _spanning_tree_init(num_nodes, edges, rotations, weights)
+    conf = weights / weights.max()
     i, j = edges[:, 0], edges[:, 1]
 
     def residuals(R: np.ndarray) -> np.ndarray:
@@ -102,7 +105,7 @@ def average_rotations(num_nodes: int, edges: np.ndarray, rotations: np.ndarray, 
     # graduated non-convexity: the Cauchy scale shrinks from 90 deg (near least squares, which pulls
     # an image off a wrong tree edge towards the majority of its pairs) to ``scale``
     for sigma in np.geomspace(90.0, scale, iterations):
-        w = 1.0 / (1.0 + (residuals(R) / sigma) ** 2)
+        w = conf / (1.0 + (residuals(R) / sigma) ** 2)
         # argmin_Rj sum_e w_e |R_j - R_ij R_i|^2 (and the same for i): project the weighted sum;
         # the current estimate is added once so that an image whose pairs all vanish stays put
         M = R.copy()
