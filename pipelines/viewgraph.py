@@ -19,11 +19,12 @@ contradicts it.
 
 Method: the rotations are initialised along a maximum spanning tree of the pair weights (the
 inlier counts: a look-alike pair has fewer inliers than the right pairs of its images), then
-refined by iteratively reweighted chordal averaging (Cauchy weights of the angular residual, their
-scale shrinking from 90 deg to ``scale`` deg so that a wrong edge of the initial tree cannot hold
-its image: graduated non-convexity), one closed-form update per image and sweep. The mapping step's threshold (30 deg)
-sits far above what a guessed focal length does to a right pair's rotation (a few to ~25 deg for
-wide baselines at 1.2 x the image size) and far below what a view of another wall gives.
+refined by iteratively reweighted chordal averaging, one closed-form update per image and sweep.
+An edge's weight is its Cauchy weight of the angular residual times its share of the largest pair
+weight; the Cauchy scale shrinks from 90 deg to ``scale`` deg (graduated non-convexity) so that a
+wrong edge of the initial tree cannot hold its image. The mapping step's threshold (30 deg) sits
+far above what a guessed focal length does to a right pair's rotation (a few to ~25 deg for wide
+baselines at 1.2 x the image size) and far below what a view of another wall gives.
 """
 from __future__ import annotations
 
