@@ -13,6 +13,8 @@ Public API
 - ``import_matches(database, image_ids, matches_idx, min_num_inliers=15, ransac_max_error=4.0,
                    skip_geometric_verification=False, seed=0, num_threads=1, prefilter_trials=1000,
                    max_rotation_error=30.0) -> VerificationStats``
+- ``relative_rotation(tvg, cam0, cam1, pts0 (M,2), pts1 (M,2)) -> (3,3) | None``  (cam1_from_cam0,
+  from a verified pair's E or F; the view-graph check's input)
 - ``camera_from_exif(path: Path, size: (W, H)) -> tuple[float, bool]``  (focal px, from EXIF?)
 - ``DEFAULT_FOCAL_FACTOR`` = 1.2: focal = 1.2 * max(W, H) px when EXIF has none (COLMAP's default;
   a ~45 deg field of view, refined by bundle adjustment).

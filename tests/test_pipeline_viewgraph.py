@@ -138,3 +138,26 @@ def test_import_matches_leaves_out_the_look_alike_pair(two_walls, tmp_path):
     with mapping.pycolmap.Database.open(tmp_path / "on.db") as db:
         assert db.num_verified_image_pairs() == 14
         assert len(db.read_matches(ids["0.png"], ids["4.png"])) == n_look  # its raw matches stay
+
+
+def test_relative_rotation_from_e_and_f():
+    rng = np.random.default_rng(5)
+    W, H, f = 640, 480, 600.0
+    cam = mapping.pycolmap.Camera.create_from_model_name(0, "PINHOLE", f, W, H)
+    K = cam.calibration_matrix()
+    centre = np.array([0.0, 0.0, 10.0])
+    X = centre + rng.uniform(-2, 2, (200, 3))
+    R0, t0 = _look_at(np.array([-2.0, 0.0, 0.0]), centre)
+    R1, t1 = _look_at(np.array([2.0, 0.5, 1.0]), centre)
+    p0, p1 = _project(K, R0, t0, X) + 0.5, _project(K, R1, t1, X) + 0.5  # COLMAP pixels
+    R, t = R1 @ R0.T, t1 - R1 @ R0.T @ t0
+    E = np.cross(np.eye(3), t) @ R  # [t]x R
+    C = mapping.pycolmap.TwoViewGeometryConfiguration
+    tvg = mapping.pycolmap.TwoViewGeometry()
+    tvg.config, tvg.E = C.CALIBRATED, E
+    got = mapping.relative_rotation(tvg, cam, cam, p0, p1)
+    assert viewgraph.rotation_angle(got @ R.T) < 1e-3
+    tvg.config, tvg.F = C.UNCALIBRATED, np.linalg.inv(K).T @ E @ np.linalg.inv(K)
+    assert viewgraph.rotation_angle(mapping.relative_rotation(tvg, cam, cam, p0, p1) @ R.T) < 1e-3
+    tvg.config = C.PANORAMIC  # a pure rotation has no E to decompose
+    assert mapping.relative_rotation(tvg, cam, cam, p0, p1) is None
