@@ -110,6 +110,11 @@ def test_estimate_homography_from_colmap_convention_matches():
     H_est = homography.estimate_homography(kA + 0.5, kB + 0.5)  # matchers give COLMAP pixels
     assert homography.transfer_error(H_est, val_A, val_B) < 1e-3
     assert homography.estimate_homography(kA[:3] + 0.5, kB[:3] + 0.5) is None
+    # the 80 replaced points are outliers unless they land within 3 px by chance
+    share = homography.gt_inlier_share(H, kA + 0.5, kB + 0.5)
+    assert 0.8 <= share < 0.81
+    assert homography.gt_inlier_share(H, kA + 1.5, kB + 0.5, px=0.5) < 0.01  # 1 px off everywhere
+    assert np.isnan(homography.gt_inlier_share(None, kA, kB))
 
 
 @needs_homog
@@ -141,6 +146,7 @@ def test_homography_main_smoke():
     r = out["results"]["sift"]
     assert r["pairs"] == 2 and set(r["errors"]) == {"adam", "city"}
     assert all(np.isfinite(e) for e in r["errors"].values())
+    assert all(0 < s <= 1 for s in r["gt_inlier_share"].values())  # SIFT solves both pairs
     assert "| sift | 2 |" in out["table"]
 
 
