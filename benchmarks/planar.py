@@ -89,16 +89,20 @@ def list_pairs(folder: Path, names: Optional[Sequence[str]] = None) -> list[Homo
     return out
 
 
+def transfer_distances(H: np.ndarray, pts_A: np.ndarray, pts_B: np.ndarray) -> np.ndarray:
+    """(N,) distances (pixels of A) between H x_B and x_A; inf where a point maps to infinity."""
+    pts_B = np.asarray(pts_B, np.float64).reshape(-1, 2)
+    p = np.c_[pts_B, np.ones(len(pts_B))] @ np.asarray(H, np.float64).T
+    w = np.where(np.abs(p[:, 2:]) < 1e-12, np.nan, p[:, 2:])
+    err = np.linalg.norm(p[:, :2] / w - np.asarray(pts_A, np.float64).reshape(-1, 2), axis=1)
+    return np.where(np.isfinite(err), err, np.inf)
+
+
 def transfer_error(H: Optional[np.ndarray], pts_A: np.ndarray, pts_B: np.ndarray) -> float:
     """Mean distance (pixels of A) between H x_B and x_A; inf without H or if a point maps to infinity."""
     if H is None or not np.all(np.isfinite(H)):
         return float("inf")
-    pts_B = np.asarray(pts_B, np.float64).reshape(-1, 2)
-    p = np.c_[pts_B, np.ones(len(pts_B))] @ np.asarray(H, np.float64).T
-    if np.any(np.abs(p[:, 2]) < 1e-12):
-        return float("inf")
-    err = np.linalg.norm(p[:, :2] / p[:, 2:] - np.asarray(pts_A, np.float64).reshape(-1, 2), axis=1)
-    return float(err.mean()) if np.all(np.isfinite(err)) else float("inf")
+    return float(transfer_distances(H, pts_A, pts_B).mean())
 
 
 def gt_inlier_share(H_gt: Optional[np.ndarray], kA: np.ndarray, kB: np.ndarray, px: float = RANSAC_PX) -> float:
@@ -106,11 +110,7 @@ def gt_inlier_share(H_gt: Optional[np.ndarray], kA: np.ndarray, kB: np.ndarray, 
     their point in A: near 0 means the matcher, not RANSAC, failed (nan without H_gt or matches)."""
     if H_gt is None or len(kA) == 0:
         return float("nan")
-    kB = np.asarray(kB, np.float64).reshape(-1, 2) - 0.5
-    p = np.c_[kB, np.ones(len(kB))] @ np.asarray(H_gt, np.float64).T
-    with np.errstate(divide="ignore", invalid="ignore"):
-        err = np.linalg.norm(p[:, :2] / p[:, 2:] - (np.asarray(kA, np.float64).reshape(-1, 2) - 0.5), axis=1)
-    return float(np.mean(err < px))
+    return float(np.mean(transfer_distances(H_gt, np.asarray(kA) - 0.5, np.asarray(kB) - 0.5) < px))
 
 
 def estimate_homography(kA: np.ndarray, kB: np.ndarray, ransac_px: float = RANSAC_PX) -> Optional[np.ndarray]:
@@ -191,7 +191,8 @@ def main(argv=None) -> dict:
     lines += ["", f"Homography on {subset} of HomogrDataset (real planar scenes): H by OpenCV USAC_MAGSAC at "
               f"{args.ransac_px:g} px, error = mean transfer error on the manual validation points, "
               f"share of pairs under each threshold; GT inliers = share of a pair's matches that the ground-truth H "
-              f"maps within {args.ransac_px:g} px (dense matches off the plane count as outliers). Dense matchers: {args.num_samples} balanced samples. "
+              f"maps within {args.ransac_px:g} px (dense matches off the plane count as outliers). "
+              f"Dense matchers: {args.num_samples} balanced samples. "
               f"Reference (data README, OpenCV SIFT + MAGSAC) {ref}. `python benchmarks/planar.py` on "
               f"{args.threads} CPU threads ({platform.processor() or platform.machine()}); s / pair = matching only."]
     table = "\n".join(lines)
