@@ -225,14 +225,33 @@ def _verified(verified: int, pairs: int, mean_inliers: float, rotation_outliers:
     return text + (f"; {rotation_outliers} more left out by the view-graph check" if rotation_outliers else "")
 
 
+FOCAL_ROWS = 8  # cameras listed in the summary; report.json has them all
+
+
+def _focal_rows(cameras: list[dict]) -> list[tuple[str, str]]:
+    """One summary row per camera: estimated focal length against its prior (EXIF or default guess)."""
+    rows = []
+    multi = len({c.get("model_index", 0) for c in cameras}) > 1
+    for c in cameras[:FOCAL_ROWS]:
+        who = c["images"][0] if len(c["images"]) == 1 else f"{len(c['images'])} images"
+        where = f"model {c['model_index']}, " if multi else ""
+        prior = (f" / {c['prior_focal']:.0f} {c['prior']} ({c['ratio']:.2f}x)" if c.get("prior_focal") else "")
+        size = f"{c['size'][0]}x{c['size'][1]}"
+        rows.append((f"  camera {c['camera_id']}", f"{where}{who}, {size}: {c['focal']:.0f}{prior}"))
+    if len(cameras) > FOCAL_ROWS:
+        rows.append(("  ...", f"{len(cameras) - FOCAL_ROWS} more cameras in report.json"))
+    return [("focal px: estimated / prior", "")] + rows if rows else []
+
+
 def _print_report(report: dict, title: str) -> None:
     """Summary table of a report as written by ``pipelines.export.main``."""
     out = Path(report.get("outputs", "."))
     rows = [("status", f"{report.get('status')}: {report.get('message', '')}")]
+    models = report.get("models") or []
+    registered = " + ".join(str(m["images_registered"]) for m in models) or str(report.get("images_registered", 0))
     if "images_given" in report:
         rows.append(("images given / skipped / registered",
-                     f"{report['images_given']} / {len(report.get('images_skipped', {}))} / "
-                     f"{report.get('images_registered', 0)}"))
+                     f"{report['images_given']} / {len(report.get('images_skipped', {}))} / {registered}"))
     else:
         rows.append(("images registered", str(report.get("images_registered", 0))))
     for name, reason in sorted(report.get("images_skipped", {}).items()):
@@ -247,8 +266,12 @@ def _print_report(report: dict, title: str) -> None:
         v = report["verification"]
         rows.append(("pairs verified", _verified(v["verified"], v["pairs"], v["mean_inliers"],
                                                  len(v.get("rotation_outliers", [])))))
+    if len(models) > 1:
+        for m in models:
+            rows.append((f"model {m['index']}", f"{m['images_registered']} images, {m['points']} points: {m['path']}"))
+    rows += _focal_rows(report.get("cameras") or [])
     if report.get("images_registered"):
-        rows += [("3D points", str(report.get("points", 0))),
+        rows += [("3D points" + (" (model 0)" if len(models) > 1 else ""), str(report.get("points", 0))),
                  ("mean track length", _fmt(report.get("mean_track_length"))),
                  ("mean reprojection error (px)", _fmt(report.get("mean_reprojection_error"), 3))]
     ev = report.get("evaluation")
@@ -501,7 +524,8 @@ def map_cmd(
 ):
     """Map matches.h5 into a COLMAP model (tracks, database, verification, mapping).
 
-    Writes OUTPUT/features.h5, matches_idx.h5, sfm/ (database.db, models/) and sparse/0 (the largest model).
+    Writes OUTPUT/features.h5, matches_idx.h5, sfm/ (database.db, models/) and sparse/0, sparse/1, ...
+    (every model, largest first).
     """
     from roma_sfm.pipelines import export, mapping, match, tracks
 
@@ -527,12 +551,13 @@ def map_cmd(
                                                       f"(cell {cell_size:g} px)"),
                 ("pairs verified", _verified(ver.num_verified, ver.num_pairs, ver.mean_inliers,
                                              len(ver.rotation_outliers))),
-                ("models", str(res.num_models))]
+                ("models", " + ".join(str(r.num_reg_images()) for r in res.models) + " images"
+                 if res.models else "0")]
         if rec is None or rec.num_reg_images() == 0:
             console.print(_kv_table("roma-sfm map", rows))
             _fail("no two images could be geometrically verified (do the images overlap?)"
                   if ver.num_verified == 0 else "the mapper could not build a model")
-        export.write_model(rec, out / "sparse" / "0")
+        export.write_models(res.models, out, prune=True)
         stats = export.model_stats(rec)
     rows += [("images registered", f"{stats['images_registered']} of {len(res.image_ids)}"),
              ("3D points", str(stats["points"])), ("mean track length", _fmt(stats["mean_track_length"])),

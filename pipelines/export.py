@@ -4,19 +4,25 @@ Public API
 ----------
 - ``main(reconstruction: pycolmap.Reconstruction | None, outputs: Path, images: Path,
          report: dict, features: Path | None = None, matches_idx: Path | None = None,
-         num_match_plots: int = 3, write_json: bool = True) -> dict``  (returns the report as
-  written; ``write_json=False`` leaves report.json to the caller, e.g. to time the export first)
+         num_match_plots: int = 3, write_json: bool = True, more_models=(), focal_priors=None)
+         -> dict``  (returns the report as written; ``write_json=False`` leaves report.json to the
+  caller, e.g. to time the export first; ``more_models``: the smaller models, sparse/1, ...)
 - ``write_report(report: dict, outputs: Path) -> Path``  (atomic ``outputs/report.json``)
 - ``write_model(reconstruction, sparse_dir: Path) -> None``  (binary and text side by side)
+- ``write_models(models, outputs: Path, prune=False) -> list[dict]``  (model i to sparse/i and
+  ``ply_name(i)``; ``prune``: remove numbered models beyond them)
+- ``camera_focals(reconstruction, priors=None) -> list[dict]``  (estimated focal vs its prior, per camera)
 - ``model_stats(reconstruction) -> dict``
 - ``plot_top_view(reconstruction, path: Path, size: int = 800) -> None``
 - ``plot_matches(image0 (H,W,3), image1, kpts0 (M,2), kpts1 (M,2), path, colors=None) -> None``
 - ``versions() -> dict[str, str]``
 
-Layout of ``outputs``: ``sparse/0/{cameras,images,points3D,rigs,frames}.{bin,txt}``, ``points.ply``,
-``report.json``, ``preview.png`` (cameras and points from above, "up" = mean camera up vector),
-``matches/<name0>__<name1>.png``. The model, the PLY and the preview are written under temporary
-names and renamed into place, so a run killed while exporting leaves the earlier files or the new ones.
+Layout of ``outputs``: ``sparse/0/{cameras,images,points3D,rigs,frames}.{bin,txt}``, ``points.ply``
+(the largest model; a run that made several has ``sparse/1``, ``points_1.ply``, ... too, largest
+first), ``report.json``, ``preview.png`` (cameras and points from above, "up" = mean camera up
+vector), ``matches/<name0>__<name1>.png``. The models, the PLYs and the preview are written under
+temporary names and renamed into place, so a run killed while exporting leaves the earlier files or
+the new ones.
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ import platform
 import shutil
 from importlib import metadata
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import cv2
 import numpy as np
@@ -55,6 +61,55 @@ def write_model(reconstruction: pycolmap.Reconstruction, sparse_dir: Path) -> No
     reconstruction.write_binary(str(tmp))
     reconstruction.write_text(str(tmp))
     replace_dir(tmp, sparse_dir)
+
+
+def ply_name(index: int) -> str:
+    """PLY of model ``index`` (0 = the largest): points.ply, points_1.ply, points_2.ply, ..."""
+    return "points.ply" if index == 0 else f"points_{index}.ply"
+
+
+def camera_focals(reconstruction: pycolmap.Reconstruction,
+                  priors: Optional[dict[int, tuple[float, bool]]] = None) -> list[dict]:
+    """Each camera with registered images: its estimated focal length (px) against its prior.
+
+    ``priors``: {camera id: (focal px, from EXIF?)} as the mapper started (``mapping.read_focal_priors``);
+    a camera without one gets None (e.g. a model read from disk). ``ratio`` = estimated / prior.
+    """
+    rows = []
+    for cam_id, cam in sorted(reconstruction.cameras.items()):
+        names = sorted(im.name for im in reconstruction.images.values() if im.has_pose and im.camera_id == cam_id)
+        if not names:
+            continue
+        focal = float(cam.mean_focal_length())
+        prior = (priors or {}).get(int(cam_id))
+        rows.append({"camera_id": int(cam_id), "model": cam.model.name, "size": [int(cam.width), int(cam.height)],
+                     "images": names, "focal": focal, "prior_focal": prior[0] if prior else None,
+                     "prior": ("exif" if prior[1] else "default") if prior else None,
+                     "ratio": focal / prior[0] if prior and prior[0] > 0 else None})
+    return rows
+
+
+def write_models(models: Sequence[pycolmap.Reconstruction], outputs: Path, prune: bool = False) -> list[dict]:
+    """Model i (largest first) to ``outputs/sparse/i`` and ``outputs/<ply_name(i)>``; ``prune``
+    removes the numbered models and PLYs of an earlier run beyond these (left alone otherwise: an
+    export of one model keeps the others of its run). One row per model: ``index``, ``path``,
+    ``ply`` and :func:`model_stats`."""
+    outputs = Path(outputs)
+    rows = []
+    for i, rec in enumerate(models):
+        write_model(rec, outputs / "sparse" / str(i))
+        with atomic_output(outputs / ply_name(i)) as tmp:
+            rec.export_PLY(str(tmp))
+        rows.append({"index": i, "path": str(outputs / "sparse" / str(i)), "ply": str(outputs / ply_name(i)),
+                     **model_stats(rec)})
+    if prune:
+        for old in (outputs / "sparse").glob("[0-9]*"):
+            if old.name.isdigit() and int(old.name) >= len(models) and old.is_dir():
+                shutil.rmtree(old)
+        for old in outputs.glob("points_[0-9]*.ply"):
+            if old.stem[len("points_"):].isdigit() and int(old.stem[len("points_"):]) >= max(1, len(models)):
+                old.unlink()
+    return rows
 
 
 def model_stats(reconstruction: Optional[pycolmap.Reconstruction]) -> dict:
@@ -183,18 +238,24 @@ def write_report(report: dict, outputs: Path) -> Path:
 
 def main(reconstruction: Optional[pycolmap.Reconstruction], outputs: Path, images: Path, report: dict,
          features: Optional[Path] = None, matches_idx: Optional[Path] = None, num_match_plots: int = 3,
-         write_json: bool = True) -> dict:
+         write_json: bool = True, more_models: Sequence[pycolmap.Reconstruction] = (),
+         focal_priors: Optional[dict[int, tuple[float, bool]]] = None) -> dict:
     """Write model, PLY, previews and ``report.json`` (``report`` is extended with model stats).
 
+    ``reconstruction`` is the largest model (sparse/0, points.ply, the preview and the top-level
+    stats); ``more_models``, smaller ones, go to sparse/1, sparse/2, ... and points_1.ply, ...
+    ``report['models']`` has a row per model, ``report['cameras']`` each camera's focal length
+    against ``focal_priors`` (:func:`camera_focals`, with the model's index).
     ``write_json=False``: everything but report.json (the caller writes it with :func:`write_report`).
     """
     outputs = Path(outputs)
     outputs.mkdir(parents=True, exist_ok=True)
     report = {**report, **model_stats(reconstruction), "versions": versions()}
     if reconstruction is not None and reconstruction.num_reg_images() > 0:
-        write_model(reconstruction, outputs / "sparse" / "0")
-        with atomic_output(outputs / "points.ply") as tmp:
-            reconstruction.export_PLY(str(tmp))
+        models = [reconstruction, *more_models]
+        report["models"] = write_models(models, outputs)
+        report["cameras"] = [{"model_index": i, **row} for i, rec in enumerate(models)
+                             for row in camera_focals(rec, focal_priors)]
         with atomic_output(outputs / "preview.png") as tmp:
             plot_top_view(reconstruction, tmp)
         report["model"] = str(outputs / "sparse" / "0")

@@ -16,6 +16,8 @@ Public API
 - ``relative_rotation(tvg, cam0, cam1, pts0 (M,2), pts1 (M,2)) -> (3,3) | None``  (cam1_from_cam0,
   from a verified pair's E or F; the view-graph check's input)
 - ``camera_from_exif(path: Path, size: (W, H)) -> tuple[float, bool]``  (focal px, from EXIF?)
+- ``rank_models(models) -> list[Reconstruction]``  (largest first: registered images, then points)
+- ``read_focal_priors(database) -> {camera id: (focal px, from EXIF?)}``  (what the mapper started from)
 - ``DEFAULT_FOCAL_FACTOR`` = 1.2: focal = 1.2 * max(W, H) px when EXIF has none (COLMAP's default;
   a ~45 deg field of view, refined by bundle adjustment).
 
@@ -44,9 +46,11 @@ the two-view geometries (its raw matches stay), so that look-alike views (two wa
 courtyard) cannot glue the model together; such pairs are in ``VerificationStats.rotation_outliers``.
 
 Writes ``<sfm_dir>/database.db`` and ``<sfm_dir>/models/<i>/`` (every model pycolmap made), and
-returns the largest model (most registered images). Both are built under temporary names and take the
-place of an earlier run's at the end: a run killed (or failing) at any moment leaves the earlier
-database and models as they were, and a finished run leaves none of the earlier models behind.
+returns them all, largest first (``MappingResult.models``; ``reconstruction`` is the largest), with
+each camera's focal prior (``focal_priors``). The database and models are built under temporary
+names and take the place of an earlier run's at the end: a run killed (or failing) at any moment
+leaves the earlier database and models as they were, and a finished run leaves none of the earlier
+models behind.
 Refuses (ValueError) features.h5 and matches_idx.h5 from two different runs of the tracks step.
 """
 from __future__ import annotations
@@ -103,11 +107,27 @@ class VerificationStats:
 
 @dataclass
 class MappingResult:
-    reconstruction: Optional[pycolmap.Reconstruction]
+    reconstruction: Optional[pycolmap.Reconstruction]  # the largest model, ``models[0]``
     image_ids: dict[str, int]
     verification: VerificationStats
     num_models: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    # every model pycolmap made, largest first (most registered images, then most points)
+    models: list = field(default_factory=list)
+    # {camera id: (focal px the mapper started from, True if it came from EXIF)}
+    focal_priors: dict[int, tuple[float, bool]] = field(default_factory=dict)
+
+
+def rank_models(models: Iterable[pycolmap.Reconstruction]) -> list[pycolmap.Reconstruction]:
+    """Models largest first, as COLMAP numbers them: most registered images, then most points."""
+    return sorted(models, key=lambda r: (r.num_reg_images(), r.num_points3D()), reverse=True)
+
+
+def read_focal_priors(database: Path) -> dict[int, tuple[float, bool]]:
+    """{camera id: (focal px as written by ``create_database``, from EXIF?)}: the mapper's start."""
+    with pycolmap.Database.open(database) as db:
+        return {int(c.camera_id): (float(c.mean_focal_length()), bool(c.has_prior_focal_length))
+                for c in db.read_all_cameras()}
 
 
 def camera_from_exif(path: Path, size: tuple[int, int]) -> tuple[float, bool]:
@@ -382,12 +402,16 @@ def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_
             models = getattr(pycolmap, entry)(database, images, models_tmp, opts)
             times["mapping"] = time.perf_counter() - t0
     replace_dir(models_tmp, sfm_dir / "models")  # models of an earlier run must not outlive it
+    priors = read_focal_priors(sfm_dir / "database.db")
     if ver.num_verified == 0:
-        return MappingResult(None, image_ids, ver, 0, times)
+        return MappingResult(None, image_ids, ver, 0, times, focal_priors=priors)
     if not models:
         logger.warning("mapping: pycolmap built no model")
-        return MappingResult(None, image_ids, ver, 0, times)
-    best = max(models.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))
-    logger.info("mapping: %d model(s); largest has %d/%d images, %d points", len(models), best.num_reg_images(),
-                len(image_ids), best.num_points3D())
-    return MappingResult(best, image_ids, ver, len(models), times)
+        return MappingResult(None, image_ids, ver, 0, times, focal_priors=priors)
+    ranked = rank_models(models.values())
+    ranked = [r for r in ranked if r.num_reg_images() >= min_model_size] or ranked[:1]
+    best = ranked[0]
+    logger.info("mapping: %d model(s) of %s images; the largest has %d/%d images, %d points", len(ranked),
+                "+".join(str(r.num_reg_images()) for r in ranked), best.num_reg_images(), len(image_ids),
+                best.num_points3D())
+    return MappingResult(best, image_ids, ver, len(ranked), times, ranked, priors)

@@ -41,7 +41,11 @@ Public API (what the CLI wraps)
 
 Outputs: ``pairs.txt``, ``matches.h5``, ``features.h5``, ``matches_idx.h5``, ``sfm/database.db``,
 ``sfm/models/*``, ``sparse/0`` (bin + txt), ``points.ply``, ``preview.png``, ``matches/*.png``,
-``report.json``.
+``report.json``. When the images form several models (of at least ``mapping.confs``' min_model_size
+images), each is exported, largest first: ``sparse/1``, ``points_1.ply``, ...; ``report['models']``
+has a row per model (the top-level stats and ``evaluation`` are the largest's), and
+``report['images_unregistered']`` the images in no model. ``report['cameras']``: each camera's
+estimated focal length against its prior (EXIF, or ``mapping.DEFAULT_FOCAL_FACTOR`` x the longer side).
 """
 from __future__ import annotations
 
@@ -60,8 +64,8 @@ from .utils import Timer, logger, scan_images
 
 # outputs of the steps after matching, removed when a run starts (matches.h5 and its journal stay:
 # they are resumable; pairs.txt is rewritten and may be the pairs file given)
-STALE_OUTPUTS = ("report.json", "sparse/0", "points.ply", "preview.png", "features.h5", "matches_idx.h5",
-                 "sfm/database.db", "sfm/models", "matches/*.png")
+STALE_OUTPUTS = ("report.json", "sparse/[0-9]*", "points.ply", "points_[0-9]*.ply", "preview.png", "features.h5",
+                 "matches_idx.h5", "sfm/database.db", "sfm/models", "matches/*.png")
 
 
 def clear_stale_outputs(outputs: Path, images: Optional[Path] = None) -> list[str]:
@@ -126,13 +130,15 @@ def main(images: Path, outputs: Path, matcher: Any = "sift", pairs: str = "auto"
                                "seed": seed},
                     "images_given": 0, "images_skipped": {}, "times": times}
 
-    def finish(message: str, reconstruction=None, ok: bool = False, **files) -> dict:
+    def finish(message: str, res: Optional[mapping.MappingResult] = None, ok: bool = False, **files) -> dict:
         report["status"] = "ok" if ok else "failed"
         report["message"] = message
         if not ok:
             logger.error("reconstruct: %s", message)
+        models = res.models if res is not None else []
         with Timer(times, "export"):
-            out = export.main(reconstruction, outputs, images, report, write_json=False, **files)
+            out = export.main(models[0] if models else None, outputs, images, report, write_json=False,
+                              more_models=models[1:], focal_priors=res.focal_priors if res else None, **files)
         times["total"] = time.perf_counter() - t_start  # after the export, which it includes
         out["times"] = times
         export.write_report(out, outputs)  # last: it holds every step's time
@@ -197,8 +203,8 @@ def main(images: Path, outputs: Path, matcher: Any = "sift", pairs: str = "auto"
                               "mean_inliers": res.verification.mean_inliers, "configs": res.verification.configs,
                               "rotation_outliers": [[a, b, round(r, 1)] for a, b, r in res.verification.rotation_outliers]}
     rec = res.reconstruction
-    report["images_unregistered"] = sorted(set(scan.names) - {im.name for im in rec.images.values() if im.has_pose}) \
-        if rec is not None else sorted(scan.names)
+    registered = {im.name for r in res.models for im in r.images.values() if im.has_pose}
+    report["images_unregistered"] = sorted(set(scan.names) - registered)  # in no model
 
     # 5) evaluation against ground truth, if any
     gt = images.parent / "poses_gt.txt" if gt_poses == "auto" else gt_poses
@@ -209,4 +215,6 @@ def main(images: Path, outputs: Path, matcher: Any = "sift", pairs: str = "auto"
         msg = ("no two images could be geometrically verified (do the images overlap?)"
                if res.verification.num_verified == 0 else "the mapper could not build a model")
         return finish(msg, **files)
-    return finish(f"registered {rec.num_reg_images()} of {len(scan.names)} images", rec, ok=True, **files)
+    sizes = " + ".join(str(r.num_reg_images()) for r in res.models)
+    return finish(f"registered {sizes} of {len(scan.names)} images"
+                  + (f" in {len(res.models)} models" if len(res.models) > 1 else ""), res, ok=True, **files)
