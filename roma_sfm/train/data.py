@@ -283,7 +283,7 @@ def far_view(cfg: SynthConfig) -> SynthConfig:
                    min_B_in_photo=0.8, max_tries=32)
 
 
-def _read_rgb(path: Path) -> np.ndarray:
+def read_rgb(path: Path) -> np.ndarray:
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:  # unusual formats / EXIF: the project's robust reader
         return read_image(path)
@@ -320,9 +320,9 @@ class SyntheticPairs(Dataset):
 
     def _image(self, i: int) -> np.ndarray:
         if self._cache is None:
-            return _read_rgb(self.files[i])
+            return read_rgb(self.files[i])
         if i not in self._cache:
-            self._cache[i] = _read_rgb(self.files[i])
+            self._cache[i] = read_rgb(self.files[i])
         return self._cache[i]
 
     def pair(self, index: int) -> dict[str, np.ndarray]:
@@ -471,7 +471,7 @@ class DepthPairs(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         p = self.pairs[index]
         H, W = self.size
-        im_A, im_B = _read_rgb(p.image_A), _read_rgb(p.image_B)
+        im_A, im_B = read_rgb(p.image_A), read_rgb(p.image_B)
         d_A, d_B = load_depth(p.depth_A), load_depth(p.depth_B)
         K_A = scale_intrinsics(p.K_A, W / im_A.shape[1], H / im_A.shape[0])  # output A grid
         K_B = scale_intrinsics(p.K_B, d_B.shape[1] / im_B.shape[1], d_B.shape[0] / im_B.shape[0])  # B depth grid
@@ -485,8 +485,9 @@ class DepthPairs(Dataset):
 
 
 class MixedPairs(Dataset):
-    """Sample i comes from ``depth`` with probability ``p_depth`` (a random pair, drawn from
-    (seed, i) so the order needs no state), else ``synthetic[i]``."""
+    """Sample i comes from ``depth`` (any second dataset: depth pairs, rendered scenes) with
+    probability ``p_depth`` (a random pair, drawn from (seed, i) so the order needs no state),
+    else ``synthetic[i]``."""
 
     def __init__(self, synthetic: Dataset, depth: Optional[Dataset] = None, p_depth: float = 0.5, seed: int = 0):
         self.synthetic, self.depth, self.p_depth, self.seed = synthetic, depth, p_depth, seed

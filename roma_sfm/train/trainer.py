@@ -49,6 +49,7 @@ from ..matcher import torch_threads
 from ..models.roma import RoMa
 from ..presets import RomaConfig, get_preset
 from .data import DepthPairs, MixedPairs, SynthConfig, SyntheticPairs
+from .scenes import SceneConfig, ScenePairs
 from .losses import LossConfig, pck, roma_loss
 
 BSDS = "../shared/data/train/bsds500"
@@ -63,6 +64,11 @@ class TrainConfig:
     train_roots: tuple[str, ...] = (f"{BSDS}/train", f"{BSDS}/test")
     depth_index: Optional[str] = None  # optional MegaDepth-style index, see data.read_depth_index
     p_depth: float = 0.5  # fraction of samples drawn from depth_index when given
+    # rendered 3-D scenes (scenes.ScenePairs) textured with the photos of scene_roots
+    # (empty: train_roots); p_scene of the non-depth samples, 0 = off
+    p_scene: float = 0.0
+    scene_roots: tuple[str, ...] = ()
+    scenes: dict = field(default_factory=dict)  # SceneConfig overrides
     val_root: Optional[str] = f"{BSDS}/val"
     val_pairs: int = 32  # fixed synthetic pairs (seeds val_seed + i) for PCK
     val_seed: int = 1_000_000
@@ -411,8 +417,13 @@ def _train(cfg: TrainConfig, on_step: Optional[Callable[[int, dict], None]]) -> 
 
     synth = SyntheticPairs(cfg.train_roots, cfg.resolution, seed=cfg.seed, length=cfg.steps * cfg.batch_size,
                            cfg=SynthConfig(**cfg.synth))
+    base = synth
+    if cfg.p_scene > 0:
+        scenes = ScenePairs(cfg.scene_roots or cfg.train_roots, cfg.resolution, seed=cfg.seed + 7_777_777,
+                            cfg=SceneConfig(**cfg.scenes))
+        base = MixedPairs(synth, scenes, cfg.p_scene, cfg.seed + 1)
     depth = DepthPairs(cfg.depth_index, cfg.resolution) if cfg.depth_index else None
-    dataset = MixedPairs(synth, depth, cfg.p_depth, cfg.seed)
+    dataset = MixedPairs(base, depth, cfg.p_depth, cfg.seed)
     loader = DataLoader(dataset, batch_sampler=StepBatches(start, cfg.steps, cfg.batch_size),
                         num_workers=cfg.num_workers, collate_fn=_collate, worker_init_fn=_worker_init,
                         pin_memory=device.type == "cuda", persistent_workers=False)
@@ -520,7 +531,7 @@ def _parser() -> argparse.ArgumentParser:
         if isinstance(default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         elif isinstance(default, tuple):
-            p.add_argument(flag, nargs="+", type=type(default[0]), default=None)
+            p.add_argument(flag, nargs="+", type=type(default[0]) if default else str, default=None)
         elif isinstance(default, dict):
             p.add_argument(flag, type=json.loads, default=None, help="JSON object")
         elif default is None:
@@ -537,7 +548,7 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
         v = getattr(args, f.name)
         if v is not None:
             values[f.name] = v
-    for k in ("train_roots", "resolution"):
+    for k in ("train_roots", "scene_roots", "resolution"):
         if k in values:
             values[k] = tuple(values[k])
     return TrainConfig(**values)
