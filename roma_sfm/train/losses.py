@@ -17,6 +17,7 @@ coordinates, cs = c * scale. Default c = 1e-4 (what the reference trains with): 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -75,8 +76,17 @@ def _masked_mean(x: torch.Tensor, m: torch.Tensor, like: torch.Tensor) -> torch.
     return like.sum() * 0.0
 
 
+def sample_bce(logit: torch.Tensor, target: torch.Tensor, dense: Optional[torch.Tensor]) -> torch.Tensor:
+    """BCE over all pixels, or, with per-sample weights ``dense`` (B,), only over the samples that
+    carry a dense ground truth (sparse samples know nothing of the pixels between their points)."""
+    if dense is None:
+        return F.binary_cross_entropy_with_logits(logit, target)
+    per = F.binary_cross_entropy_with_logits(logit, target, reduction="none").flatten(1).mean(1)
+    return (per * dense).sum() / dense.sum().clamp(min=1.0)
+
+
 def coarse_loss(gm_cls: torch.Tensor, gm_certainty: torch.Tensor, warp: torch.Tensor, mask: torch.Tensor,
-                cfg: LossConfig = LossConfig()) -> dict[str, torch.Tensor]:
+                cfg: LossConfig = LossConfig(), dense: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
     """Anchor classification + matchability BCE at the coarse scale.
 
     gm_cls: (B,R*R,h,w) anchor logits, gm_certainty: (B,1,h,w) logit; warp (B,h,w,2), mask (B,h,w)
@@ -86,12 +96,13 @@ def coarse_loss(gm_cls: torch.Tensor, gm_certainty: torch.Tensor, warp: torch.Te
     target = nearest_anchor(warp, res)
     ce = F.cross_entropy(gm_cls.float(), target, reduction="none")  # (B,h,w)
     valid = mask > cfg.valid_threshold
-    cert = F.binary_cross_entropy_with_logits(gm_certainty[:, 0].float(), mask)
+    cert = sample_bce(gm_certainty[:, 0].float(), mask, dense)
     return {"cls": _masked_mean(ce, valid, gm_cls), "gm_cert": cert}
 
 
 def fine_loss(flow: torch.Tensor, certainty: torch.Tensor, warp: torch.Tensor, weight: torch.Tensor,
-              scale: int, cfg: LossConfig = LossConfig()) -> dict[str, torch.Tensor]:
+              scale: int, cfg: LossConfig = LossConfig(), dense: Optional[torch.Tensor] = None
+              ) -> dict[str, torch.Tensor]:
     """Robust regression + certainty BCE at one refiner scale.
 
     flow: (B,2,h,w), certainty: (B,1,h,w) logit, warp: (B,h,w,2), weight: (B,h,w) soft target
@@ -99,7 +110,7 @@ def fine_loss(flow: torch.Tensor, certainty: torch.Tensor, warp: torch.Tensor, w
     """
     epe = (flow.float().permute(0, 2, 3, 1) - warp).norm(dim=-1)
     reg = charbonnier(epe, cfg.c * scale, cfg.alpha)
-    cert = F.binary_cross_entropy_with_logits(certainty[:, 0].float(), weight)
+    cert = sample_bce(certainty[:, 0].float(), weight, dense)
     return {"reg": _masked_mean(reg, weight > cfg.valid_threshold, flow), "cert": cert}
 
 
@@ -111,11 +122,13 @@ def pixel_epe(flow: torch.Tensor, warp: torch.Tensor, full_size: tuple[int, int]
 
 
 def roma_loss(corresps: dict[int, dict[str, torch.Tensor]], warp: torch.Tensor, mask: torch.Tensor,
-              cfg: LossConfig = LossConfig()) -> tuple[torch.Tensor, dict[str, float]]:
+              cfg: LossConfig = LossConfig(), dense: Optional[torch.Tensor] = None
+              ) -> tuple[torch.Tensor, dict[str, float]]:
     """L = L_coarse + L_fine over all scales of the model output.
 
     corresps: model output (see :class:`roma_sfm.models.roma.RoMa`); warp: (B,H,W,2) normalised GT
-    A->B at the input resolution; mask: (B,H,W) covisibility in {0,1} (or soft).
+    A->B at the input resolution; mask: (B,H,W) covisibility in {0,1} (or soft); dense: (B,) 1 for
+    the samples whose warp and mask are real (None: all), 0 for samples with sparse GT only.
     Returns the total loss and detached float parts for logging.
     """
     full = warp.shape[1:3]
@@ -125,7 +138,7 @@ def roma_loss(corresps: dict[int, dict[str, torch.Tensor]], warp: torch.Tensor, 
         out = corresps[s]
         w_s, m_s = resample_gt(warp, mask, out["flow"].shape[-2:])
         if "gm_cls" in out:
-            c = coarse_loss(out["gm_cls"], out["gm_certainty"], w_s, m_s, cfg)
+            c = coarse_loss(out["gm_cls"], out["gm_certainty"], w_s, m_s, cfg, dense)
             total = total + c["cls"] + cfg.ce_weight * c["gm_cert"]
             parts["cls"] = float(c["cls"].detach())
             parts["gm_cert"] = float(c["gm_cert"].detach())
@@ -134,11 +147,55 @@ def roma_loss(corresps: dict[int, dict[str, torch.Tensor]], warp: torch.Tensor, 
             # only refine where the previous stage already landed within the refiner's reach
             prev = pixel_epe(out["flow_pre_delta"].detach(), w_s, full)
             weight = m_s * (prev < cfg.local_dist[s] * s).float()
-        f = fine_loss(out["flow"], out["certainty"], w_s, weight, s, cfg)
+        f = fine_loss(out["flow"], out["certainty"], w_s, weight, s, cfg, dense)
         total = total + f["reg"] + cfg.ce_weight * f["cert"]
         parts[f"reg{s}"] = float(f["reg"].detach())
         parts[f"cert{s}"] = float(f["cert"].detach())
     parts["total"] = float(total.detach())
+    return total, parts
+
+
+def at_points(x: torch.Tensor, kpts: torch.Tensor) -> torch.Tensor:
+    """Bilinear values of a map at normalised points. x: (B,C,h,w), kpts: (B,K,2) -> (B,K,C)."""
+    out = F.grid_sample(x.float(), kpts[:, None].float(), mode="bilinear", align_corners=False)
+    return out[:, :, 0].transpose(1, 2)
+
+
+def sparse_loss(corresps: dict[int, dict[str, torch.Tensor]], kpts_A: torch.Tensor, kpts_B: torch.Tensor,
+                valid: torch.Tensor, full_size: tuple[int, int], cfg: LossConfig = LossConfig()
+                ) -> tuple[torch.Tensor, dict[str, float]]:
+    """The paper's losses sampled at known correspondences (e.g. the tracks of a reconstruction).
+
+    kpts_A, kpts_B: (B,K,2) normalised, valid: (B,K) bool, full_size: (H, W) of the input. At every
+    scale: anchor classification (coarse), robust regression inside the refiner's local window and
+    a certainty BCE whose target is that window (points the previous stage missed are negatives).
+    """
+    total = kpts_A.new_zeros(())
+    parts: dict[str, float] = {}
+    H, W = full_size
+    half = kpts_A.new_tensor([W / 2, H / 2])
+    for s in sorted(corresps, reverse=True):
+        out = corresps[s]
+        if "gm_cls" in out:
+            res = round(out["gm_cls"].shape[1] ** 0.5)
+            ce = F.cross_entropy(at_points(out["gm_cls"], kpts_A).transpose(1, 2), nearest_anchor(kpts_B, res),
+                                 reduction="none")
+            bce = F.binary_cross_entropy_with_logits(at_points(out["gm_certainty"], kpts_A)[..., 0],
+                                                     torch.ones_like(ce), reduction="none")
+            cls, gm_cert = _masked_mean(ce, valid, ce), _masked_mean(bce, valid, bce)
+            total = total + cls + cfg.ce_weight * gm_cert
+            parts["sp_cls"] = float(cls.detach())
+        near = valid
+        if s in cfg.local_dist and "flow_pre_delta" in out:
+            prev = ((at_points(out["flow_pre_delta"].detach(), kpts_A) - kpts_B) * half).norm(dim=-1)
+            near = valid & (prev < cfg.local_dist[s] * s)
+        epe = (at_points(out["flow"], kpts_A) - kpts_B).norm(dim=-1)
+        reg = _masked_mean(charbonnier(epe, cfg.c * s, cfg.alpha), near, epe)
+        bce = F.binary_cross_entropy_with_logits(at_points(out["certainty"], kpts_A)[..., 0], near.float(),
+                                                 reduction="none")
+        total = total + reg + cfg.ce_weight * _masked_mean(bce, valid, bce)
+        parts[f"sp_reg{s}"] = float(reg.detach())
+    parts["sp_total"] = float(total.detach())
     return total, parts
 
 

@@ -50,7 +50,8 @@ from ..models.roma import RoMa
 from ..presets import RomaConfig, get_preset
 from .data import DepthPairs, MixedPairs, SynthConfig, SyntheticPairs
 from .scenes import SceneConfig, ScenePairs
-from .losses import LossConfig, pck, roma_loss
+from .losses import LossConfig, pck, roma_loss, sparse_loss
+from .multiview import TrackPairs
 
 BSDS = "../shared/data/train/bsds500"
 
@@ -69,6 +70,9 @@ class TrainConfig:
     p_scene: float = 0.0
     scene_roots: tuple[str, ...] = ()
     scenes: dict = field(default_factory=dict)  # SceneConfig overrides
+    # real photos with sparse GT from reconstructions (multiview.TrackPairs): p_tracks of all samples
+    track_indexes: tuple[str, ...] = ()
+    p_tracks: float = 0.0
     val_root: Optional[str] = f"{BSDS}/val"
     val_pairs: int = 32  # fixed synthetic pairs (seeds val_seed + i) for PCK
     val_seed: int = 1_000_000
@@ -248,7 +252,18 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def _collate(samples: list[dict]) -> dict[str, torch.Tensor]:
+def collate(samples: list[dict]) -> dict[str, torch.Tensor]:
+    """Stack samples; a batch mixing dense (warp, mask) and sparse (kpts_*) samples gets empty
+    stand-ins for what a sample lacks, and ``dense`` (B,) saying which samples have a real warp."""
+    if len({frozenset(s) for s in samples}) > 1:
+        H, W = samples[0]["im_A"].shape[-2:]
+        K = next(len(s["kpts_valid"]) for s in samples if "kpts_valid" in s)
+        blank = {"warp": torch.zeros(H, W, 2), "mask": torch.zeros(H, W), "kpts_A": torch.zeros(K, 2),
+                 "kpts_B": torch.zeros(K, 2), "kpts_valid": torch.zeros(K, dtype=torch.bool)}
+        samples = [{**blank, **s, "dense": torch.tensor(float("warp" in s))} for s in samples]
+    elif "warp" not in samples[0]:
+        samples = [{**s, "warp": torch.zeros(*s["im_A"].shape[-2:], 2), "mask": torch.zeros(s["im_A"].shape[-2:]),
+                    "dense": torch.tensor(0.0)} for s in samples]
     return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
 
 
@@ -317,7 +332,7 @@ class Validator:
     def __init__(self, cfg: TrainConfig, loss_cfg: LossConfig):
         ds = SyntheticPairs(cfg.val_root, cfg.resolution, seed=cfg.val_seed, length=cfg.val_pairs,
                             cfg=SynthConfig(**cfg.val_synth))
-        self.batches = [_collate([ds[i] for i in range(j, min(j + cfg.batch_size, cfg.val_pairs))])
+        self.batches = [collate([ds[i] for i in range(j, min(j + cfg.batch_size, cfg.val_pairs))])
                         for j in range(0, cfg.val_pairs, cfg.batch_size)]
         self.loss_cfg = loss_cfg
 
@@ -424,8 +439,11 @@ def _train(cfg: TrainConfig, on_step: Optional[Callable[[int, dict], None]]) -> 
         base = MixedPairs(synth, scenes, cfg.p_scene, cfg.seed + 1)
     depth = DepthPairs(cfg.depth_index, cfg.resolution) if cfg.depth_index else None
     dataset = MixedPairs(base, depth, cfg.p_depth, cfg.seed)
+    if cfg.track_indexes and cfg.p_tracks > 0:
+        tracks = TrackPairs(cfg.track_indexes, cfg.resolution, seed=cfg.seed + 3_333_333)
+        dataset = MixedPairs(dataset, tracks, cfg.p_tracks, cfg.seed + 2)
     loader = DataLoader(dataset, batch_sampler=StepBatches(start, cfg.steps, cfg.batch_size),
-                        num_workers=cfg.num_workers, collate_fn=_collate, worker_init_fn=_worker_init,
+                        num_workers=cfg.num_workers, collate_fn=collate, worker_init_fn=_worker_init,
                         pin_memory=device.type == "cuda", persistent_workers=False)
     validator = Validator(cfg, loss_cfg) if cfg.val_root else None
 
@@ -459,7 +477,12 @@ def _train(cfg: TrainConfig, on_step: Optional[Callable[[int, dict], None]]) -> 
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 corresps = model(batch["im_A"], batch["im_B"])
-            loss, parts = roma_loss(corresps, batch["warp"], batch["mask"], loss_cfg)
+            loss, parts = roma_loss(corresps, batch["warp"], batch["mask"], loss_cfg, batch.get("dense"))
+            if "kpts_valid" in batch and batch["kpts_valid"].any():
+                sp, sp_parts = sparse_loss(corresps, batch["kpts_A"], batch["kpts_B"], batch["kpts_valid"],
+                                           cfg.resolution, loss_cfg)
+                loss = loss + sp
+                parts = {**parts, **sp_parts, "total": float(loss.detach())}
             opt.zero_grad(set_to_none=True)
             if torch.isfinite(loss):
                 scaler.scale(loss).backward()
@@ -548,7 +571,7 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
         v = getattr(args, f.name)
         if v is not None:
             values[f.name] = v
-    for k in ("train_roots", "scene_roots", "resolution"):
+    for k in ("train_roots", "scene_roots", "track_indexes", "resolution"):
         if k in values:
             values[k] = tuple(values[k])
     return TrainConfig(**values)
