@@ -1,57 +1,76 @@
-"""SfM benchmark on the Strecha scenes: our pipeline vs COLMAP's SIFT pipeline, in the same run.
+"""SfM benchmark on the Strecha scenes: our pipeline vs COLMAP-SIFT and GLOMAP-SIFT, in the same run.
 
-For each scene of ``--data`` (``<scene>/images``, ``<scene>/poses_gt.txt``) it runs
-``roma_sfm.pipelines.reconstruct.main`` with each ``--matcher`` and (unless ``--no-colmap``)
-pycolmap's extract_features + match_exhaustive + incremental_mapping, then scores every model with
+For each scene of ``--data`` (``<scene>/images``, ``<scene>/poses_gt.txt``) and each ``--variants``
+(``original``; ``uncal`` and ``wrong-exif``, made at run time by ``uncalibrated.py`` under
+``--outputs/variants``: every image cropped and rescaled, no EXIF or a wrong EXIF focal) it runs
+``roma_sfm.pipelines.reconstruct.main`` with each ``--matcher`` and the ``--peers``: pycolmap's
+extract_features + match_exhaustive on one SIFT database, then ``incremental_mapping`` (COLMAP-SIFT)
+and ``global_mapping`` (GLOMAP-SIFT) on it, all with COLMAP's defaults. Every model is scored with
 ``roma_sfm.pipelines.evaluate.evaluate_reconstruction`` (relative-pose AUC over all image pairs,
-unregistered images count as failures) and prints one markdown table per scene.
+unregistered images count as failures); one markdown table per scene and variant. A peer's time is
+its share of the SIFT extraction + matching plus its own mapping.
+
+``--mixed``: all ``--scenes`` in one folder (``<scene>/<image>``); no AUC, but the time and every
+model each method builds, with the scenes its images come from.
 
 Usage:
-    python benchmarks/sfm.py --scenes strecha-fountain-P11 strecha-Herz-Jesus-P8 --matcher sift
+    python benchmarks/sfm.py --scenes strecha-fountain-P11 --variants uncal --matcher sift
     python benchmarks/sfm.py --matcher sift roma --readme README.md   # writes between the markers
                                                                        # <!-- sfm-table --> ... <!-- /sfm-table -->
+    python benchmarks/sfm.py --mixed --matcher sift                     # the six scenes in one folder
 The data are EVALUATION ONLY (see ../shared/data/README.md); outputs go to ``--outputs``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Optional
 
 import pycolmap
 
 from roma_sfm.pipelines import evaluate, export, reconstruct
+from roma_sfm.pipelines.mapping import rank_models
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _readme import write_table  # noqa: E402
+from uncalibrated import DEFAULT_VARIANTS, VARIANTS, make_variant  # noqa: E402
 
 SCENES = ["strecha-fountain-P11", "strecha-Herz-Jesus-P8", "strecha-entry-P10", "strecha-castle-P19",
           "strecha-Herz-Jesus-P25", "strecha-castle-P30"]
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "scenes"
+PEERS = {"colmap": ("COLMAP SIFT", "IncrementalPipelineOptions", "incremental_mapping"),
+         "glomap": ("GLOMAP SIFT", "GlobalPipelineOptions", "global_mapping")}
 COLUMNS = ["method", "registered", "AUC@3", "AUC@5", "AUC@10", "pairs kept / verified", "points", "track len",
            "reproj err (px)", "time (s)"]
 
 
-def run_ours(images: Path, gt: Path, out: Path, matcher: str, num_threads: int, **kwargs) -> dict:
+def run_ours(images: Path, gt: Optional[Path], out: Path, matcher: str, num_threads: int, **kwargs) -> dict:
+    """Our pipeline on ``images`` (scored against ``gt`` unless None); ``models``: every model's images."""
     t0 = time.perf_counter()
     rep = reconstruct.main(images, out, matcher=matcher, gt_poses=gt, overwrite=True, progress=False,
                            num_threads=num_threads, **kwargs)
-    ev = rep.get("evaluation") or evaluate.evaluate_reconstruction(None, gt)
+    ev = rep.get("evaluation") or (evaluate.evaluate_reconstruction(None, gt) if gt is not None else None)
     ver = rep.get("verification", {})
     n_pairs = rep.get("match", {}).get("pairs_matched", 0) + rep.get("match", {}).get("pairs_resumed", 0)
     kept = n_pairs - len(rep.get("tracks", {}).get("pairs_rejected", []))
     return {"method": f"ours ({matcher})", **_row(ev, rep), "time": time.perf_counter() - t0,
-            "pairs": f"{kept} / {ver.get('verified', 0)} of {n_pairs}"}
+            "pairs": f"{kept} / {ver.get('verified', 0)} of {n_pairs}", "steps": rep.get("times", {}),
+            "models": [m["registered"] for m in rep.get("models", [])]}
 
 
-def run_colmap(images: Path, gt: Path, out: Path, num_threads: int) -> dict:
-    """COLMAP's SIFT pipeline with its defaults (8192 features, exhaustive matching, incremental)."""
+def run_peers(images: Path, gt: Optional[Path], out: Path, num_threads: int, peers=("colmap", "glomap")
+              ) -> list[dict]:
+    """COLMAP's SIFT extraction + exhaustive matching once (defaults: 8192 features), then each peer's
+    mapper on that database (``PEERS``). Rows as ``run_ours``; ``models``: every model, largest first."""
     t0 = time.perf_counter()
     shutil.rmtree(out, ignore_errors=True)
-    (out / "models").mkdir(parents=True)
+    out.mkdir(parents=True)
     db = out / "database.db"
     ext = pycolmap.FeatureExtractionOptions()
     ext.num_threads = num_threads
@@ -60,21 +79,31 @@ def run_colmap(images: Path, gt: Path, out: Path, num_threads: int) -> dict:
     mopt = pycolmap.FeatureMatchingOptions()
     mopt.num_threads = num_threads
     pycolmap.match_exhaustive(db, matching_options=mopt, device=pycolmap.Device.cpu)
-    opts = pycolmap.IncrementalPipelineOptions()
-    opts.min_model_size = 3
-    opts.num_threads = num_threads
-    opts.random_seed = 0
-    models = pycolmap.incremental_mapping(db, images, out / "models", opts)
+    t_features = time.perf_counter() - t0
     with pycolmap.Database.open(db) as d:
         n_img, n_verified = d.num_images(), d.num_verified_image_pairs()
     pairs = f"- / {n_verified} of {n_img * (n_img - 1) // 2}"
-    rec = max(models.values(), key=lambda r: r.num_reg_images()) if models else None
-    ev = evaluate.evaluate_reconstruction(rec, gt)
-    return {"method": "COLMAP SIFT", **_row(ev, export.model_stats(rec)), "time": time.perf_counter() - t0,
-            "pairs": pairs}
+    rows = []
+    for peer in peers:
+        label, options_cls, entry = PEERS[peer]
+        t1 = time.perf_counter()
+        opts = getattr(pycolmap, options_cls)()
+        opts.min_model_size = 3
+        opts.num_threads = num_threads
+        opts.random_seed = 0
+        (out / peer).mkdir()
+        models = rank_models(getattr(pycolmap, entry)(db, images, out / peer, opts).values())
+        rec = models[0] if models else None
+        ev = evaluate.evaluate_reconstruction(rec, gt) if gt is not None else None
+        rows.append({"method": label, **_row(ev, export.model_stats(rec)), "pairs": pairs,
+                     "time": t_features + time.perf_counter() - t1, "time_features": t_features,
+                     "models": [export.model_stats(r)["registered"] for r in models]})
+    return rows
 
 
-def _row(ev: dict, stats: dict) -> dict:
+def _row(ev: Optional[dict], stats: dict) -> dict:
+    ev = ev or {"registered": stats.get("images_registered", 0), "images": "-", "auc@3": float("nan"),
+                "auc@5": float("nan"), "auc@10": float("nan")}
     return {"registered": f"{ev['registered']}/{ev['images']}", "auc@3": ev["auc@3"], "auc@5": ev["auc@5"],
             "auc@10": ev["auc@10"], "points": stats.get("points", 0),
             "track_len": stats.get("mean_track_length", 0.0), "reproj": stats.get("mean_reprojection_error")}
@@ -89,12 +118,51 @@ def table(scene: str, rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def mixed_table(rows: list[dict]) -> str:
+    """Every model of each method on the mixed folder: its images by scene."""
+    lines = ["**all scenes in one folder**", "", "| method | models: images (by scene) | registered | time (s) |",
+             "|---|---|---|---|"]
+    for r in rows:
+        parts = []
+        for names in r["models"]:
+            by_scene = Counter(Path(n).parts[0] for n in names)
+            parts.append(f"{len(names)} (" + ", ".join(f"{k} {v}" for k, v in sorted(by_scene.items())) + ")")
+        lines.append(f"| {r['method']} | {'; '.join(parts) or '-'} | {sum(len(m) for m in r['models'])} "
+                     f"| {r['time']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def link_mixed(data: Path, scenes: list[str], out: Path) -> Path:
+    """``out/images/<scene>/<image>``: symbolic links to the images of every scene; returns the folder."""
+    images = out / "images"
+    shutil.rmtree(images, ignore_errors=True)
+    for scene in scenes:
+        (images / scene).mkdir(parents=True)
+        for p in sorted((data / scene / "images").iterdir()):
+            os.symlink(p.resolve(), images / scene / p.name)
+    return images
+
+
+def scene_folders(data: Path, scene: str, variants: list[str], out: Path, seed: int) -> dict[str, Path]:
+    """{variant: folder with images/ and poses_gt.txt}; the uncalibrated ones are made now."""
+    folders = {}
+    for v in variants:
+        folders[v] = data / scene if v == "original" else make_variant(data / scene, out / "variants", v, seed)
+    return folders
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="SfM benchmark: ours vs COLMAP SIFT on Strecha scenes")
+    parser = argparse.ArgumentParser(description="SfM benchmark: ours vs COLMAP-SIFT and GLOMAP-SIFT on Strecha")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--scenes", nargs="+", default=SCENES)
+    parser.add_argument("--variants", nargs="+", default=["original", *DEFAULT_VARIANTS],
+                        choices=["original", *VARIANTS], help="original images, and uncalibrated.py's variants")
     parser.add_argument("--matcher", nargs="+", default=["sift"], help="sift | roma | preset | checkpoint")
-    parser.add_argument("--no-colmap", action="store_true")
+    parser.add_argument("--peers", nargs="*", default=list(PEERS), choices=list(PEERS),
+                        help="SIFT pipelines run on one pycolmap database (none: only ours)")
+    parser.add_argument("--no-colmap", action="store_true", help="no peers (same as --peers with no value)")
+    parser.add_argument("--mixed", action="store_true", help="all --scenes in one folder instead, one run")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the uncalibrated variants")
     parser.add_argument("--outputs", type=Path, default=Path("/tmp/roma-sfm-bench"))
     parser.add_argument("--num-threads", type=int, default=1, help="keep it low on shared machines")
     parser.add_argument("--pairs", default="auto")
@@ -104,27 +172,39 @@ def main(argv=None) -> int:
     if not args.data.is_dir():
         print(f"data folder {args.data} not found: nothing to benchmark", file=sys.stderr)
         return 1
+    peers = [] if args.no_colmap else args.peers
     pycolmap.logging.minloglevel = 2
     texts, all_rows = [], {}
-    for scene in args.scenes:
-        images, gt = args.data / scene / "images", args.data / scene / "poses_gt.txt"
-        if not images.is_dir() or not gt.is_file():
+    if args.mixed:
+        images = link_mixed(args.data, args.scenes, args.outputs / "mixed")
+        rows = [run_ours(images, None, args.outputs / "mixed" / f"ours-{Path(m).name}", m, args.num_threads,
+                         pairs=args.pairs) for m in args.matcher]
+        if peers:
+            rows += run_peers(images, None, args.outputs / "mixed" / "peers", args.num_threads, peers)
+        texts.append(mixed_table(rows))
+        print(texts[-1], flush=True)
+        all_rows["mixed"] = rows
+    for scene in [] if args.mixed else args.scenes:
+        if not (args.data / scene / "images").is_dir() or not (args.data / scene / "poses_gt.txt").is_file():
             print(f"skipping {scene}: no images/ or poses_gt.txt", file=sys.stderr)
             continue
-        rows = [run_ours(images, gt, args.outputs / f"ours-{Path(m).name}" / scene, m, args.num_threads, pairs=args.pairs)
-                for m in args.matcher]
-        if not args.no_colmap:
-            rows.append(run_colmap(images, gt, args.outputs / "colmap" / scene, args.num_threads))
-        text = table(scene, rows)
-        print(text, flush=True)
-        texts.append(text)
-        all_rows[scene] = rows
+        for variant, folder in scene_folders(args.data, scene, args.variants, args.outputs, args.seed).items():
+            images, gt = folder / "images", folder / "poses_gt.txt"
+            name = scene if variant == "original" else f"{scene}-{variant}"
+            rows = [run_ours(images, gt, args.outputs / f"ours-{Path(m).name}" / name, m, args.num_threads,
+                             pairs=args.pairs) for m in args.matcher]
+            if peers:
+                rows += run_peers(images, gt, args.outputs / "peers" / name, args.num_threads, peers)
+            text = table(scene if variant == "original" else f"{scene} ({variant})", rows)
+            print(text, flush=True)
+            texts.append(text)
+            all_rows[name] = rows
     if args.json:
         args.json.write_text(json.dumps(all_rows, indent=2))
     if args.readme and texts:
-        note = (f"Measured with `python benchmarks/sfm.py --matcher {' '.join(args.matcher)} --num-threads "
-                f"{args.num_threads}`: time is wall seconds end to end (pairs, matching, tracks, mapping) on "
-                f"{args.num_threads} thread(s) of this 2-core machine.")
+        note = (f"Measured with `python benchmarks/sfm.py --matcher {' '.join(args.matcher)} --variants "
+                f"{' '.join(args.variants)} --num-threads {args.num_threads}`: time is wall seconds end to end "
+                f"(pairs, matching, tracks, mapping) on {args.num_threads} thread(s) of this 2-core machine.")
         write_table("sfm-table", "\n".join(texts) + "\n" + note, args.readme)
     return 0
 

@@ -7,8 +7,8 @@ scenes of ``../shared/data/scenes``. The images are never committed; only this g
 Variants (``VARIANTS``), written to ``<out>/<scene>-<variant>/{images/, poses_gt.txt, variant.json}``:
 
 - ``uncal``: per image a random crop (``CROP_AREA`` of the area, crop aspect ``CROP_ASPECT`` times
-  the image's) and a random rescale (``SCALE``; never below ``MIN_SIDE`` px on the shorter side),
-  saved as JPEG without EXIF. The GT intrinsics follow exactly: the crop shifts cx, cy; the rescale
+  the image's, centred on the image centre) and a random rescale (``SCALE``; never below
+  ``MIN_SIDE`` px on the shorter side), saved as JPEG without EXIF. The GT intrinsics follow exactly: the crop shifts cx, cy; the rescale
   multiplies f by the scale and maps c as a pixel centre, c' = s (c + 1/2) - 1/2 (integer-centre
   convention; Pillow's resampling maps image corners onto corners). fx and fy get the scale of
   their own axis (the rounded output size makes the two differ by a fraction of a pixel).
@@ -17,6 +17,10 @@ Variants (``VARIANTS``), written to ``<out>/<scene>-<variant>/{images/, poses_gt
   rationals, so COLMAP (and ``mapping.camera_from_exif``, which asks COLMAP) reads
   focal = FocalLength x resolution px; no FocalLengthIn35mmFilm (COLMAP would prefer it, and that
   tag is an integer: a few per cent off the intended value).
+- ``uncal-offcentre``: as ``uncal``, but the crop lies anywhere in the image, so the principal
+  point is off the image centre by up to a third of the width. COLMAP's camera models keep the
+  principal point at the centre unless told otherwise, so this variant measures that assumption
+  (for every method alike) rather than focal-length estimation; see docs/design/uncalibrated.md.
 
 ``variant.json`` holds per image the crop box, the output size, the scale, the GT focal and, for
 ``wrong-exif``, the EXIF focal written and its factor. Deterministic for a given ``seed`` and scene
@@ -39,7 +43,9 @@ from typing import Optional
 import numpy as np
 from PIL import ExifTags, Image, TiffImagePlugin
 
-VARIANTS = ("uncal", "wrong-exif")
+VARIANTS = ("uncal", "wrong-exif", "uncal-offcentre")
+CENTRED = {"uncal": True, "wrong-exif": True, "uncal-offcentre": False}  # crop about the image centre?
+DEFAULT_VARIANTS = ("uncal", "wrong-exif")  # uncal-offcentre only on request
 CROP_AREA = (0.4, 1.0)  # share of the image area kept by the crop
 CROP_ASPECT = (0.75, 1.33)  # crop aspect over the image's aspect (log-uniform)
 SCALE = (0.6, 1.5)  # rescale of the crop (log-uniform)
@@ -84,9 +90,11 @@ def apply_edit(image: Image.Image, edit: ImageEdit) -> Image.Image:
     return image.convert("RGB").crop((x0, y0, x0 + w, y0 + h)).resize(edit.size, Image.Resampling.LANCZOS)
 
 
-def draw_edits(names: list[str], size: tuple[int, int], seed: int = 0, key: str = "") -> dict[str, ImageEdit]:
+def draw_edits(names: list[str], size: tuple[int, int], seed: int = 0, key: str = "", centred: bool = True
+               ) -> dict[str, ImageEdit]:
     """Random crop + rescale + EXIF error per image of (W, H) = ``size``; the same for the same
-    (``seed``, ``key``) whatever the variant (the EXIF factors come from a stream of their own)."""
+    (``seed``, ``key``) whatever the variant (the EXIF factors come from a stream of their own).
+    ``centred``: each crop about the image centre, else anywhere (same sizes either way)."""
     W, H = size
     base = zlib.crc32(key.encode())
     rng = np.random.default_rng([seed, base, 0])
@@ -98,6 +106,8 @@ def draw_edits(names: list[str], size: tuple[int, int], seed: int = 0, key: str 
         w = min(W, max(16, int(round(np.sqrt(area * aspect)))))
         h = min(H, max(16, int(round(area / w))))
         x0, y0 = int(rng.integers(0, W - w + 1)), int(rng.integers(0, H - h + 1))
+        if centred:
+            x0, y0 = (W - w) // 2, (H - h) // 2
         s = max(float(np.exp(rng.uniform(*np.log(SCALE)))), MIN_SIDE / min(w, h))
         edits[name] = ImageEdit((x0, y0, w, h), (int(round(w * s)), int(round(h * s))),
                                 float(rng_exif.uniform(*EXIF_ERROR)))
@@ -141,7 +151,7 @@ def make_variant(scene: Path, out: Path, variant: str, seed: int = 0) -> Path:
         raise FileNotFoundError(f"no image of {scene / 'poses_gt.txt'} in {scene / 'images'}")
     with Image.open(scene / "images" / names[0]) as im:
         size = im.size
-    edits = draw_edits(names, size, seed, key=scene.name)
+    edits = draw_edits(names, size, seed, key=scene.name, centred=CENTRED[variant])
     dest = Path(out) / f"{scene.name}-{variant}"
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -175,7 +185,8 @@ def make_variant(scene: Path, out: Path, variant: str, seed: int = 0) -> Path:
     return dest
 
 
-def make_variants(scene: Path, out: Path, variants: tuple[str, ...] = VARIANTS, seed: int = 0) -> dict[str, Path]:
+def make_variants(scene: Path, out: Path, variants: tuple[str, ...] = DEFAULT_VARIANTS,
+                  seed: int = 0) -> dict[str, Path]:
     """Every variant of ``scene`` under ``out``: {variant: scene folder}."""
     return {v: make_variant(scene, out, v, seed) for v in variants}
 
@@ -184,7 +195,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description="Write uncalibrated variants of a scene with GT cameras")
     ap.add_argument("--scene", type=Path, required=True, help="folder with images/ and poses_gt.txt")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=VARIANTS)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     for v, path in make_variants(args.scene, args.out, tuple(args.variants), args.seed).items():

@@ -31,7 +31,7 @@ def scene(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def variants(scene, tmp_path_factory):
-    return uncal.make_variants(scene, tmp_path_factory.mktemp("out"), seed=3)
+    return uncal.make_variants(scene, tmp_path_factory.mktemp("out"), uncal.VARIANTS, seed=3)
 
 
 def _blob(size, center, sigma=3.0):
@@ -62,8 +62,8 @@ def test_gt_intrinsics_project_points_exactly(scene, variants):
     """A 3-D point seen by the GT camera of the original lands, with the variant's GT, where
     map_point takes its original pixel."""
     gt0 = evaluate.read_poses_gt(scene / "poses_gt.txt")
-    manifest = json.loads((variants["uncal"] / "variant.json").read_text())
     for v in uncal.VARIANTS:
+        manifest = json.loads((variants[v] / "variant.json").read_text())
         gt1 = evaluate.read_poses_gt(variants[v] / "poses_gt.txt")
         assert set(gt1) == set(gt0)
         for name, cam0 in gt0.items():
@@ -94,8 +94,22 @@ def test_crops_within_bounds(scene, variants):
     assert len(sizes) == len(manifest["images"])  # every image its own size
 
 
+def test_centred_and_offcentre_crops(scene, variants):
+    """uncal / wrong-exif crop about the image centre; uncal-offcentre the same sizes anywhere."""
+    with Image.open(next((scene / "images").iterdir())) as im:
+        W, H = im.size
+    man = {v: json.loads((variants[v] / "variant.json").read_text())["images"] for v in uncal.VARIANTS}
+    for name, info in man["uncal"].items():
+        x0, y0, w, h = info["crop"]
+        assert abs(x0 + w / 2 - W / 2) <= 0.5 and abs(y0 + h / 2 - H / 2) <= 0.5
+        assert man["wrong-exif"][name]["crop"] == info["crop"]
+        assert man["uncal-offcentre"][name]["crop"][2:] == info["crop"][2:]
+        assert man["uncal-offcentre"][name]["size"] == info["size"]
+    assert any(man["uncal-offcentre"][n]["crop"] != man["uncal"][n]["crop"] for n in man["uncal"])
+
+
 def test_uncal_has_no_exif(variants):
-    for path in (variants["uncal"] / "images").iterdir():
+    for path in [*(variants["uncal"] / "images").iterdir(), *(variants["uncal-offcentre"] / "images").iterdir()]:
         with Image.open(path) as im:
             assert len(im.getexif()) == 0
             f, from_exif = camera_from_exif(path, im.size)

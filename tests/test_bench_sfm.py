@@ -1,0 +1,36 @@
+"""benchmarks/sfm.py: the SIFT peers (COLMAP incremental and GLOMAP on one database), the mixed folder."""
+from pathlib import Path
+
+import pycolmap
+import pytest
+from _bench import load as load_benchmark
+
+sfm = load_benchmark("sfm")
+CORNER = Path(__file__).resolve().parents[1] / "sample_scenes" / "corner"
+
+
+def test_peers_share_one_sift_database(tmp_path):
+    if not hasattr(pycolmap, "global_mapping"):
+        pytest.skip("pycolmap without global_mapping")
+    rows = sfm.run_peers(CORNER / "images", CORNER / "poses_gt.txt", tmp_path, num_threads=1)
+    assert [r["method"] for r in rows] == ["COLMAP SIFT", "GLOMAP SIFT"]
+    for r in rows:
+        assert r["registered"] == "8/8" and r["auc@5"] > 80, r
+        assert r["time"] >= r["time_features"] > 0 and len(r["models"]) == 1
+    assert rows[0]["time_features"] == rows[1]["time_features"]
+    assert len(list(tmp_path.glob("*.db"))) == 1
+    assert "| GLOMAP SIFT | 8/8 |" in sfm.table("corner", rows)
+
+
+def test_mixed_folder_and_table(tmp_path):
+    data = tmp_path / "data"
+    for scene in ("s1", "s2"):
+        (data / scene / "images").mkdir(parents=True)
+        for i in range(3):
+            (data / scene / "images" / f"{i}.jpg").write_bytes(b"x")
+    images = sfm.link_mixed(data, ["s1", "s2"], tmp_path / "mixed")
+    assert sorted(p.relative_to(images).as_posix() for p in images.rglob("*.jpg")) == \
+        [f"{s}/{i}.jpg" for s in ("s1", "s2") for i in range(3)]
+    row = {"method": "ours (sift)", "time": 12.0, "models": [["s1/0.jpg", "s1/1.jpg", "s2/0.jpg"], ["s2/1.jpg"]]}
+    text = sfm.mixed_table([row])
+    assert "| ours (sift) | 3 (s1 2, s2 1); 1 (s2 1) | 4 | 12 |" in text
