@@ -723,6 +723,111 @@ def case_image_replaced(work: Path) -> CaseResult:
     return r
 
 
+# ---------------------------------------------------------------------------------------------- one writer
+# the first writer of the two-writers case: a reconstruction that waits before its mapping step (its
+# output folder locked, matches.h5 written) until the file argv[4] appears; argv[3] says it waits
+HOLD_BEFORE_MAPPING = '''
+import sys, time
+from pathlib import Path
+from roma_sfm.pipelines import mapping, reconstruct
+real = mapping.main
+def held(*a, **k):
+    Path(sys.argv[3]).touch()
+    t0 = time.time()
+    while not Path(sys.argv[4]).exists() and time.time() - t0 < 120:
+        time.sleep(0.05)
+    return real(*a, **k)
+mapping.main = held
+rep = reconstruct.main(Path(sys.argv[1]), Path(sys.argv[2]), matcher="sift", progress=False, num_threads=1,
+                       gt_poses=None)
+print(rep["status"], rep["images_registered"])
+'''
+
+
+def _files(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``folder`` with its (mtime ns, size): what a refused writer must not change."""
+    return {p.relative_to(folder).as_posix(): (p.stat().st_mtime_ns, p.stat().st_size)
+            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def case_two_writers(work: Path) -> CaseResult:
+    from roma_sfm.lock import LOCK_NAME, read_holder
+
+    r = CaseResult("two writers on one output", "`roma-sfm reconstruct`, `match` and `map` started into a folder that "
+                                                "a reconstruction is writing (held before its mapping step), then "
+                                                "the first run goes on")
+    d = fresh(work, "two_writers")
+    scene(d / "images", range(VIEWS))
+    out, ready, go = d / "out", d / "ready", d / "go"
+    first = subprocess.Popen([sys.executable, "-c", HOLD_BEFORE_MAPPING, str(d / "images"), str(out), str(ready),
+                              str(go)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not ready.exists() and first.poll() is None and time.time() - t0 < 120:
+        time.sleep(0.05)
+    holder = read_holder(out / LOCK_NAME)
+    r.check(ready.exists() and holder is not None and holder.pid == first.pid,
+            f"the first run holds the folder (lock: {holder})")
+    started = holder.started if holder is not None else "?"
+    expected = (f"another roma-sfm process (pid {first.pid}, started {started}) is writing {out}; wait for it or "
+                "choose another output")
+    before = _files(out)
+    commands = {"reconstruct": ["reconstruct", d / "images", "-o", out, "--matcher", "sift"],
+                "match": ["match", d / "images", "-o", out / "matches.h5", "--matcher", "sift"],
+                "map": ["map", d / "images", "-o", out]}
+    env = {**os.environ, "COLUMNS": "250"}
+    procs = {k: subprocess.Popen([sys.executable, "-m", "roma_sfm.cli.main", *map(str, a)], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, env=env) for k, a in commands.items()}
+    said = {}
+    for k, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=120)
+        said[k] = " ".join((stdout + stderr).split())
+        r.check(proc.returncode == 1 and f"error: {expected}" in said[k],
+                f"a second `{k}` exits 1 with the message (exit {proc.returncode}: {said[k][-300:]})")
+    r.check(_files(out) == before, "the refused runs change nothing in the folder", loss=True)
+    go.touch()
+    stdout, stderr = first.communicate(timeout=180)
+    rep = json.loads((out / "report.json").read_text()) if (out / "report.json").is_file() else {}
+    r.facts.update(first_exit=first.returncode, first=stdout.strip(), registered=rep.get("images_registered"))
+    r.check(first.returncode == 0 and rep.get("status") == "ok" and rep.get("images_registered") == VIEWS,
+            f"the first run finishes with all {VIEWS} images (exit {first.returncode}: {stderr[-300:]})", loss=True)
+    r.check(not (out / LOCK_NAME).exists(), "the lock file is gone once the first run is done")
+    r.outcome = f'each exits 1: "error: {expected}"; the first run then registers {rep.get("images_registered")} ' \
+                f'of {VIEWS}'.replace(str(d) + "/", "")
+    return r
+
+
+def case_stale_lock(work: Path) -> CaseResult:
+    from roma_sfm.lock import LOCK_NAME, pid_alive, read_holder
+
+    r = CaseResult("stale lock after kill -9", "`roma-sfm reconstruct` (SIFT) killed after its first matched pairs, "
+                                              "which leaves its lock file, then the same command again")
+    d = fresh(work, "stale_lock")
+    scene(d / "images", range(VIEWS))
+    out = d / "out"
+    args = ["reconstruct", d / "images", "-o", out, "--matcher", "sift", "--num-threads", "1", "--poses-gt", "none"]
+    rc = kill_when([sys.executable, "-m", "roma_sfm.cli.main", *map(str, args)],
+                   lambda: len(stored_pairs(out / "matches.h5")) >= 3)
+    done, holder = stored_pairs(out / "matches.h5"), read_holder(out / LOCK_NAME)
+    r.facts.update(exit_code=rc, done_at_kill=len(done), holder=str(holder))
+    r.check(rc == -signal.SIGKILL and len(done) >= 3, f"killed mid-run (exit {rc}, {len(done)} pairs done)")
+    r.check(holder is not None and not pid_alive(int(holder.pid)), f"the lock file names the dead process ({holder})")
+    rerun = cli(*args)
+    warning = last_line(rerun.stderr, "stale lock")
+    counts = match_counts(rerun.stderr)
+    rep = json.loads((out / "report.json").read_text()) if (out / "report.json").is_file() else {}
+    r.facts.update(rerun_exit=rerun.returncode, new_resumed_failed=counts)
+    r.check(rerun.returncode == 0 and rep.get("images_registered") == VIEWS,
+            f"the rerun completes with all {VIEWS} images (exit {rerun.returncode}: {rerun.stdout[-300:]})")
+    r.check(holder is not None and f"pid {holder.pid}" in warning and "no longer running" in warning,
+            f"the rerun warns that it takes over the dead run's lock (got: {warning or rerun.stderr[-300:]})")
+    r.check(counts is not None and counts[1] == len(done), "every pair finished before the kill is resumed",
+            loss=True)
+    r.check(not (out / LOCK_NAME).exists(), "the lock file is gone after the rerun")
+    r.outcome = (f'warning: "{warning}"; {len(done)} pairs resumed, registered {rep.get("images_registered")} of '
+                 f"{VIEWS}").replace(str(d) + "/", "")
+    return r
+
+
 CASES: dict[str, Callable[[Path], CaseResult]] = {
     "kill_match": case_kill_match,
     "kill_tracks": case_kill_tracks,
@@ -744,4 +849,6 @@ CASES: dict[str, Callable[[Path], CaseResult]] = {
     "image_added": case_image_added,
     "image_removed": case_image_removed,
     "image_replaced": case_image_replaced,
+    "two_writers": case_two_writers,
+    "stale_lock": case_stale_lock,
 }

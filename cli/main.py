@@ -1,7 +1,8 @@
 """The roma-sfm command line: a thin Typer app over roma_sfm and roma_sfm.pipelines.
 
 Commands: ``reconstruct`` (all steps), the steps alone (``pairs``, ``match``, ``map``, ``export``),
-``eval``, ``models`` and ``train``. Every step reads and writes files, so each can be re-run alone.
+``eval``, ``viz`` (one pair's matches, warp and certainty), ``models`` and ``train``. Every step
+reads and writes files, so each can be re-run alone.
 Exit codes: 0 success, 1 the run failed (message printed), 2 usage error.
 """
 from __future__ import annotations
@@ -78,9 +79,14 @@ def train(ctx: typer.Context):
 
     Checkpoints every N steps and on Ctrl-C; the same command again resumes exactly.
     """
+    from roma_sfm.lock import OutputLocked
     from roma_sfm.train.trainer import main as train_main
 
-    raise typer.Exit(train_main(list(ctx.args)) or 0)
+    try:
+        code = train_main(list(ctx.args))
+    except OutputLocked as e:  # another training writes into the same --out-dir
+        _fail(str(e))
+    raise typer.Exit(code or 0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -108,6 +114,10 @@ def _guard(verbose: bool):
     except (typer.Exit, typer.Abort, typer.exceptions.TyperException):  # usage errors, exits
         raise
     except Exception as e:
+        from roma_sfm.lock import OutputLocked
+
+        if isinstance(e, OutputLocked):  # another run writes the output: its message says all
+            _fail(str(e))
         if verbose:
             raise
         _fail(f"{type(e).__name__}: {e}")
@@ -286,7 +296,8 @@ def _print_report(report: dict, title: str) -> None:
         rows.append(("time (s)", ", ".join(f"{k} {times[k]:.1f}" for k in steps)
                      + (f"; total {times['total']:.1f}" if "total" in times else "")))
     files = [("model (COLMAP)", report.get("model")), ("points", out / "points.ply"),
-             ("preview", out / "preview.png"), ("report", out / "report.json")]
+             ("preview", out / "preview.png"), ("report", out / "report.json"),
+             ("report (open in a browser)", out / "report.html")]
     for label, path in files:
         if path is not None and Path(path).exists():
             rows.append((label, str(path)))
@@ -386,7 +397,9 @@ def reconstruct(
 ):
     """Reconstruct a folder of images: pairs -> matches -> tracks -> COLMAP mapping -> export.
 
-    Writes OUT/sparse/0 (COLMAP binary + text), points.ply, preview.png and report.json.
+    Writes OUT/sparse/0 (COLMAP binary + text), points.ply, preview.png, report.json and report.html.
+
+    report.html is the page to look at the result (3-D view, summary, match pictures); it works offline.
 
     Matching resumes where a previous run into the same OUT stopped (see --overwrite).
 
@@ -475,10 +488,11 @@ def match_cmd(
     verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
 ):
     """Match image pairs into matches.h5 (hloc dense layout; resumable, crash safe)."""
+    from roma_sfm.lock import output_lock
     from roma_sfm.pipelines import match, pairs as pairs_
 
     out = output or default_output(images) / "matches.h5"
-    with _guard(verbose):
+    with _guard(verbose), output_lock(out.parent):
         m = match.get_matcher(_resolve_matcher(matcher, resolution, device), device=device)  # load errors first
         if pairs is not None and retrieval is not None:
             _fail("give --pairs or --retrieval, not both", code=2)
@@ -527,6 +541,7 @@ def map_cmd(
     Writes OUTPUT/features.h5, matches_idx.h5, sfm/ (database.db, models/) and sparse/0, sparse/1, ...
     (every model, largest first).
     """
+    from roma_sfm.lock import output_lock
     from roma_sfm.pipelines import export, mapping, match, tracks
 
     out = output or default_output(images)
@@ -534,7 +549,7 @@ def map_cmd(
     if not matches.is_file():
         raise typer.BadParameter(f"'{matches}' does not exist (run `roma-sfm match` first)", param_hint="--matches")
     _colmap_verbosity(verbose)
-    with _guard(verbose):
+    with _guard(verbose), output_lock(out):
         kind = match.matches_kind(matches)
         cell_size, min_pair_score = tracks.settings(kind, cell_size, min_pair_score)
         features, matches_idx = out / "features.h5", out / "matches_idx.h5"
@@ -580,12 +595,13 @@ def export_cmd(
                                          "OUTPUT/features.h5 and matches_idx.h5)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
 ):
-    """Export a COLMAP model: OUTPUT/sparse/0 (binary + text), points.ply, preview.png, report.json.
+    """Export a COLMAP model: OUTPUT/sparse/0, points.ply, preview.png, report.json, report.html.
 
     Scores the model when ground-truth cameras are found (--poses-gt).
     """
     import pycolmap
 
+    from roma_sfm.lock import output_lock
     from roma_sfm.pipelines import evaluate, export
 
     out = output or default_output(images)
@@ -594,7 +610,7 @@ def export_cmd(
         raise typer.BadParameter(f"'{model}' is not a folder (run `roma-sfm map` first)", param_hint="--model")
     gt = _gt(poses_gt)
     gt = images.parent / "poses_gt.txt" if gt == "auto" else gt
-    with _guard(verbose):
+    with _guard(verbose), output_lock(out):
         rec = pycolmap.Reconstruction(str(model))
         n = rec.num_reg_images()
         report: dict = {"status": "ok" if n else "failed",
@@ -609,6 +625,42 @@ def export_cmd(
     _print_report(report, "roma-sfm export")
     if report["status"] != "ok":
         _fail(report["message"])
+
+
+# ------------------------------------------------------------------------------------------------
+# viz: one pair
+# ------------------------------------------------------------------------------------------------
+@app.command()
+def viz(
+    image_a: Path = typer.Argument(..., exists=True, dir_okay=False, show_default=False, help="Image A."),
+    image_b: Path = typer.Argument(..., exists=True, dir_okay=False, show_default=False, help="Image B."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", dir_okay=False, show_default=False,
+                                          help="PNG to write (default: ./viz_<A>__<B>.png)."),
+    matcher: str = typer.Option("roma", "--matcher", "-m", help="A RoMa model: 'roma' (the shipped one), a preset "
+                                "name or a checkpoint file."),
+    resolution: Optional[str] = typer.Option(None, "--resolution", show_default=False, help=RESOLUTION_HELP),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    num_samples: Optional[int] = typer.Option(None, "--num-samples", min=8, show_default=False,
+                                              help="Matches sampled from the warp (default: "
+                                                   "roma_sfm.pipelines.figures.NUM_SAMPLES)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
+):
+    """Draw one pair as in the RoMa paper: the matches, RoMa's warp (B sampled into A's frame) and certainty.
+
+    The match plot draws a random subset of the matches: inliers and outliers of a fundamental matrix.
+    """
+    from roma_sfm.pipelines import figures
+
+    if matcher.lower().startswith("sift"):
+        raise typer.BadParameter("viz draws RoMa's dense warp: give a RoMa model", param_hint="--matcher")
+    out = output or Path(f"viz_{image_a.stem}__{image_b.stem}.png")
+    with _guard(verbose):
+        fig = figures.pair_figure(_resolve_matcher(matcher, resolution, device), image_a, image_b, out, device=device,
+                                  **({"num_samples": num_samples} if num_samples else {}))
+    console.print(_kv_table("roma-sfm viz", [
+        ("matches sampled", str(fig.matches)),
+        ("inliers / outliers (fundamental matrix)", f"{fig.inliers} / {fig.matches - fig.inliers}"),
+        ("picture", str(out))]))
 
 
 # ------------------------------------------------------------------------------------------------

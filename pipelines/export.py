@@ -1,4 +1,4 @@
-"""Step 5: write the results: COLMAP model (binary + text), points.ply, report.json, preview PNGs.
+"""Step 5: write the results: COLMAP model (binary + text), points.ply, report.json, previews, report.html.
 
 Public API
 ----------
@@ -14,15 +14,14 @@ Public API
 - ``camera_focals(reconstruction, priors=None) -> list[dict]``  (estimated focal vs its prior, per camera)
 - ``model_stats(reconstruction) -> dict``
 - ``plot_top_view(reconstruction, path: Path, size: int = 800) -> None``
-- ``plot_matches(image0 (H,W,3), image1, kpts0 (M,2), kpts1 (M,2), path, colors=None) -> None``
 - ``versions() -> dict[str, str]``
 
 Layout of ``outputs``: ``sparse/0/{cameras,images,points3D,rigs,frames}.{bin,txt}``, ``points.ply``
 (the largest model; a run that made several has ``sparse/1``, ``points_1.ply``, ... too, largest
 first), ``report.json``, ``preview.png`` (cameras and points from above, "up" = mean camera up
-vector), ``matches/<name0>__<name1>.png``. The models, the PLYs and the preview are written under
-temporary names and renamed into place, so a run killed while exporting leaves the earlier files or
-the new ones.
+vector), ``matches/<name0>__<name1>.png`` (``figures.plot_pairs``), ``report.html`` (the page to
+look at it all, ``report_html``). The models, the PLYs and the preview are written under temporary
+names and renamed into place, so a run killed while exporting leaves the earlier files or the new ones.
 """
 from __future__ import annotations
 
@@ -37,7 +36,7 @@ import cv2
 import numpy as np
 import pycolmap
 
-from ..io import ImageReadError, read_image
+from . import figures, report_html
 from .utils import atomic_output, logger, replace_dir
 
 
@@ -182,49 +181,6 @@ def plot_top_view(reconstruction: pycolmap.Reconstruction, path: Path, size: int
     cv2.imwrite(str(path), canvas)
 
 
-def plot_matches(image0: np.ndarray, image1: np.ndarray, kpts0: np.ndarray, kpts1: np.ndarray, path: Path,
-                 colors: Optional[np.ndarray] = None, max_lines: int = 300, height: int = 480) -> None:
-    """Side-by-side RGB images with match lines (COLMAP-convention keypoints); colors (M, 3) BGR."""
-    s0, s1 = height / image0.shape[0], height / image1.shape[0]
-    a = cv2.resize(image0, (max(1, round(image0.shape[1] * s0)), height))
-    b = cv2.resize(image1, (max(1, round(image1.shape[1] * s1)), height))
-    canvas = cv2.cvtColor(np.concatenate([a, b], 1), cv2.COLOR_RGB2BGR)
-    n = len(kpts0)
-    sel = np.random.default_rng(0).choice(n, min(n, max_lines), replace=False) if n else np.zeros(0, int)
-    for i in sel:
-        p = (kpts0[i] - 0.5) * s0 + 0.5
-        q = (kpts1[i] - 0.5) * s1 + 0.5 + [a.shape[1], 0]
-        c = tuple(int(v) for v in colors[i]) if colors is not None else (0, 200, 0)
-        cv2.line(canvas, tuple(np.round(p).astype(int)), tuple(np.round(q).astype(int)), c, 1, cv2.LINE_AA)
-    cv2.imwrite(str(path), canvas)
-
-
-def _plot_pairs(reconstruction, images: Path, features: Path, matches_idx: Path, out_dir: Path, num: int) -> list[str]:
-    """Plot the pairs with most matches; green: both keypoints observe the same 3D point."""
-    from .tracks import read_features, read_index_matches
-
-    kps = read_features(features)
-    matches = read_index_matches(matches_idx)
-    by_name = {im.name: im for im in reconstruction.images.values()} if reconstruction is not None else {}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for (a, b), idx in sorted(matches.items(), key=lambda kv: -len(kv[1]))[:num]:
-        try:
-            ia, ib = read_image(Path(images) / a), read_image(Path(images) / b)
-        except ImageReadError:
-            continue
-        colors = np.tile([[0, 0, 220]], (len(idx), 1))
-        if a in by_name and b in by_name:
-            pa = np.array([p.point3D_id if p.has_point3D() else -1 for p in by_name[a].points2D])
-            pb = np.array([p.point3D_id if p.has_point3D() else -2 for p in by_name[b].points2D])
-            ok = (pa[idx[:, 0]] == pb[idx[:, 1]]) & (pa[idx[:, 0]] >= 0)
-            colors[ok] = [0, 180, 0]
-        name = f"{a.replace('/', '-')}__{b.replace('/', '-')}.png"
-        plot_matches(ia, ib, kps[a][idx[:, 0]], kps[b][idx[:, 1]], out_dir / name, colors)
-        written.append(name)
-    return written
-
-
 def write_report(report: dict, outputs: Path) -> Path:
     """Write ``outputs/report.json`` atomically (tmp + rename); returns its path."""
     outputs = Path(outputs)
@@ -261,10 +217,11 @@ def main(reconstruction: Optional[pycolmap.Reconstruction], outputs: Path, image
         report["model"] = str(outputs / "sparse" / "0")
     if features is not None and matches_idx is not None and Path(matches_idx).exists() and num_match_plots > 0:
         try:
-            report["match_plots"] = _plot_pairs(reconstruction, images, features, matches_idx,
-                                                outputs / "matches", num_match_plots)
+            report["match_plots"] = figures.plot_pairs(images, features, matches_idx, outputs / "matches",
+                                                       num_match_plots, database=outputs / "sfm" / "database.db")
         except Exception as e:  # plots are a convenience: never fail a reconstruction for them
             logger.warning("export: match plots failed: %s", e)
+    report_html.write(report, outputs, images, reconstruction)  # the view of all the above: last
     if write_json:
         write_report(report, outputs)
     return report

@@ -35,17 +35,20 @@ Public API (what the CLI wraps)
   in ``outputs`` always belongs to the ``report.json`` next to it, even when the run fails.
 - ``report['times']``: seconds of every step (scan, pairs, match, tracks, mapping, export) and
   ``total`` (export included); report.json is written last.
+- One writer per ``outputs``: while a run writes it, another process's run into it raises
+  ``roma_sfm.lock.OutputLocked`` (naming the pid) before touching anything.
 - Never raises for bad inputs (unreadable images, empty folder, a single image, images that do not
   overlap): ``report['status']`` is 'ok' or 'failed' with ``report['message']``, skipped files are in
   ``report['images_skipped']`` ({name: reason}), and ``outputs/report.json`` is always written.
 
 Outputs: ``pairs.txt``, ``matches.h5``, ``features.h5``, ``matches_idx.h5``, ``sfm/database.db``,
 ``sfm/models/*``, ``sparse/0`` (bin + txt), ``points.ply``, ``preview.png``, ``matches/*.png``,
-``report.json``. When the images form several models (of at least ``mapping.confs``' min_model_size
-images), each is exported, largest first: ``sparse/1``, ``points_1.ply``, ...; ``report['models']``
-has a row per model (the top-level stats and ``evaluation`` are the largest's), and
-``report['images_unregistered']`` the images in no model. ``report['cameras']``: each camera's
-estimated focal length against its prior (EXIF, or ``mapping.DEFAULT_FOCAL_FACTOR`` x the longer side).
+``report.json``, ``report.html``. When the images form several models (of at least
+``mapping.confs``' min_model_size images), each is exported, largest first: ``sparse/1``,
+``points_1.ply``, ...; ``report['models']`` has a row per model (the top-level stats and
+``evaluation`` are the largest's), and ``report['images_unregistered']`` the images in no model.
+``report['cameras']``: each camera's estimated focal length against its prior (EXIF, or
+``mapping.DEFAULT_FOCAL_FACTOR`` x the longer side).
 """
 from __future__ import annotations
 
@@ -59,13 +62,14 @@ import pycolmap
 from . import evaluate as evaluate_
 from . import export, mapping, match, tracks
 from . import pairs as pairs_
+from ..lock import writes_into
 from .utils import Timer, logger, scan_images
 
 
 # outputs of the steps after matching, removed when a run starts (matches.h5 and its journal stay:
 # they are resumable; pairs.txt is rewritten and may be the pairs file given)
-STALE_OUTPUTS = ("report.json", "sparse/[0-9]*", "points.ply", "points_[0-9]*.ply", "preview.png", "features.h5",
-                 "matches_idx.h5", "sfm/database.db", "sfm/models", "matches/*.png")
+STALE_OUTPUTS = ("report.json", "report.html", "sparse/[0-9]*", "points.ply", "points_[0-9]*.ply", "preview.png",
+                 "features.h5", "matches_idx.h5", "sfm/database.db", "sfm/models", "matches/*.png")
 
 
 def clear_stale_outputs(outputs: Path, images: Optional[Path] = None) -> list[str]:
@@ -107,6 +111,7 @@ def _set_colmap_verbosity(verbose: bool) -> None:
         pass
 
 
+@writes_into(lambda images, outputs, *args, **kwargs: outputs)
 def main(images: Path, outputs: Path, matcher: Any = "sift", pairs: str = "auto", pairs_file: Optional[Path] = None,
          num_matched: int = 10, window: int = 5, num_samples: int = 10000, cell_size: Optional[float] = None,
          max_keypoints: int = 16384, refine: str = "flow", min_pair_score: Optional[float] = None,

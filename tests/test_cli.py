@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCENE = ROOT / "sample_scenes" / "corner"
 IMAGES = SCENE / "images"
 ENV = {"COLUMNS": "200"}
-COMMANDS = ("reconstruct", "pairs", "match", "map", "export", "eval")
+COMMANDS = ("reconstruct", "pairs", "match", "map", "export", "eval", "viz")
 
 
 def invoke(*args):

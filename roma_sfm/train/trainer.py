@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from ..lock import writes_into
 from ..matcher import torch_threads
 from ..models.roma import RoMa
 from ..presets import RomaConfig, get_preset
@@ -382,6 +383,7 @@ def train(cfg: TrainConfig, on_step: Optional[Callable[[int, dict], None]] = Non
         return _train(cfg, on_step)
 
 
+@writes_into(lambda cfg, *args, **kwargs: cfg.out_dir)  # one training per out_dir (roma_sfm.lock)
 def _train(cfg: TrainConfig, on_step: Optional[Callable[[int, dict], None]]) -> dict:
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
