@@ -102,6 +102,7 @@ def test_steps_chained_reproduce_the_model(recon, tmp_path):
     rep = json.loads((out / "report.json").read_text())
     ref = json.loads((recon[0] / "report.json").read_text())
     assert rep["status"] == "ok" and rep["images_registered"] == 8 and (out / "points.ply").is_file()
+    assert "Plotly.newPlot" in (out / "report.html").read_text(encoding="utf-8")  # export writes the page too
     assert abs(rep["points"] - ref["points"]) <= 0.1 * ref["points"]
     assert rep["evaluation"]["auc@5"] > 90
 
