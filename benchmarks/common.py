@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
+from readme import TARGET
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("ROMA_SFM_SHARED", ROOT.parent / "shared")) / "data"
@@ -36,8 +37,8 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch / OpenCV threads")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quiet", action="store_true", help="no per-pair lines")
-    ap.add_argument("--write-readme", action="store_true", help="write the table into the README")
-    ap.add_argument("--readme", type=Path, default=ROOT / "README.md", help="README used by --write-readme")
+    ap.add_argument("--write-readme", action="store_true", help="write the table into docs/benchmarks.md (--readme)")
+    ap.add_argument("--readme", type=Path, default=TARGET, help="file used by --write-readme")
 
 
 def set_threads(n: int) -> None:
@@ -55,7 +56,7 @@ def label(spec: str) -> str:
 
 
 def build_matcher(spec: str, device: str = "auto") -> Any:
-    from roma_sfm.pipelines.match import SiftMatcher, get_matcher
+    from roma_sfm.pipelines.matchers import SiftMatcher, get_matcher
 
     if str(spec).lower() == "sift-opencv":
         # cv2.SIFT_create(8000) with OpenCV's defaults + Lowe's ratio test, exact L2 neighbours
@@ -69,7 +70,7 @@ class TimedMatcher:
         self.seconds: list[float] = []
 
     def __call__(self, a, b) -> tuple[np.ndarray, np.ndarray]:
-        from roma_sfm.pipelines.match import SparseMatches
+        from roma_sfm.pipelines.matchers import SparseMatches
 
         t = time.perf_counter()
         res = self.matcher.match(str(a), str(b))

@@ -40,6 +40,8 @@ import h5py
 import numpy as np
 from PIL import Image
 
+from roma_sfm.pipelines import h5io, matchers
+
 ROOT = Path(__file__).resolve().parents[1]
 SCENE = ROOT / "sample_scenes" / "corner" / "images"
 WIDTH = 320  # of the scene images (the sample scene is 480x360)
@@ -165,8 +167,8 @@ def stored_pairs(matches: Path) -> set[tuple[str, str]]:
     """Complete pairs of a matches.h5 and of its journal (what a rerun must not match again)."""
     from roma_sfm.pipelines import match
 
-    pairs = set(match.list_pairs(matches)) if Path(matches).exists() else set()
-    journal = Path(str(matches) + ".journal")
+    pairs = set(h5io.list_pairs(matches)) if Path(matches).exists() else set()
+    journal = h5io.journal_dir(matches)
     for e in sorted(journal.glob("*.npz")) if journal.is_dir() else []:
         try:
             with np.load(e, allow_pickle=False) as z:
@@ -279,7 +281,7 @@ def case_kill_match(work: Path) -> CaseResult:
                                              "then the same command again")
     d, pairs, out = _to_match(work, "kill_match")
     args = ["match", d / "images", "--pairs", d / "pairs.txt", "-o", out, "--matcher", "sift"]
-    journal = Path(str(out) + ".journal")
+    journal = h5io.journal_dir(out)
     rc = kill_when([sys.executable, "-m", "roma_sfm.cli.main", *map(str, args)],
                    lambda: len(stored_pairs(out)) >= 3)
     done = stored_pairs(out)
@@ -328,7 +330,7 @@ def case_kill_tracks(work: Path) -> CaseResult:
                                                    "matches_idx.h5 and features.h5 into place, then run again")
     d, matches, features, idx = _tracks_inputs(work, "kill_tracks")
     tracks.main(matches, features, idx, 2.0)  # the earlier, finished run
-    before = tracks.read_features(features)
+    before = h5io.read_features(features)
     p = python(KILL_ON_CALL + "from roma_sfm.pipelines import tracks\nkill_on_call(os, 'replace', 2)\n"
                               "tracks.main(*sys.argv[1:4], 2.0)\n", matches, features, idx)
     r.check(p.returncode == -signal.SIGKILL, f"killed at the second rename (exit {p.returncode}: {p.stderr[-300:]})")
@@ -341,8 +343,8 @@ def case_kill_tracks(work: Path) -> CaseResult:
     r.outcome = f'the map step refuses the mix: "{refused.replace(str(d) + "/", "")}"; the rerun completes'
     r.check("different runs" in refused, "the mapping step refuses a features.h5 and a matches_idx.h5 of two runs")
     stats = tracks.main(matches, features, idx, 2.0)
-    after = tracks.read_features(features)
-    tracks.check_same_run(features, idx)
+    after = h5io.read_features(features)
+    h5io.check_same_run(features, idx)
     r.facts.update(images=stats.num_images, exit_code=p.returncode)
     r.check(after.keys() == before.keys() and all(np.array_equal(after[k], before[k]) for k in before),
             "the rerun writes the same keypoints as the uninterrupted run", loss=True)
@@ -396,7 +398,7 @@ def case_kill_mapping(work: Path) -> CaseResult:
 
 def _train_config(d: Path, steps: int) -> Path:
     """A model of a few thousand parameters at 56x56 px on 3 random textures: a few ms per step."""
-    from roma_sfm.pipelines.synthetic import random_texture
+    from synthetic import random_texture
     from roma_sfm.presets import RefinerConfig, get_preset
 
     (d / "photos").mkdir(parents=True, exist_ok=True)
@@ -474,7 +476,7 @@ def case_disk_full(work: Path) -> CaseResult:
     r.facts.update(exit_code=p.returncode, message=message)
     r.check(p.returncode == 1, f"a clean failure with exit code 1 (got {p.returncode})")
     r.check(any(w in message for w in ("File too large", "No space", "space")), "the message names the cause")
-    r.check(h5_opens(out) and {tuple(sorted(q)) for q in match.list_pairs(out)} >= before,
+    r.check(h5_opens(out) and {tuple(sorted(q)) for q in h5io.list_pairs(out)} >= before,
             "the earlier matches.h5 is intact", loss=True)
     kept = stored_pairs(out)
     rerun = match.main(d / "pairs.txt", d / "images", out, "sift", progress=False)
@@ -492,18 +494,18 @@ def case_disk_full_tracks(work: Path) -> CaseResult:
                                                          "to half of features.h5, then without limit")
     d, matches, features, idx = _tracks_inputs(work, "disk_full_tracks")
     tracks.main(matches, features, idx, 2.0)
-    before = tracks.read_features(features)
+    before = h5io.read_features(features)
     p = python("from roma_sfm.pipelines import tracks\nimport sys\ntracks.main(*sys.argv[1:4], 2.0)\n",
                matches, features, idx, preexec_fn=_limit_file_size(features.stat().st_size // 2))
     message = last_line(p.stderr, r"^\w*Error")
     r.outcome = f'exit {p.returncode}: "{message}"'.replace(str(d) + "/", "")
     r.check(p.returncode == 1, f"a clean failure with exit code 1 (got {p.returncode})")
     r.check("File too large" in message and "unchanged" in message, "the message names the cause and the file")
-    after = tracks.read_features(features)
+    after = h5io.read_features(features)
     r.check(after.keys() == before.keys() and all(np.array_equal(after[k], before[k]) for k in before),
             "the earlier features.h5 is intact", loss=True)
     tracks.main(matches, features, idx, 2.0)
-    tracks.check_same_run(features, idx)
+    h5io.check_same_run(features, idx)
     r.check(not list(d.glob("*.tmp*")), "the rerun completes, no temporary file is left")
     return r
 
@@ -580,8 +582,8 @@ def case_exif_rotated(work: Path) -> CaseResult:
         size = tuple(int(v) for v in f["0007_rot.jpg"].attrs["image_size"])
     r.check(size == (WIDTH, WIDTH * 3 // 4), f"its size is the displayed one, {WIDTH}x{WIDTH * 3 // 4} (got {size})")
     # the neighbour's keypoints are the same in both runs: their partners must agree in the upright frame
-    k0, k1, _ = match.read_matches(d / "out" / "matches.h5", "0006_cmyk.jpg", "0007_rot.jpg")
-    ref = match.get_matcher("sift").match(d / "images" / "0006_cmyk.jpg", d / "0007_upright.jpg")
+    k0, k1, _ = h5io.read_matches(d / "out" / "matches.h5", "0006_cmyk.jpg", "0007_rot.jpg")
+    ref = matchers.get_matcher("sift").match(d / "images" / "0006_cmyk.jpg", d / "0007_upright.jpg")
     partner = {tuple(np.round(a, 3)): b for a, b in zip(ref.kpts_A, ref.kpts_B)}
     keys = [tuple(np.round(a, 3)) for a in k0]
     err = [np.linalg.norm(b - partner[k]) for k, b in zip(keys, k1) if k in partner]
@@ -589,7 +591,7 @@ def case_exif_rotated(work: Path) -> CaseResult:
     r.facts.update(size=size, common_matches=len(err), median_px=med)
     r.check(len(err) >= 20 and med < 1.0, f"keypoints are in the displayed frame ({len(err)} matches shared with "
                                           f"the upright image, median {med:.2f} px apart)", loss=True)
-    r.check(len(tracks.read_features(d / "out" / "features.h5")["0007_rot.jpg"]) > 0, "it has keypoints")
+    r.check(len(h5io.read_features(d / "out" / "features.h5")["0007_rot.jpg"]) > 0, "it has keypoints")
     r.outcome += f"; {size[0]}x{size[1]} as displayed, matches {med:.2f} px (median) from the upright image's"
     return r
 
@@ -606,10 +608,10 @@ def case_duplicate_names(work: Path) -> CaseResult:
     r.outcome = f"{rep['message']}; names kept with their folder"
     r.check(rep["status"] == "ok" and set(rep["registered"]) == set(names),
             f"all 6 registered under their own names ({rep['message']})", loss=True)
-    kps = tracks.read_features(d / "out" / "features.h5")
+    kps = h5io.read_features(d / "out" / "features.h5")
     r.check(set(kps) == set(names) and not np.array_equal(kps["a/x.jpg"], kps["b/x.jpg"]),
             "a/x.jpg and b/x.jpg have their own keypoints", loss=True)
-    k0, _, _ = match.read_matches(d / "out" / "matches.h5", "a/x.jpg", "b/x.jpg")
+    k0, _, _ = h5io.read_matches(d / "out" / "matches.h5", "a/x.jpg", "b/x.jpg")
     r.check(len(k0) > 20, "a/x.jpg and b/x.jpg are matched to each other")
     return r
 
@@ -713,9 +715,9 @@ def case_image_replaced(work: Path) -> CaseResult:
 
     r = CaseResult("image replaced between runs", "0003.jpg overwritten by another view (same name, same size), "
                                                  "same command again")
-    stale = match.read_matches(_changes_base(work) / "out" / "matches.h5", "0000.jpg", "0003.jpg")
+    stale = h5io.read_matches(_changes_base(work) / "out" / "matches.h5", "0000.jpg", "0003.jpg")
     d, rep, m = _change_and_rerun(work, r, lambda images: scene(images, [6], ["0003.jpg"]))
-    now = match.read_matches(d / "out" / "matches.h5", "0000.jpg", "0003.jpg")
+    now = h5io.read_matches(d / "out" / "matches.h5", "0000.jpg", "0003.jpg")
     r.check(m.get("pairs_matched") == 4 and m.get("pairs_resumed") == 6,
             "the 4 pairs of the replaced image are matched again, the 6 others resumed")
     r.check(not (len(stale[0]) == len(now[0]) and np.array_equal(stale[1], now[1])),

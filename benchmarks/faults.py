@@ -20,9 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _readme import write_table  # noqa: E402
-from fault_cases import CASES, CaseResult  # noqa: E402
+from readme import TARGET, write_table
+from fault_cases import CASES, CaseResult
 
 
 def _cell(text: str) -> str:
@@ -62,7 +61,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
-    ap.add_argument("--readme", type=Path, default=None, help="write the table into this README")
+    ap.add_argument("--readme", type=Path, nargs="?", const=TARGET, default=None,
+                    help="write the table(s) into this file (alone: docs/benchmarks.md)")
     ap.add_argument("--verbose", action="store_true", help="the pipeline's own log lines too")
     args = ap.parse_args()
     if not args.verbose:

@@ -30,9 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _readme import write_table  # noqa: E402
-from common import DATA, ROOT, build_matcher, label, set_threads  # noqa: E402
+from readme import TARGET, write_table
+from common import DATA, ROOT, build_matcher, label, set_threads
 
 THRESHOLDS = (0.02, 0.05, 0.08, 0.1, 0.15, 0.2, 0.3)
 NEG_Q, POS_Q = 0.95, 0.05  # the gap between the classes: negatives' 95 % and positives' 5 % quantile
@@ -85,7 +84,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--write-readme", action="store_true")
-    ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    ap.add_argument("--readme", type=Path, default=TARGET)
     args = ap.parse_args(argv)
     if not args.val_root.is_dir():
         ap.error(f"{args.val_root} not found (BSDS500 val, see ../shared/data/README.md)")

@@ -33,9 +33,8 @@ from typing import Callable, Optional, Sequence
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _readme import write_table  # noqa: E402
-from common import DATA, add_common_args, fmt, run_matchers, set_threads  # noqa: E402
+from readme import write_table
+from common import DATA, add_common_args, fmt, run_matchers, set_threads
 
 THRESHOLDS = (3, 5, 10)
 RANSAC_PX = 3.0

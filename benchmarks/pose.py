@@ -27,11 +27,10 @@ from typing import Callable, Optional, Sequence
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _readme import write_table  # noqa: E402
-from common import DATA, add_common_args, fmt, run_matchers, set_threads  # noqa: E402
+from readme import write_table
+from common import DATA, add_common_args, fmt, run_matchers, set_threads
 
-from roma_sfm.pipelines.evaluate import (estimate_relative_pose, pose_auc, read_pairs_gt,  # noqa: E402
+from roma_sfm.pipelines.evaluate import (estimate_relative_pose, pose_auc, read_pairs_gt,
                                          relative_pose_error)
 
 THRESHOLDS = (5, 10, 20)

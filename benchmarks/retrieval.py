@@ -46,10 +46,9 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _command import command_line  # noqa: E402
-from _readme import write_table  # noqa: E402
-from common import DATA  # noqa: E402
+from command import command_line
+from readme import TARGET, write_table
+from common import DATA
 
 SCENES = ["strecha-fountain-P11", "strecha-Herz-Jesus-P8", "strecha-entry-P10", "strecha-castle-P19",
           "strecha-Herz-Jesus-P25", "strecha-castle-P30"]
@@ -263,7 +262,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     ap.add_argument("--max-features", type=int, default=8192, help="SIFT features per image for the GT model")
     ap.add_argument("--num-threads", type=int, default=1)
     ap.add_argument("--work-dir", type=Path, default=None, help="keep the COLMAP databases here (default: temporary)")
-    ap.add_argument("--readme", type=Path, default=None, help="write the table into this README")
+    ap.add_argument("--readme", type=Path, nargs="?", const=TARGET, default=None,
+                    help="write the table(s) into this file (alone: docs/benchmarks.md)")
     args = ap.parse_args(argv)
     missing = [s for s in args.scenes if not (args.data / s / "poses_gt.txt").is_file()]
     if missing:

@@ -31,8 +31,9 @@ from typing import Optional
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _readme import write_table  # noqa: E402
+from roma_sfm.pipelines import h5io
+
+from readme import TARGET, write_table
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SOURCE = ROOT / ".." / "shared" / "data" / "train" / "bsds500"
@@ -109,7 +110,7 @@ def run_measured(cmd: list[str]) -> tuple[float, int, subprocess.CompletedProces
 def fresh_match(base: list[str], pairs: Path, out: Path, extra: list[str]) -> Optional[tuple[float, int]]:
     """``roma-sfm match`` (``base`` + pairs, output, ``extra``) into a fresh ``out``: (wall seconds, peak
     RSS in bytes), or None (its output printed) when it failed."""
-    for p in (out, Path(str(out) + ".journal"), Path(str(out) + ".shards")):
+    for p in (out, h5io.journal_dir(out), h5io.shards_dir(out)):
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     secs, peak, proc = run_measured(base + ["--pairs", str(pairs), "-o", str(out)] + extra)
     if proc.returncode != 0:
@@ -122,10 +123,10 @@ def same_matches(a: Path, b: Path) -> tuple[int, int]:
     """(pairs compared, pairs that differ) between two matches files."""
     from roma_sfm.pipelines import match
 
-    pairs = match.list_pairs(a)
+    pairs = h5io.list_pairs(a)
     differ = 0
     for n0, n1 in pairs:
-        x, y = match.read_matches(a, n0, n1), match.read_matches(b, n0, n1)
+        x, y = h5io.read_matches(a, n0, n1), h5io.read_matches(b, n0, n1)
         differ += not all(np.array_equal(u, v) for u, v in zip(x, y))
     return len(pairs), differ
 
@@ -144,7 +145,8 @@ def main(argv=None) -> int:
     parser.add_argument("--fractions", type=float, nargs="+", default=(0.25, 0.5, 1.0))
     parser.add_argument("--no-ray", action="store_true")
     parser.add_argument("--ray-workers", type=int, default=2)
-    parser.add_argument("--readme", type=Path, default=None)
+    parser.add_argument("--readme", type=Path, nargs="?", const=TARGET, default=None,
+                    help="write the table(s) into this file (alone: docs/benchmarks.md)")
     args = parser.parse_args(argv)
     if not args.source.is_dir():
         print(f"photo folder {args.source} not found: nothing to benchmark", file=sys.stderr)

@@ -37,9 +37,8 @@ import pycolmap
 from roma_sfm.pipelines import evaluate, export, reconstruct
 from roma_sfm.pipelines.mapping import rank_models
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _readme import write_table  # noqa: E402
-from uncalibrated import DEFAULT_VARIANTS, VARIANTS, make_variant  # noqa: E402
+from readme import TARGET, write_table
+from uncalibrated import DEFAULT_VARIANTS, VARIANTS, make_variant
 
 SCENES = ["strecha-fountain-P11", "strecha-Herz-Jesus-P8", "strecha-entry-P10", "strecha-castle-P19",
           "strecha-Herz-Jesus-P25", "strecha-castle-P30"]
@@ -166,7 +165,8 @@ def main(argv=None) -> int:
     parser.add_argument("--outputs", type=Path, default=Path("/tmp/roma-sfm-bench"))
     parser.add_argument("--num-threads", type=int, default=1, help="keep it low on shared machines")
     parser.add_argument("--pairs", default="auto")
-    parser.add_argument("--readme", type=Path, default=None, help="write the tables into this README")
+    parser.add_argument("--readme", type=Path, nargs="?", const=TARGET, default=None,
+                    help="write the table(s) into this file (alone: docs/benchmarks.md)")
     parser.add_argument("--json", type=Path, default=None, help="also dump the rows as JSON")
     args = parser.parse_args(argv)
     if not args.data.is_dir():

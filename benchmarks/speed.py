@@ -17,13 +17,12 @@ import time
 import numpy as np
 import torch
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-from _readme import write_table  # noqa: E402
+from readme import write_table
 
-from roma_sfm import random_matcher  # noqa: E402
-from roma_sfm.models.dinov2 import DinoVisionTransformer  # noqa: E402
-from roma_sfm.models.roma import RoMa  # noqa: E402
-from roma_sfm.presets import get_preset  # noqa: E402
+from roma_sfm import random_matcher
+from roma_sfm.models.dinov2 import DinoVisionTransformer
+from roma_sfm.models.roma import RoMa
+from roma_sfm.presets import get_preset
 
 ROWS = [
     ("roma-tiny", "`load_matcher()` default (448 px, one direction, single pass)", {}),

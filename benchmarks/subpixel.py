@@ -5,7 +5,7 @@ image share one keypoint per cell; a cell centre is off the true point by up to 
 ``refine`` modes move each keypoint off its cell centre again ("mean": the score-weighted mean of
 the raw points in the cell; "flow", the default: also fitted to the raw matches of every pair, see
 ``roma_sfm.pipelines.tracks``). This script puts numbers on it with
-``tracks.measure_subpixel``: synthetic views related by known homographies, "matched" by a fake
+``measure_subpixel``: synthetic views related by known homographies, "matched" by a fake
 dense matcher (uniform sub-pixel samples, Gaussian noise of ``noise`` px per coordinate on the
 second point), tracks built with each ``refine``, and every index match scored by its transfer
 error (distance in px between the second keypoint and the first one mapped by the true
@@ -27,16 +27,42 @@ import math
 import platform
 import sys
 import time
+from itertools import combinations
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _command import command_line  # noqa: E402
-from _readme import write_table  # noqa: E402
+from command import command_line
+from readme import TARGET, write_table
+from synthetic import HomographyMatcher, random_homographies, transfer
+
+from roma_sfm.pipelines import tracks
+from roma_sfm.presets import NUM_SAMPLES
 
 REFINES = ("none", "mean", "flow")
+
+
+def measure_subpixel(cell_size: float = 8.0, num_images: int = 3, num_samples: int = NUM_SAMPLES, noise: float = 0.0,
+                     seed: int = 0, size: tuple[int, int] = (480, 360)) -> dict[str, dict[str, float]]:
+    """Transfer error of the index matches per ``refine`` mode on synthetic homographies.
+
+    Every pair of ``num_images`` views related by known homographies is 'matched' by
+    :class:`synthetic.HomographyMatcher` (uniform sub-pixel samples, like a dense
+    matcher), tracks are built, and each match is scored against the true homography.
+    """
+    names = [f"{i:03d}.png" for i in range(num_images)]
+    Hs = random_homographies(names, size, seed)
+    m = HomographyMatcher(Hs, size, noise=noise)
+    pm = {(a, b): m.match(a, b).sample(num_samples, seed=seed + i) for i, (a, b) in enumerate(combinations(names, 2))}
+    sizes = {n: size for n in names}
+    out = {}
+    for refine in ("none", "mean", "flow"):
+        kps, _, matches = tracks.build_tracks(pm, sizes, cell_size, refine=refine)
+        e = np.concatenate([np.linalg.norm(transfer(Hs[a], Hs[b], kps[a][i[:, 0]].astype(np.float64)) - kps[b][i[:, 1]], axis=1)
+                            for (a, b), (i, _) in matches.items()])
+        out[refine] = {"mean": float(e.mean()), "median": float(np.median(e)), "num": int(len(e))}
+    return out
 
 
 def raw_error(noise: float) -> tuple[float, float]:
@@ -49,7 +75,6 @@ def measure(cell_size: float, noise: float, seeds: Sequence[int], num_images: in
             num_samples: int) -> dict[str, dict[str, float]]:
     """``measure_subpixel`` per seed, averaged: {refine: {"mean", "median", "num"}} (plus "spread":
     the range of the per-seed means)."""
-    from roma_sfm.pipelines.tracks import measure_subpixel
 
     runs = [measure_subpixel(cell_size=cell_size, num_images=num_images, num_samples=num_samples,
                              noise=noise, seed=s) for s in seeds]
@@ -76,7 +101,7 @@ def format_table(rows: Sequence[tuple[float, float, dict]], seeds: Sequence[int]
     spread = max(res[r]["spread"] for _, _, res in rows for r in REFINES)
     lines += ["", f"Transfer error (px, mean / median) of the tracks step's index matches against the true "
               f"homography, by `refine` of `tracks.build_tracks` (the pipeline runs flow; cell = `--cell-size`), from "
-              f"`roma_sfm.pipelines.tracks.measure_subpixel`: {num_images} synthetic 480x360 views per scene, "
+              f"`benchmarks/subpixel.py`: {num_images} synthetic 480x360 views per scene, "
               f"all their pairs matched by a fake dense matcher ({num_samples} uniform sub-pixel samples per "
               f"pair, Gaussian noise of the given px per coordinate), averaged over {len(seeds)} scenes (seeds "
               f"{', '.join(map(str, seeds))}; per-seed means differ by at most {spread:.2f} px). Raw matches: the "
@@ -92,7 +117,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--num-images", type=int, default=3)
     ap.add_argument("--num-samples", type=int, default=10000, help="sampled matches per pair")
-    ap.add_argument("--readme", type=Path, default=None, help="write the table into this README")
+    ap.add_argument("--readme", type=Path, nargs="?", const=TARGET, default=None,
+                    help="write the table(s) into this file (alone: docs/benchmarks.md)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     rows = []

@@ -21,15 +21,14 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _readme import write_table  # noqa: E402
-from common import DATA, ROOT  # noqa: E402
+from readme import TARGET, write_table
+from common import DATA, ROOT
 
-from roma_sfm.train.data import SynthConfig, SyntheticPairs  # noqa: E402
-from roma_sfm.train.multiview import TrackPairs  # noqa: E402
-from roma_sfm.train.scenes import ScenePairs  # noqa: E402
+from roma_sfm.train.data import SynthConfig, SyntheticPairs
+from roma_sfm.train.multiview import TrackPairs
+from roma_sfm.train.scenes import ScenePairs
 
 
 def pairs_per_second(ds, n: int, warmup: int = 5) -> tuple[float, float]:
@@ -52,7 +51,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--multiview", type=Path, default=DATA / "train" / "multiview")
     ap.add_argument("--track-indexes", nargs="*", default=[])
     ap.add_argument("--write-readme", action="store_true")
-    ap.add_argument("--readme", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    ap.add_argument("--readme", type=Path, default=TARGET)
     args = ap.parse_args(argv)
     import torch
 

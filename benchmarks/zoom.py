@@ -22,12 +22,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _readme import write_table  # noqa: E402
-from common import DATA, ROOT, add_common_args, fmt, run_matchers, set_threads  # noqa: E402
-from pose import evaluate  # noqa: E402
+from readme import TARGET, write_table
+from common import DATA, ROOT, add_common_args, fmt, run_matchers, set_threads
+from pose import evaluate
 
-from roma_sfm.pipelines.evaluate import read_pairs_gt  # noqa: E402
+from roma_sfm.pipelines.evaluate import read_pairs_gt
 
 
 def zoom_intrinsics(K: np.ndarray, x0: float, y0: float, s: float) -> np.ndarray:
@@ -83,7 +82,7 @@ def make_pairs(pairs: list[dict], scenes: Path, work: Path, zooms: list[float], 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(ap)
-    ap.set_defaults(readme=ROOT / "docs" / "benchmarks.md")
+    ap.set_defaults(readme=TARGET)
     ap.add_argument("--pairs", type=Path, default=DATA / "pairs" / "strecha_gap3.txt")
     ap.add_argument("--scenes", type=Path, default=DATA / "scenes")
     ap.add_argument("--zooms", type=float, nargs="+", default=[1.0, 2.0, 3.0, 4.0])

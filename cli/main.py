@@ -22,12 +22,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from roma_sfm.pipelines import evaluate, export, mapping, match, matchers, pairs as pairs_, reconstruct as reconstruct_
+from roma_sfm.pipelines.utils import jsonable
+
+DEFAULTS = reconstruct_.ReconstructConfig()  # every option's default comes from the steps' confs
+
 app = typer.Typer(help="Dense RoMa matching and structure-from-motion with pycolmap.", no_args_is_help=True,
                   add_completion=False)
 console = Console()
-
-PAIR_MODES = ("auto", "exhaustive", "sequential", "retrieval")
-
 
 class Mapper(str, Enum):
     incremental = "incremental"
@@ -84,7 +86,7 @@ def train(ctx: typer.Context):
 
     try:
         code = train_main(list(ctx.args))
-    except OutputLocked as e:  # another training writes into the same --out-dir
+    except (OutputLocked, ValueError) as e:  # another training writes into --out-dir; no training photos given
         _fail(str(e))
     raise typer.Exit(code or 0)
 
@@ -123,83 +125,22 @@ def _guard(verbose: bool):
         _fail(f"{type(e).__name__}: {e}")
 
 
-def _colmap_verbosity(verbose: bool) -> None:
-    import pycolmap
-
-    try:
-        pycolmap.logging.minloglevel = 0 if verbose else 1  # 1: warnings and errors only
-    except Exception:
-        pass
-
-
-def _parse_size(value: str) -> Optional[tuple[int, int]]:
-    try:
-        parts = [int(v) for v in value.lower().replace("x", " ").split()]
-    except ValueError:
-        return None
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or any(p <= 0 or p % 14 for p in parts):
-        return None
-    return parts[0], parts[1]
-
-
-def _parse_resolution(value: Optional[str]) -> Optional[dict]:
-    """'COARSE[:FINE]' -> matcher kwargs: {'coarse_res': (h, w)} plus 'upsample_res' when FINE is
-    given ((h, w), or None for 'none': a single pass); None when no value is given."""
-    if value is None:
-        return None
-    coarse, sep, fine = value.partition(":")
-    kw: dict = {"coarse_res": _parse_size(coarse)}
-    single = fine.strip().lower() == "none"
-    if sep:
-        kw["upsample_res"] = None if single else _parse_size(fine)
-    if kw["coarse_res"] is None or (sep and not single and kw["upsample_res"] is None):
-        raise typer.BadParameter(f"'{value}': give COARSE or COARSE:FINE, each N or HxW with multiples of 14, "
-                                 "FINE may be 'none' (e.g. 448, 448:672, 392x518:none)", param_hint="--resolution")
-    return kw
-
-
 def _resolve_matcher(spec: Optional[str], resolution: Optional[str], device: str) -> Any:
-    """The --matcher value for the pipeline: a name string, or a loaded matcher when --resolution is set."""
-    from roma_sfm.presets import PRESETS
-    from roma_sfm.weights import default_checkpoint, shipped_model_recommended
-
-    res = _parse_resolution(resolution)
-    if spec is None:
-        if shipped_model_recommended():
-            spec = "roma"
-        else:
-            spec = "sift"
-            why = ("is still in training (it does not beat SIFT yet, see MODEL_CARD.md)" if default_checkpoint().is_file()
-                   else f"({escape(str(default_checkpoint()))}) are not installed")
-            console.print(f"[yellow]note:[/] the shipped RoMa weights {why}: matching with SIFT "
-                          "(choose with --matcher)")
-    low = spec.lower()
-    if low in ("sift", "sift-opencv"):
-        if res is not None:
-            console.print("[yellow]note:[/] --resolution applies to RoMa matchers only; ignored for SIFT")
-        return low
-    if low == "roma":
-        if not default_checkpoint().is_file():
-            raise typer.BadParameter(f"'roma' needs the shipped weights {default_checkpoint()}, which are not "
-                                     "installed: pass a preset with weights, a checkpoint file, or 'sift' "
-                                     "(`roma-sfm models` lists what is available)", param_hint="--matcher")
-    elif spec not in PRESETS and not Path(spec).is_file():
-        raise typer.BadParameter(f"'{spec}' is not 'roma', 'sift', a preset ({', '.join(PRESETS)}) or an "
-                                 "existing checkpoint file", param_hint="--matcher")
-    if res is None:
-        return spec
-    from roma_sfm.pipelines import match
-
-    return match.get_matcher(spec, device=device, **res)
+    """The --matcher value for the pipeline (``matchers.resolve``), its notes printed."""
+    try:
+        resolved = matchers.resolve(spec, resolution, device)
+    except matchers.MatcherSpecError as e:
+        raise typer.BadParameter(str(e), param_hint=e.option) from None
+    for note in resolved.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}")
+    return resolved.matcher
 
 
-def _check_pairs(value: str) -> str:
-    if value not in PAIR_MODES and not Path(value).is_file():
-        raise typer.BadParameter(f"'{value}' is neither one of {', '.join(PAIR_MODES)} nor an existing pairs file",
-                                 param_hint="--pairs")
-    return value
+def _check_pairs(value: str, option: str = "--pairs") -> str:
+    try:
+        return pairs_.check_mode(value)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint=option) from None
 
 
 def _fmt(v: Any, digits: int = 2) -> str:
@@ -208,17 +149,6 @@ def _fmt(v: Any, digits: int = 2) -> str:
     if isinstance(v, float):
         return "inf" if math.isinf(v) else f"{v:.{digits}f}"
     return str(v)
-
-
-def _finite(o: Any) -> Any:
-    """JSON-safe copy: non-finite floats -> None."""
-    if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    return o
 
 
 def _kv_table(title: str, rows: list[tuple[str, str]]) -> Table:
@@ -309,6 +239,10 @@ def _print_report(report: dict, title: str) -> None:
 # ------------------------------------------------------------------------------------------------
 IMAGES_ARG = typer.Argument(..., exists=True, file_okay=False, dir_okay=True, show_default=False,
                             help="Folder of images (searched recursively; names are relative to it).")
+MATCHES_FILE_OPT = typer.Option(None, "--matches", show_default=False, dir_okay=False,
+                                help="matches.h5 of `roma-sfm match` (default: OUTPUT/matches.h5).")
+OUTPUT_DIR_OPT = typer.Option(None, "-o", "--output", file_okay=False, show_default=False,
+                              help="Output folder (default: ./outputs/<scene>).")
 MATCHER_HELP = ("'roma' (the shipped model), a preset name (roma-tiny, roma-outdoor, roma-indoor; "
                 "`roma-sfm models`), a checkpoint file (.safetensors or public .pth), or 'sift' "
                 "('sift-opencv' for OpenCV's SIFT defaults). Default: roma if the shipped weights are "
@@ -349,11 +283,10 @@ POSES_GT_HELP = ("Ground-truth cameras (`name fx fy cx cy qw qx qy qz tx ty tz`)
 
 
 def _gt(value: str) -> Any:
-    if value.lower() == "none":
-        return None
-    if value != "auto" and not Path(value).is_file():
-        raise typer.BadParameter(f"'{value}' is not a file (or 'auto' / 'none')", param_hint="--poses-gt")
-    return value if value == "auto" else Path(value)
+    try:
+        return evaluate.parse_poses_gt(value)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--poses-gt") from None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -369,25 +302,27 @@ def reconstruct(
     pairs: str = typer.Option("auto", "--pairs", help="Which pairs to match: auto (exhaustive up to 30 images, "
                               "else retrieval), exhaustive, sequential, retrieval, or a pairs file "
                               "(`name0 name1` per line)."),
-    num_matched: int = typer.Option(10, "--num-matched", min=1, help="Retrieval: pairs per image."),
+    num_matched: int = typer.Option(DEFAULTS.num_matched, "--num-matched", min=1, help="Retrieval: pairs per image."),
     resolution: Optional[str] = typer.Option(None, "--resolution", show_default=False, help=RESOLUTION_HELP),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    mapper: Mapper = typer.Option(Mapper.incremental, "--mapper", help="COLMAP mapper: incremental or global."),
-    max_keypoints: int = typer.Option(16384, "--max-keypoints", min=1,
+    device: str = typer.Option(DEFAULTS.device, "--device", help=DEVICE_HELP),
+    mapper: Mapper = typer.Option(Mapper(DEFAULTS.mapper), "--mapper", help="COLMAP mapper: incremental or global."),
+    max_keypoints: int = typer.Option(DEFAULTS.max_keypoints, "--max-keypoints", min=1,
                                       help="Keypoints kept per image when matches are merged into tracks."),
     cell_size: Optional[float] = typer.Option(None, "--cell-size", min=0.5, show_default=False,
                                               help="Track grid in px: matches in one cell of an image share one "
                                                    "keypoint (default: 2 for sift, 4 for RoMa)."),
     min_pair_score: Optional[float] = typer.Option(None, "--min-pair-score", min=0.0, max=1.0, show_default=False,
                                                    help=MIN_PAIR_SCORE_HELP),
-    num_samples: int = typer.Option(10000, "--num-samples", min=1, help=NUM_SAMPLES_HELP),
-    batch_size: int = typer.Option(1, "--batch-size", min=1, help="RoMa: pairs per forward pass."),
-    camera_mode: CameraMode = typer.Option(CameraMode.auto, "--camera-mode",
+    num_samples: int = typer.Option(DEFAULTS.num_samples, "--num-samples", min=1,
+                                     help=NUM_SAMPLES_HELP),
+    batch_size: int = typer.Option(DEFAULTS.batch_size, "--batch-size", min=1, help="RoMa: pairs per forward pass."),
+    camera_mode: CameraMode = typer.Option(CameraMode(DEFAULTS.camera_mode), "--camera-mode",
                                            help="Camera sharing: auto (same folder, size and EXIF focal), single, "
                                                 "per_folder, per_image."),
-    poses_gt: str = typer.Option("auto", "--poses-gt", help=POSES_GT_HELP),
-    num_threads: int = typer.Option(-1, "--num-threads", help=NUM_THREADS_HELP),
-    max_rotation_error: float = typer.Option(30.0, "--max-rotation-error", min=0.0, help=MAX_ROTATION_ERROR_HELP),
+    poses_gt: str = typer.Option(DEFAULTS.gt_poses, "--poses-gt", help=POSES_GT_HELP),
+    num_threads: int = typer.Option(DEFAULTS.num_threads, "--num-threads", help=NUM_THREADS_HELP),
+    max_rotation_error: float = typer.Option(DEFAULTS.max_rotation_error, "--max-rotation-error", min=0.0,
+                                             help=MAX_ROTATION_ERROR_HELP),
     ray: Optional[str] = typer.Option(None, "--ray", show_default=False, metavar="[ADDRESS]", help=RAY_HELP),
     ray_workers: Optional[int] = typer.Option(None, "--ray-workers", min=1, show_default=False,
                                               help="Ray: number of workers (default: one per CPU of the cluster)."),
@@ -405,22 +340,20 @@ def reconstruct(
 
     Exit code 0 on success, 1 if the reconstruction failed (report.json says why), 2 on usage errors.
     """
-    from roma_sfm.pipelines import reconstruct as reconstruct_
-
     out = output or default_output(images)
     _check_pairs(pairs)
     gt = _gt(poses_gt)
     with _guard(verbose):
         m = _resolve_matcher(matcher, resolution, device)
         console.print(f"reconstructing [bold]{escape(str(images))}[/] -> [bold]{escape(str(out))}[/] "
-                      f"(matcher: {escape(str(m if isinstance(m, str) else getattr(m, 'name', m)))})")
-        report = reconstruct_.main(images, out, matcher=m, pairs=pairs, num_matched=num_matched,
-                                   num_samples=num_samples, cell_size=cell_size, max_keypoints=max_keypoints,
-                                   min_pair_score=min_pair_score, mapper=mapper.value, camera_mode=camera_mode.value,
-                                   device=device, gt_poses=gt,
-                                   overwrite=overwrite, num_threads=num_threads, batch_size=batch_size,
-                                   verbose=verbose, ray=ray, ray_workers=ray_workers,
-                                   max_rotation_error=max_rotation_error)
+                      f"(matcher: {escape(matchers.matcher_name(m))})")
+        config = reconstruct_.ReconstructConfig(
+            matcher=m, pairs=pairs, num_matched=num_matched, num_samples=num_samples, cell_size=cell_size,
+            max_keypoints=max_keypoints, min_pair_score=min_pair_score, mapper=mapper.value,
+            camera_mode=camera_mode.value, device=device, gt_poses=gt, overwrite=overwrite, num_threads=num_threads,
+            batch_size=batch_size, verbose=verbose, ray=ray, ray_workers=ray_workers,
+            max_rotation_error=max_rotation_error)
+        report = reconstruct_.main(images, out, config)
     _print_report(report, "roma-sfm reconstruct")
     if report["status"] != "ok":
         _fail(report["message"])
@@ -443,11 +376,7 @@ def pairs_cmd(
     verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
 ):
     """Choose the image pairs to match and write them as `name0 name1` lines."""
-    from roma_sfm.pipelines import pairs as pairs_
-
-    if mode not in PAIR_MODES and not Path(mode).is_file():
-        raise typer.BadParameter(f"'{mode}' is neither one of {', '.join(PAIR_MODES)} nor an existing pairs file",
-                                 param_hint="--mode")
+    _check_pairs(mode, "--mode")
     out = output or default_output(images) / "pairs.txt"
     with _guard(verbose):
         pair_list = pairs_.main(images, out, mode=mode, window=window, num_matched=num_matched)
@@ -467,9 +396,10 @@ def match_cmd(
                                           help="matches.h5 to write (default: ./outputs/<scene>/matches.h5)."),
     matcher: Optional[str] = typer.Option(None, "--matcher", "-m", show_default=False, help=MATCHER_HELP),
     resolution: Optional[str] = typer.Option(None, "--resolution", show_default=False, help=RESOLUTION_HELP),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    num_samples: int = typer.Option(10000, "--num-samples", min=1, help=NUM_SAMPLES_HELP),
-    batch_size: int = typer.Option(1, "--batch-size", min=1, help="RoMa: pairs per forward pass."),
+    device: str = typer.Option(DEFAULTS.device, "--device", help=DEVICE_HELP),
+    num_samples: int = typer.Option(DEFAULTS.num_samples, "--num-samples", min=1,
+                                     help=NUM_SAMPLES_HELP),
+    batch_size: int = typer.Option(DEFAULTS.batch_size, "--batch-size", min=1, help="RoMa: pairs per forward pass."),
     retrieval: Optional[int] = typer.Option(None, "--retrieval", min=1, show_default=False,
                                             help="Instead of --pairs: match every image with its K most similar "
                                                  "images (global descriptors; pairs written next to OUTPUT)."),
@@ -489,17 +419,16 @@ def match_cmd(
 ):
     """Match image pairs into matches.h5 (hloc dense layout; resumable, crash safe)."""
     from roma_sfm.lock import output_lock
-    from roma_sfm.pipelines import match, pairs as pairs_
 
     out = output or default_output(images) / "matches.h5"
     with _guard(verbose), output_lock(out.parent):
-        m = match.get_matcher(_resolve_matcher(matcher, resolution, device), device=device)  # load errors first
+        m = matchers.get_matcher(_resolve_matcher(matcher, resolution, device), device=device)  # load errors first
         if pairs is not None and retrieval is not None:
             _fail("give --pairs or --retrieval, not both", code=2)
         if pairs is None:
             mode = "auto" if retrieval is None else "retrieval"
             pairs = out.parent / "pairs.txt"
-            n = len(pairs_.main(images, pairs, mode=mode, num_matched=retrieval or 10))
+            n = len(pairs_.main(images, pairs, mode=mode, **({"num_matched": retrieval} if retrieval else {})))
             console.print(f"{n} pairs ({mode}) -> {escape(str(pairs))}")
         try:  # the pairs file is streamed, never held in memory
             stats = match.main(pairs, images, out, m, num_samples=num_samples, batch_size=batch_size,
@@ -519,21 +448,20 @@ def match_cmd(
 @app.command("map")
 def map_cmd(
     images: Path = IMAGES_ARG,
-    matches: Optional[Path] = typer.Option(None, "--matches", show_default=False, dir_okay=False,
-                                           help="matches.h5 of `roma-sfm match` (default: OUTPUT/matches.h5)."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", file_okay=False, show_default=False,
-                                          help="Output folder (default: ./outputs/<scene>)."),
+    matches: Optional[Path] = MATCHES_FILE_OPT,
+    output: Optional[Path] = OUTPUT_DIR_OPT,
     cell_size: Optional[float] = typer.Option(None, "--cell-size", min=0.5, show_default=False,
                                               help="Track grid in px (default: 2 if matches.h5 holds SIFT "
                                                    "matches, else 4)."),
     min_pair_score: Optional[float] = typer.Option(None, "--min-pair-score", min=0.0, max=1.0, show_default=False,
                                                    help=MIN_PAIR_SCORE_HELP),
-    max_keypoints: int = typer.Option(16384, "--max-keypoints", min=1, help="Keypoints kept per image."),
-    mapper: Mapper = typer.Option(Mapper.incremental, "--mapper", help="COLMAP mapper: incremental or global."),
-    camera_mode: CameraMode = typer.Option(CameraMode.auto, "--camera-mode",
+    max_keypoints: int = typer.Option(DEFAULTS.max_keypoints, "--max-keypoints", min=1, help="Keypoints kept per image."),
+    mapper: Mapper = typer.Option(Mapper(DEFAULTS.mapper), "--mapper", help="COLMAP mapper: incremental or global."),
+    camera_mode: CameraMode = typer.Option(CameraMode(DEFAULTS.camera_mode), "--camera-mode",
                                            help="Camera sharing: auto, single, per_folder, per_image."),
-    num_threads: int = typer.Option(-1, "--num-threads", help=NUM_THREADS_HELP),
-    max_rotation_error: float = typer.Option(30.0, "--max-rotation-error", min=0.0, help=MAX_ROTATION_ERROR_HELP),
+    num_threads: int = typer.Option(DEFAULTS.num_threads, "--num-threads", help=NUM_THREADS_HELP),
+    max_rotation_error: float = typer.Option(DEFAULTS.max_rotation_error, "--max-rotation-error", min=0.0,
+                                             help=MAX_ROTATION_ERROR_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
 ):
     """Map matches.h5 into a COLMAP model (tracks, database, verification, mapping).
@@ -542,38 +470,34 @@ def map_cmd(
     (every model, largest first).
     """
     from roma_sfm.lock import output_lock
-    from roma_sfm.pipelines import export, mapping, match, tracks
 
     out = output or default_output(images)
     matches = matches or out / "matches.h5"
     if not matches.is_file():
         raise typer.BadParameter(f"'{matches}' does not exist (run `roma-sfm match` first)", param_hint="--matches")
-    _colmap_verbosity(verbose)
+    config = reconstruct_.ReconstructConfig(cell_size=cell_size, min_pair_score=min_pair_score,
+                                            max_keypoints=max_keypoints, mapper=mapper.value,
+                                            camera_mode=camera_mode.value, num_threads=num_threads,
+                                            max_rotation_error=max_rotation_error)
+    mapping.set_colmap_verbosity(verbose)
     with _guard(verbose), output_lock(out):
-        kind = match.matches_kind(matches)
-        cell_size, min_pair_score = tracks.settings(kind, cell_size, min_pair_score)
-        features, matches_idx = out / "features.h5", out / "matches_idx.h5"
-        ts = tracks.main(matches, features, matches_idx, cell_size, max_keypoints, min_pair_score=min_pair_score)
-        if ts.num_images == 0:
-            _fail(f"{ts.empty_message(min_pair_score)} in '{matches}'")
-        res = mapping.main(out / "sfm", images, features, matches_idx, camera_mode=camera_mode.value,
-                           mapper=mapper.value, num_threads=num_threads,
-                           options=mapping.mapper_options[kind][mapper.value],
-                           max_rotation_error=max_rotation_error)
-        rec, ver = res.reconstruction, res.verification
+        mo = reconstruct_.map_matches(images, out, matches, config)
+        ts, res = mo.tracks, mo.mapping
+        if res is None:
+            _fail(f"{mo.failure} in '{matches}'")
+        ver = res.verification
         rows = [("images with matches", str(ts.num_images)),
                 ("keypoints / image, matches / pair", f"{ts.mean_keypoints:.0f}, {ts.mean_matches:.0f} "
-                                                      f"(cell {cell_size:g} px)"),
+                                                      f"(cell {mo.cell_size:g} px)"),
                 ("pairs verified", _verified(ver.num_verified, ver.num_pairs, ver.mean_inliers,
                                              len(ver.rotation_outliers))),
                 ("models", " + ".join(str(r.num_reg_images()) for r in res.models) + " images"
                  if res.models else "0")]
-        if rec is None or rec.num_reg_images() == 0:
+        if mo.failure:
             console.print(_kv_table("roma-sfm map", rows))
-            _fail("no two images could be geometrically verified (do the images overlap?)"
-                  if ver.num_verified == 0 else "the mapper could not build a model")
+            _fail(mo.failure)
         export.write_models(res.models, out, prune=True)
-        stats = export.model_stats(rec)
+        stats = export.model_stats(res.reconstruction)
     rows += [("images registered", f"{stats['images_registered']} of {len(res.image_ids)}"),
              ("3D points", str(stats["points"])), ("mean track length", _fmt(stats["mean_track_length"])),
              ("mean reprojection error (px)", _fmt(stats["mean_reprojection_error"], 3)),
@@ -587,10 +511,9 @@ def export_cmd(
     images: Path = IMAGES_ARG,
     model: Optional[Path] = typer.Option(None, "--model", file_okay=False, show_default=False,
                                          help="COLMAP model folder to export (default: OUTPUT/sparse/0)."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", file_okay=False, show_default=False,
-                                          help="Output folder (default: ./outputs/<scene>)."),
-    poses_gt: str = typer.Option("auto", "--poses-gt", help=POSES_GT_HELP),
-    match_plots: int = typer.Option(3, "--match-plots", min=0,
+    output: Optional[Path] = OUTPUT_DIR_OPT,
+    poses_gt: str = typer.Option(DEFAULTS.gt_poses, "--poses-gt", help=POSES_GT_HELP),
+    match_plots: int = typer.Option(export.MATCH_PLOTS, "--match-plots", min=0,
                                     help="Plot the matches of this many pairs into OUTPUT/matches/ (needs "
                                          "OUTPUT/features.h5 and matches_idx.h5)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
@@ -599,29 +522,15 @@ def export_cmd(
 
     Scores the model when ground-truth cameras are found (--poses-gt).
     """
-    import pycolmap
-
     from roma_sfm.lock import output_lock
-    from roma_sfm.pipelines import evaluate, export
 
     out = output or default_output(images)
     model = model or out / "sparse" / "0"
     if not model.is_dir():
         raise typer.BadParameter(f"'{model}' is not a folder (run `roma-sfm map` first)", param_hint="--model")
     gt = _gt(poses_gt)
-    gt = images.parent / "poses_gt.txt" if gt == "auto" else gt
     with _guard(verbose), output_lock(out):
-        rec = pycolmap.Reconstruction(str(model))
-        n = rec.num_reg_images()
-        report: dict = {"status": "ok" if n else "failed",
-                        "message": f"registered {n} images" if n else f"no registered image in '{model}'",
-                        "images": str(images), "outputs": str(out), "source_model": str(model)}
-        if gt is not None and Path(gt).is_file():
-            report["evaluation"] = {**evaluate.evaluate_reconstruction(rec, Path(gt)), "poses_gt": str(gt)}
-        files = {"features": out / "features.h5", "matches_idx": out / "matches_idx.h5"}
-        if not all(p.is_file() for p in files.values()):
-            files = {}
-        report = export.main(rec, out, images, report, num_match_plots=match_plots, **files)
+        report = export.export_model(model, images, out, gt, num_match_plots=match_plots)
     _print_report(report, "roma-sfm export")
     if report["status"] != "ok":
         _fail(report["message"])
@@ -639,7 +548,7 @@ def viz(
     matcher: str = typer.Option("roma", "--matcher", "-m", help="A RoMa model: 'roma' (the shipped one), a preset "
                                 "name or a checkpoint file."),
     resolution: Optional[str] = typer.Option(None, "--resolution", show_default=False, help=RESOLUTION_HELP),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    device: str = typer.Option(DEFAULTS.device, "--device", help=DEVICE_HELP),
     num_samples: Optional[int] = typer.Option(None, "--num-samples", min=8, show_default=False,
                                               help="Matches sampled from the warp (default: "
                                                    "roma_sfm.pipelines.figures.NUM_SAMPLES)."),
@@ -649,7 +558,7 @@ def viz(
 
     The match plot draws a random subset of the matches: inliers and outliers of a fundamental matrix.
     """
-    from roma_sfm.pipelines import figures
+    from roma_sfm.pipelines import figures  # draws with OpenCV: loaded only here
 
     if matcher.lower().startswith("sift"):
         raise typer.BadParameter("viz draws RoMa's dense warp: give a RoMa model", param_hint="--matcher")
@@ -694,8 +603,6 @@ def eval_cmd(
 
     Matches: essential-matrix RANSAC per GT pair, relative-pose AUC@5/10/20 deg.
     """
-    from roma_sfm.pipelines import evaluate
-
     if model is None and matches is None:
         raise typer.BadParameter("give --model with --poses-gt, and/or --matches with --pairs-gt")
     if model is not None and poses_gt is None:
@@ -705,8 +612,7 @@ def eval_cmd(
     results: dict = {}
     with _guard(verbose):
         if model is not None:
-            if not any((model / f).is_file() for f in ("cameras.bin", "cameras.txt")) and (model / "sparse" / "0").is_dir():
-                model = model / "sparse" / "0"
+            model = evaluate.model_folder(model)
             ev = evaluate.evaluate_reconstruction(model, poses_gt)
             results["reconstruction"] = {"model": str(model), "poses_gt": str(poses_gt), **ev}
             rows = [("model", str(model)), ("registered", f"{ev['registered']} of {ev['images']} GT images")]
@@ -723,7 +629,7 @@ def eval_cmd(
             console.print(_kv_table("matches vs GT pairs (relative pose)", rows))
     if json_file is not None:
         json_file.parent.mkdir(parents=True, exist_ok=True)
-        json_file.write_text(json.dumps(_finite(results), indent=2))
+        json_file.write_text(json.dumps(jsonable(results, strict=True), indent=2))
         console.print(f"-> {escape(str(json_file))}")
 
 

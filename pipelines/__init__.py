@@ -1,12 +1,15 @@
-"""Reconstruction pipeline steps (hloc style): each module has a ``confs`` dict and a ``main(...)``
-that reads and writes files, so every step can be re-run alone.
+"""Reconstruction pipeline steps (hloc style): each step module has its defaults in ``confs`` and a
+``main(...)`` that reads and writes files, so every step can be re-run alone.
 
 - :mod:`.pairs`       images -> pairs.txt (exhaustive / sequential / retrieval / file / auto)
-- :mod:`.match`       pairs -> matches.h5 (dense layout, resumable, kill -9 safe; SIFT or RoMa)
-- :mod:`.tracks`      matches.h5 -> features.h5 + matches_idx.h5 (shared keypoints, sub-pixel)
-- :mod:`.mapping`     -> COLMAP database, verification, incremental/global mapping (pycolmap)
-- :mod:`.export`      -> sparse/0 (bin + txt), points.ply, report.json, preview PNGs
-- :mod:`.reconstruct` all of the above in one call (what the CLI runs)
+- :mod:`.match`       pairs -> matches.h5 (resumable, kill -9 safe; :mod:`.cluster` spreads it over Ray)
+- :mod:`.matchers`    the matchers behind one interface: SIFT and RoMa
+- :mod:`.tracks`      matches.h5 -> features.h5 + matches_idx.h5 (shared keypoints, sub-pixel, pair gate)
+- :mod:`.mapping`     -> COLMAP database, verification, view-graph check (:mod:`.viewgraph`), mapping
+- :mod:`.export`      -> sparse/0 (bin + txt), points.ply, report.json, previews (:mod:`.figures`),
+  report.html (:mod:`.report_html`)
+- :mod:`.reconstruct` all of the above from one ``ReconstructConfig`` (what the CLI runs)
 - :mod:`.evaluate`    scores against ground-truth poses / pairs
-- :mod:`.synthetic`   synthetic homography scenes and a fake dense matcher (tests, measurements)
+- :mod:`.h5io`        the HDF5 files (matches.h5 with its journal and shards, features.h5, matches_idx.h5)
+- :mod:`.utils`       image scanning, pair names and files, atomic writes, JSON, timing
 """

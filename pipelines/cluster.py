@@ -1,35 +1,23 @@
-"""Matching on a Ray cluster: pairs in shards -> one shard file per shard -> merged into matches.h5.
+"""Matching on a Ray cluster: pairs in shards -> one shard file per shard -> handed to a sink.
 
-Public API
-----------
-- ``run(todo, images, output, matcher, writer, num_samples=10000, balanced=True, seed=0, batch_size=1,
-        address=None, num_workers=None, shard_size=64, on_done=None, stats=None) -> int``
-  Called by ``match.main(..., ray=ADDRESS)``; returns the number of pairs matched.
-
-How it works
-------------
-- The driver streams ``todo`` into shards of ``shard_size`` pairs and keeps at most two shards per
+- The driver streams the pairs into shards of ``shard_size`` pairs and keeps at most two shards per
   worker in flight (memory does not grow with the number of pairs).
-- Each worker is a Ray actor holding one copy of the matcher (sent once, by pickling); a shard is
-  matched by ``match.main`` into its own file ``<output>.shards/shard-<n>.h5`` (journal, crash
-  safety and resume as for any matches file), so a worker never touches ``matches.h5``.
-- When a shard is done the driver moves its pairs into ``matches.h5`` through the usual journal
-  (``match.merge_shard``) and deletes it. A worker that dies is restarted and its shard retried
-  (``max_retries`` times; the retry resumes from the shard file). Shards left by a killed driver
-  are recovered by the next ``match.main`` on the same output.
-- All workers must see ``images`` and ``output`` at the same paths (one machine, or a shared file
-  system on a cluster).
-- Every image is encoded alone (see ``Matcher.match_many``) and shards hold whole batches (the
-  shard size is rounded up to a multiple of ``batch_size``), so the matches are bit for bit those of
-  a single-process run over the same pairs with as many torch threads as a worker has (``threads``,
-  default the cluster's CPUs / workers; float sums are split differently at other thread counts).
-- Ray starts its workers at nice 15: beside another busy process on the same machine they get
-  little CPU (seen here beside a training run niced to 10).
+- Each worker is a Ray actor holding one copy of the matcher (sent once, by pickling); it matches a
+  shard with the given ``match_fn`` (the match step's ``main``) into its own file
+  ``<shard_dir>/shard-<n>.h5`` (journal, crash safety and resume as for any matches file).
+- A finished shard goes to ``sink`` (the match step moves its pairs into ``matches.h5``). A worker
+  that dies is restarted and its shard retried; shards left by a killed driver are recovered by
+  the next run of the match step.
+- All workers must see the images and the output at the same paths.
+- Every image is encoded alone and shards hold whole batches, so the matches are bit for bit those
+  of a single-process run with as many torch threads as a worker has (``threads``).
+- Ray starts its workers at nice 15: beside another busy process they get little CPU.
 """
 from __future__ import annotations
 
 import itertools
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -55,17 +43,15 @@ def _worker_class(ray):
     class MatchWorker:
         """Holds one matcher; matches shards into their own files."""
 
-        def __init__(self, matcher: Any, threads: int):
+        def __init__(self, matcher: Any, threads: int, match_fn: Callable):
             import torch
 
             torch.set_num_threads(max(1, threads))
-            self.matcher = matcher
+            self.matcher, self.match_fn = matcher, match_fn
 
         def run(self, shard: str, pairs: list, images: str, kwargs: dict) -> tuple[str, int, int]:
-            from . import match
-
-            st = match.main(pairs, Path(images), Path(shard), self.matcher, progress=False, skipped_images={},
-                            **kwargs)
+            st = self.match_fn(pairs, Path(images), Path(shard), self.matcher, progress=False, skipped_images={},
+                               **kwargs)
             return shard, st.num_matched + st.num_resumed, st.num_failed
 
     return MatchWorker
@@ -77,30 +63,36 @@ def _shards(todo: Iterator[tuple[str, str]], size: int) -> Iterator[list[tuple[s
         yield chunk
 
 
-def run(todo: Iterator[tuple[str, str]], images: Path, output: Path, matcher: Any, writer: Any,
-        num_samples: int = 10000, balanced: bool = True, seed: int = 0, batch_size: int = 1,
-        address: Optional[str] = None, num_workers: Optional[int] = None, shard_size: int = 64,
-        on_done: Optional[Callable[[int], None]] = None, stats: Any = None, threads: Optional[int] = None) -> int:
-    """Match the pairs of ``todo`` on Ray and move them into ``writer``'s file (see module doc)."""
-    from . import match
+@dataclass
+class ClusterStats:
+    matched: int = 0  # pairs moved into the sink
+    failed: int = 0  # pairs of unreadable images, and of shards that failed for good
 
+
+def run(todo: Iterator[tuple[str, str]], images: Path, shard_dir: Path, matcher: Any, sink: Callable[[Path], int],
+        match_fn: Callable, batch_size: int, shard_size: int, match_kwargs: Optional[dict] = None,
+        address: Optional[str] = None, num_workers: Optional[int] = None,
+        on_done: Optional[Callable[[int], None]] = None, threads: Optional[int] = None) -> ClusterStats:
+    """Match the pairs of ``todo`` on Ray; each finished shard file goes to ``sink`` (which returns
+    the number of pairs it took). ``match_fn(pairs, images, shard, matcher, progress=False,
+    skipped_images={}, batch_size=..., **match_kwargs)`` matches one shard on a worker."""
     # shards made of whole batches: every pair meets the same batch-mates as in a single-process run
     shard_size = -(-max(shard_size, 1) // batch_size) * batch_size
     ray = _init_ray(address, num_workers)
     n_workers = num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     # torch threads per worker: the single-process run with the same count gives the same matches
     threads = threads or max(1, int(ray.cluster_resources().get("CPU", n_workers)) // n_workers)
-    shard_dir = match._shards_dir(output)
+    shard_dir = Path(shard_dir)
     shard_dir.mkdir(parents=True, exist_ok=True)
     start = max([int(p.stem.split("-")[-1]) for p in shard_dir.glob("shard-*.h5")] + [-1]) + 1
     matcher_ref = ray.put(matcher)
     Worker = _worker_class(ray)
-    workers = [Worker.remote(matcher_ref, threads) for _ in range(n_workers)]
-    kwargs = {"num_samples": num_samples, "balanced": balanced, "seed": seed, "batch_size": batch_size}
+    workers = [Worker.remote(matcher_ref, threads, match_fn) for _ in range(n_workers)]
+    kwargs = {**(match_kwargs or {}), "batch_size": batch_size}
     logger.info("match: Ray with %d workers x %d threads, shards of %d pairs in %s", n_workers, threads,
                 shard_size, shard_dir)
     pending: dict = {}  # object ref -> (shard path, its pairs)
-    matched = 0
+    stats = ClusterStats()
     shards = enumerate(_shards(todo, shard_size), start)
     free = list(workers) * 2  # two shards in flight per worker: one runs, one waits
     busy: dict = {}
@@ -130,18 +122,14 @@ def run(todo: Iterator[tuple[str, str]], images: Path, output: Path, matcher: An
         except Exception as e:  # retries exhausted: the shard file keeps what was done for the next run
             logger.error("match: shard %s failed for good (%s); its %d pairs are left for the next run",
                          path.name, e, len(pairs))
-            if stats is not None:
-                stats.num_failed += len(pairs)
+            stats.failed += len(pairs)
             if on_done:
                 on_done(len(pairs))
             while submit():
                 pass
             continue
-        moved = match.merge_shard(writer, path)
-        matched += moved
-        if stats is not None:
-            stats.num_matched += moved
-            stats.num_failed += n_failed
+        stats.matched += sink(path)
+        stats.failed += n_failed
         if on_done:
             on_done(len(pairs))
         while submit():
@@ -150,4 +138,4 @@ def run(todo: Iterator[tuple[str, str]], images: Path, output: Path, matcher: An
         ray.kill(w)
     if not any(shard_dir.iterdir()):
         shard_dir.rmdir()
-    return matched
+    return stats

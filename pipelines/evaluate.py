@@ -1,18 +1,10 @@
 """Scoring: a reconstruction against ground-truth cameras, and a matches.h5 against GT pairs.
 
-Public API
-----------
-- ``read_poses_gt(path) -> dict[name, GTCamera]``  (``name fx fy cx cy qw qx qy qz tx ty tz``,
-  world-to-camera x_cam = R(q) x_world + t, cx, cy with pixel centres at integers)
-- ``evaluate_reconstruction(reconstruction: pycolmap.Reconstruction | Path, poses_gt: Path,
-                            thresholds=(3, 5, 10)) -> dict``: images / registered, relative-pose
-  AUC@3/5/10 deg over ALL pairs of GT images (error = max(rotation error, angle between translation
-  directions); a pair with an unregistered image has infinite error), plus median errors.
-- ``evaluate_matches(matches: Path, pairs_gt: Path, thresholds=(5, 10, 20), ransac_px=0.5,
-                     name_fn=strip_to_images) -> dict``: per GT pair (38-field SuperGlue/LoFTR
-  format), OpenCV essential-matrix RANSAC at ``ransac_px`` on normalized coordinates + recoverPose,
-  error = max(R error, t-direction error with the sign ambiguity folded) -> AUC@5/10/20.
-- ``pose_auc(errors, thresholds) -> list[float]`` (area under the recall curve, in %, as SuperGlue).
+Ground-truth cameras (``poses_gt.txt``): ``name fx fy cx cy qw qx qy qz tx ty tz`` per line,
+world-to-camera x_cam = R(q) x_world + t, pixel centres at integers. A model is scored by the
+relative-pose AUC over all pairs of GT images (error = max(rotation error, angle between the
+translation directions); a pair with an unregistered image has infinite error). Matches are scored
+per GT pair (the 38-field SuperGlue/LoFTR format) by an essential-matrix RANSAC, the same AUC.
 """
 from __future__ import annotations
 
@@ -25,7 +17,7 @@ import cv2
 import numpy as np
 import pycolmap
 
-from .match import read_matches
+from .h5io import read_matches
 from .utils import logger
 
 
@@ -125,6 +117,30 @@ def evaluate_reconstruction(reconstruction: Union[pycolmap.Reconstruction, Path,
            "median_rot_err": float(np.median(err_R)) if err_R else float("inf"),
            "median_t_err": float(np.median(err_t)) if err_t else float("inf")}
     return out
+
+
+def model_folder(path: Path) -> Path:
+    """A COLMAP model folder: ``path`` itself, or ``path/sparse/0`` for an output folder."""
+    path = Path(path)
+    if not any((path / f).is_file() for f in ("cameras.bin", "cameras.txt")) and (path / "sparse" / "0").is_dir():
+        return path / "sparse" / "0"
+    return path
+
+
+def parse_poses_gt(value: str) -> Union[str, Path, None]:
+    """A ``--poses-gt`` value: 'none' -> None, 'auto' as is, else an existing file (ValueError otherwise)."""
+    if value.lower() == "none":
+        return None
+    if value != "auto" and not Path(value).is_file():
+        raise ValueError(f"'{value}' is not a file (or 'auto' / 'none')")
+    return value if value == "auto" else Path(value)
+
+
+def poses_gt_file(value: Union[str, Path, None], images: Path) -> Optional[Path]:
+    """The ground-truth file to score a model of ``images`` with: 'auto' means
+    ``<images>/../poses_gt.txt`` (as in ``sample_scenes/corner``); None when there is no such file."""
+    gt = Path(images).parent / "poses_gt.txt" if value == "auto" else value
+    return Path(gt) if gt is not None and Path(gt).is_file() else None
 
 
 def strip_to_images(path: str) -> str:

@@ -1,21 +1,5 @@
 """Step 5: write the results: COLMAP model (binary + text), points.ply, report.json, previews, report.html.
 
-Public API
-----------
-- ``main(reconstruction: pycolmap.Reconstruction | None, outputs: Path, images: Path,
-         report: dict, features: Path | None = None, matches_idx: Path | None = None,
-         num_match_plots: int = 3, write_json: bool = True, more_models=(), focal_priors=None)
-         -> dict``  (returns the report as written; ``write_json=False`` leaves report.json to the
-  caller, e.g. to time the export first; ``more_models``: the smaller models, sparse/1, ...)
-- ``write_report(report: dict, outputs: Path) -> Path``  (atomic ``outputs/report.json``)
-- ``write_model(reconstruction, sparse_dir: Path) -> None``  (binary and text side by side)
-- ``write_models(models, outputs: Path, prune=False) -> list[dict]``  (model i to sparse/i and
-  ``ply_name(i)``; ``prune``: remove numbered models beyond them)
-- ``camera_focals(reconstruction, priors=None) -> list[dict]``  (estimated focal vs its prior, per camera)
-- ``model_stats(reconstruction) -> dict``
-- ``plot_top_view(reconstruction, path: Path, size: int = 800) -> None``
-- ``versions() -> dict[str, str]``
-
 Layout of ``outputs``: ``sparse/0/{cameras,images,points3D,rigs,frames}.{bin,txt}``, ``points.ply``
 (the largest model; a run that made several has ``sparse/1``, ``points_1.ply``, ... too, largest
 first), ``report.json``, ``preview.png`` (cameras and points from above, "up" = mean camera up
@@ -30,14 +14,17 @@ import platform
 import shutil
 from importlib import metadata
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import cv2
 import numpy as np
 import pycolmap
 
-from . import figures, report_html
-from .utils import atomic_output, logger, replace_dir
+from . import evaluate, figures, report_html
+from ..io import atomic_output
+from .utils import jsonable, logger, replace_dir
+
+MATCH_PLOTS = 3  # pairs whose matches are drawn into matches/
 
 
 def versions() -> dict[str, str]:
@@ -185,15 +172,14 @@ def write_report(report: dict, outputs: Path) -> Path:
     """Write ``outputs/report.json`` atomically (tmp + rename); returns its path."""
     outputs = Path(outputs)
     outputs.mkdir(parents=True, exist_ok=True)
-    tmp = outputs / "report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2, default=_json_default))
-    tmp.replace(outputs / "report.json")
+    with atomic_output(outputs / "report.json", outputs / "report.json.tmp") as tmp:
+        tmp.write_text(json.dumps(report, indent=2, default=jsonable))
     logger.info("export: %s", outputs / "report.json")
     return outputs / "report.json"
 
 
 def main(reconstruction: Optional[pycolmap.Reconstruction], outputs: Path, images: Path, report: dict,
-         features: Optional[Path] = None, matches_idx: Optional[Path] = None, num_match_plots: int = 3,
+         features: Optional[Path] = None, matches_idx: Optional[Path] = None, num_match_plots: int = MATCH_PLOTS,
          write_json: bool = True, more_models: Sequence[pycolmap.Reconstruction] = (),
          focal_priors: Optional[dict[int, tuple[float, bool]]] = None) -> dict:
     """Write model, PLY, previews and ``report.json`` (``report`` is extended with model stats).
@@ -227,13 +213,20 @@ def main(reconstruction: Optional[pycolmap.Reconstruction], outputs: Path, image
     return report
 
 
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
+def export_model(model: Path, images: Path, outputs: Path, poses_gt: Union[str, Path, None] = "auto",
+                 num_match_plots: int = MATCH_PLOTS) -> dict:
+    """Export the COLMAP model folder ``model`` as :func:`main` does, scored against ``poses_gt``
+    (see ``evaluate.poses_gt_file``) when there is one; match plots when ``outputs`` holds
+    features.h5 and matches_idx.h5. Returns the report ('failed' when no image is registered)."""
+    rec = pycolmap.Reconstruction(str(model))
+    n = rec.num_reg_images()
+    report: dict = {"status": "ok" if n else "failed",
+                    "message": f"registered {n} images" if n else f"no registered image in '{model}'",
+                    "images": str(images), "outputs": str(outputs), "source_model": str(model)}
+    gt = evaluate.poses_gt_file(poses_gt, images)
+    if gt is not None:
+        report["evaluation"] = {**evaluate.evaluate_reconstruction(rec, gt), "poses_gt": str(gt)}
+    files = {"features": outputs / "features.h5", "matches_idx": outputs / "matches_idx.h5"}
+    if not all(p.is_file() for p in files.values()):
+        files = {}
+    return main(rec, outputs, images, report, num_match_plots=num_match_plots, **files)

@@ -1,23 +1,5 @@
 """Pictures of matches that can be read: a few drawn matches in two colours, RoMa's warp and certainty.
 
-Public API
-----------
-- ``plot_matches(image0, image1, kpts0, kpts1, inliers, path=None, max_drawn=MAX_DRAWN, ...)
-  -> np.ndarray``: the two images side by side with a random subset of at most ``max_drawn``
-  matches, inliers and outliers in two colours, and a legend with their counts over all matches.
-- ``verified_inliers(database, name0, name1, idx) -> np.ndarray | None``: which index matches COLMAP's
-  verification kept (the two-view geometry of the pair in ``database.db``).
-- ``fundamental_inliers(kpts0, kpts1, size0) -> np.ndarray | None``: inliers of a fundamental matrix
-  (RANSAC), for matches that no verification has seen.
-- ``plot_pairs(images, features, matches_idx, out_dir, num, database=None) -> list[str]``: the match
-  plots of the export, of ``top_pairs(matches, num)`` (the ``num`` pairs with most matches).
-- ``warp_images(result, image0, image1, height) -> (warp, certainty)``: image B sampled into A's
-  frame through RoMa's dense warp (faded to white where certainty is low) and the certainty map.
-- ``pair_figure(matcher, path0, path1, out=None, num_samples=NUM_SAMPLES, ...) -> PairFigure``: what
-  ``roma-sfm viz A B`` draws: the match plot above A, the warp and the certainty.
-- ``matcher_of(matches, hint=None, device="auto")``: the RoMa matcher that wrote a matches.h5
-  (its preset or ``hint``, at the resolution it used, with the same weights), or None.
-
 Why so few lines: thousands of lines across both images cover them and nothing can be read; ~150
 random ones show where matches are and which ones are wrong. Colours are RGB; files are PNG.
 """
@@ -33,7 +15,8 @@ import cv2
 import numpy as np
 
 from ..io import ImageReadError, as_rgb, read_image
-from .utils import atomic_output, logger
+from ..io import atomic_output
+from .utils import logger
 
 MAX_DRAWN = 150  # matches drawn in a plot (a random subset; the legend counts all of them)
 NUM_SAMPLES = 5000  # matches sampled from RoMa's warp for a figure of one pair
@@ -148,7 +131,7 @@ def plot_pairs(images: Path, features: Path, matches_idx: Path, out_dir: Path, n
     """Match plots of the ``num`` pairs with most matches into ``out_dir`` (``<a>__<b>.png``, '/' in
     names as '-'); colours from COLMAP's verification in ``database``, else from a fundamental
     matrix. Returns the file names written (pairs with an unreadable image are left out)."""
-    from .tracks import read_features, read_index_matches
+    from .h5io import read_features, read_index_matches
 
     kps = read_features(features)
     matches = read_index_matches(matches_idx)
@@ -251,7 +234,7 @@ def pair_figure(matcher: Any, path0: Union[str, Path], path1: Union[str, Path], 
     the warp, inliers of a fundamental matrix vs outliers, ``MAX_DRAWN`` of them drawn) above A, B
     warped into A's frame and the certainty. ``matcher``: a RoMa matcher or its spec for
     ``match.get_matcher`` ('roma', a preset, a checkpoint). Written to ``out`` (PNG) when given."""
-    from .match import get_matcher
+    from .matchers import get_matcher
 
     matcher = get_matcher(matcher, device=device)
     image0, image1 = as_rgb(path0), as_rgb(path1)
@@ -276,7 +259,7 @@ def matcher_of(matches: Path, hint: Optional[str] = None, device: str = "auto") 
     or when those weights are not here."""
     import h5py
 
-    from . import match
+    from .matchers import get_matcher
 
     try:
         with h5py.File(matches, "r") as f:
@@ -291,7 +274,7 @@ def matcher_of(matches: Path, hint: Optional[str] = None, device: str = "auto") 
         try:
             with warnings.catch_warnings():  # "still in training": said by the run already
                 warnings.simplefilter("ignore")
-                m = match.get_matcher(str(spec), device=device, **kwargs)
+                m = get_matcher(str(spec), device=device, **kwargs)
         except Exception as e:
             logger.debug("figures: could not load %s: %s", spec, e)
             continue

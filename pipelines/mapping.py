@@ -1,26 +1,5 @@
 """Step 4: COLMAP database + geometric verification + incremental (or global) mapping with pycolmap.
 
-Public API
-----------
-- ``main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_mode: str = "auto",
-         mapper: str = "incremental", camera_model: str = "SIMPLE_RADIAL", min_model_size: int = 3,
-         min_num_inliers: int = 15, ransac_max_error: float = 4.0, skip_geometric_verification: bool = False,
-         num_threads: int = -1, seed: int = 0, options: Optional[dict] = None,
-         max_rotation_error: float = 30.0) -> MappingResult``
-- ``mapper_options[kind][mapper]``: mapper option overrides for the matches' kind (``match.matches_kind``).
-- ``create_database(database: Path, images: Path, features: Path, camera_mode="auto",
-                    camera_model="SIMPLE_RADIAL") -> dict[str, int]``  (image name -> image id)
-- ``import_matches(database, image_ids, matches_idx, min_num_inliers=15, ransac_max_error=4.0,
-                   skip_geometric_verification=False, seed=0, num_threads=1, prefilter_trials=1000,
-                   max_rotation_error=30.0) -> VerificationStats``
-- ``relative_rotation(tvg, cam0, cam1, pts0 (M,2), pts1 (M,2)) -> (3,3) | None``  (cam1_from_cam0,
-  from a verified pair's E or F; the view-graph check's input)
-- ``camera_from_exif(path: Path, size: (W, H)) -> tuple[float, bool]``  (focal px, from EXIF?)
-- ``rank_models(models) -> list[Reconstruction]``  (largest first: registered images, then points)
-- ``read_focal_priors(database) -> {camera id: (focal px, from EXIF?)}``  (what the mapper started from)
-- ``DEFAULT_FOCAL_FACTOR`` = 1.2: focal = 1.2 * max(W, H) px when EXIF has none (COLMAP's default;
-  a ~45 deg field of view, refined by bundle adjustment).
-
 Cameras: ``camera_mode`` 'auto' shares one camera among images of the same folder with the same
 size and the same EXIF focal (typical of one device; shared intrinsics make BA better conditioned),
 'single' one for all, 'per_folder', 'per_image'.
@@ -30,15 +9,7 @@ the counts are known and the config is always set: pycolmap 4.x silently ignores
 geometries left UNDEFINED). ``skip_geometric_verification`` writes all matches as inliers with an
 explicit UNCALIBRATED config.
 
-Verification cost: COLMAP's RANSAC options are kept (max_error 4 px, confidence 0.999, 100..10000
-trials, min_inlier_ratio 0.25). A pair that does not overlap never reaches the inlier ratio that
-stops RANSAC early, so it costs the full 10000 trials of the 7-point F (and E) solver (~0.4 s);
-measured on Strecha castle-P19, every global bound (``max_num_trials``, ``confidence``,
-``ransac.min_inlier_ratio``) that saves time there also changes real low-inlier-ratio pairs, so none
-is used. What is safe and done: pairs with fewer matches than ``min_num_inliers`` are not sent to
-RANSAC (COLMAP returns DEGENERATE for them anyway), keypoints are converted once per image, and
-pairs are verified on ``num_threads`` threads (pycolmap releases the GIL; each pair is seeded, so
-the result does not depend on the number of threads).
+Why each pair is verified here, and what bounds its cost: ``docs/design/mapping.md``.
 
 View-graph check (``viewgraph``): after verification, a pair whose relative rotation is more than
 ``max_rotation_error`` deg from the robust rotation average of all verified pairs is left out of
@@ -69,8 +40,9 @@ import numpy as np
 import pycolmap
 
 from . import viewgraph
-from .tracks import check_same_run, read_features, read_index_matches
-from .utils import atomic_output, logger, replace_dir
+from .h5io import check_same_run, read_features, read_index_matches
+from ..io import atomic_output
+from .utils import logger, replace_dir
 
 DEFAULT_FOCAL_FACTOR = 1.2
 
@@ -89,10 +61,15 @@ mapper_options = {
 T = TypeVar("T")
 R = TypeVar("R")
 
+# the step's defaults (reconstruct and the CLI read them here)
 confs = {
-    "incremental": {"mapper": "incremental", "min_model_size": 3, "camera_mode": "auto"},
-    "global": {"mapper": "global", "min_model_size": 3, "camera_mode": "auto"},
+    "default": {"mapper": "incremental", "camera_mode": "auto", "camera_model": "SIMPLE_RADIAL", "min_model_size": 3,
+                "min_num_inliers": 15, "ransac_max_error": 4.0, "max_rotation_error": 30.0, "num_threads": -1,
+                "seed": 0},
 }
+DEFAULTS = confs["default"]
+MAPPERS = ("incremental", "global")
+CAMERA_MODES = ("auto", "single", "per_folder", "per_image")
 
 
 @dataclass
@@ -145,8 +122,8 @@ def camera_from_exif(path: Path, size: tuple[int, int]) -> tuple[float, bool]:
     return DEFAULT_FOCAL_FACTOR * max(w, h), False
 
 
-def create_database(database: Path, images: Path, features: Path, camera_mode: str = "auto",
-                    camera_model: str = "SIMPLE_RADIAL") -> dict[str, int]:
+def create_database(database: Path, images: Path, features: Path, camera_mode: str = DEFAULTS["camera_mode"],
+                    camera_model: str = DEFAULTS["camera_model"]) -> dict[str, int]:
     """Create ``database`` with cameras, one trivial rig + frame per camera/image, and keypoints.
 
     Returns {image name: image id}. Keypoints in features.h5 are already in COLMAP convention.
@@ -213,10 +190,11 @@ def _ordered_map(fn: Callable[[T], R], items: Iterable[T], num_threads: int) -> 
             yield pending.popleft().result()
 
 
-def import_matches(database: Path, image_ids: dict[str, int], matches_idx: Path, min_num_inliers: int = 15,
-                   ransac_max_error: float = 4.0, skip_geometric_verification: bool = False,
-                   seed: int = 0, num_threads: int = 1, prefilter_trials: int = 1000,
-                   max_rotation_error: float = 30.0) -> VerificationStats:
+def import_matches(database: Path, image_ids: dict[str, int], matches_idx: Path,
+                   min_num_inliers: int = DEFAULTS["min_num_inliers"],
+                   ransac_max_error: float = DEFAULTS["ransac_max_error"], skip_geometric_verification: bool = False,
+                   seed: int = DEFAULTS["seed"], num_threads: int = 1, prefilter_trials: int = 1000,
+                   max_rotation_error: float = DEFAULTS["max_rotation_error"]) -> VerificationStats:
     """Write raw matches and verified two-view geometries of every pair into ``database``.
 
     Pairs with fewer than ``min_num_inliers`` matches cannot be verified and skip RANSAC (counted as
@@ -342,6 +320,14 @@ def _rotation_outliers(verified: list, kps: dict, cams: dict, max_error: float, 
     return outliers
 
 
+def set_colmap_verbosity(verbose: bool) -> None:
+    """COLMAP's own log: everything when ``verbose``, else warnings and errors only."""
+    try:
+        pycolmap.logging.minloglevel = 0 if verbose else 1
+    except Exception:
+        pass
+
+
 def set_options(opts, overrides: dict) -> None:
     """Set ``{"a.b": value}`` on a pycolmap options object; an unknown name is a clear error."""
     for key, value in overrides.items():
@@ -354,11 +340,12 @@ def set_options(opts, overrides: dict) -> None:
         setattr(target, name, value)
 
 
-def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_mode: str = "auto",
-         mapper: str = "incremental", camera_model: str = "SIMPLE_RADIAL", min_model_size: int = 3,
-         min_num_inliers: int = 15, ransac_max_error: float = 4.0, skip_geometric_verification: bool = False,
-         num_threads: int = -1, seed: int = 0, options: Optional[dict] = None,
-         max_rotation_error: float = 30.0) -> MappingResult:
+def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_mode: str = DEFAULTS["camera_mode"],
+         mapper: str = DEFAULTS["mapper"], camera_model: str = DEFAULTS["camera_model"],
+         min_model_size: int = DEFAULTS["min_model_size"], min_num_inliers: int = DEFAULTS["min_num_inliers"],
+         ransac_max_error: float = DEFAULTS["ransac_max_error"], skip_geometric_verification: bool = False,
+         num_threads: int = DEFAULTS["num_threads"], seed: int = DEFAULTS["seed"], options: Optional[dict] = None,
+         max_rotation_error: float = DEFAULTS["max_rotation_error"]) -> MappingResult:
     """Database, verification and mapping; returns the largest model (None if nothing registered).
 
     ``num_threads`` (<= 0: all cores) is used by the verification and by the mapper. ``options``:

@@ -1,18 +1,5 @@
 """Step 1: which image pairs to match. Writes ``pairs.txt`` (``name0 name1`` per line).
 
-Public API
-----------
-- ``main(images: Path, output: Path, mode: str = "auto", image_list: list[str] | None = None,
-         pairs_file: Path | None = None, window: int = 5, quadratic: bool = True,
-         num_matched: int = 10, max_exhaustive: int = 30, encoder: Encoder | None = None)
-         -> list[tuple[str, str]]``
-- ``pairs_exhaustive(names) -> pairs``
-- ``pairs_sequential(names, window=5, quadratic=True) -> pairs``
-- ``pairs_retrieval(names, descriptors: (N, D), num_matched=10) -> pairs``
-- ``global_descriptors(paths, encoder=None, conf=confs['retrieval']) -> (N, D) float32``
-- ``pairs_from_file(path, names=None) -> pairs``
-- ``retrieval_recall(pred_pairs, gt_pairs) -> float``
-
 Retrieval without a pretrained network: VLAD (Jegou et al. 2010) over RootSIFT with a vocabulary
 learned by k-means on the set itself, intra-normalized + power-normalized (Arandjelovic & Zisserman
 2013). The ``encoder`` hook replaces the local-feature extractor (e.g. a matcher's encoder): it takes
@@ -45,8 +32,16 @@ confs = {
         "vocab_size": 64,  # k-means words learned on the set itself; recall: benchmarks/retrieval.py
         "seed": 0,
     },
-    "auto": {"mode": "auto", "max_exhaustive": 30, "num_matched": 10},
+    "auto": {"mode": "auto", "max_exhaustive": 30},  # else retrieval
 }
+MODES = ("auto", "exhaustive", "sequential", "retrieval")  # besides a pairs file
+
+
+def check_mode(value: str) -> str:
+    """``value`` when it is one of :data:`MODES` or an existing pairs file, else ValueError."""
+    if value not in MODES and not Path(value).is_file():
+        raise ValueError(f"'{value}' is neither one of {', '.join(MODES)} nor an existing pairs file")
+    return value
 
 
 def _dedup(pairs: Iterable[Pair]) -> list[Pair]:
@@ -67,7 +62,8 @@ def pairs_exhaustive(names: Sequence[str]) -> list[Pair]:
     return list(combinations(names, 2))
 
 
-def pairs_sequential(names: Sequence[str], window: int = 5, quadratic: bool = True) -> list[Pair]:
+def pairs_sequential(names: Sequence[str], window: int = confs["sequential"]["window"],
+                     quadratic: bool = confs["sequential"]["quadratic"]) -> list[Pair]:
     """Each image with its ``window`` successors, plus successors at 2^k (k >= log2(window)+1) when
     ``quadratic`` (COLMAP's quadratic overlap) so that loops over long sequences still close."""
     pairs = []
@@ -152,7 +148,8 @@ def global_descriptors(paths: Sequence[Path], encoder: Optional[Encoder] = None,
     return np.stack([vlad(d, centers) if d is not None else np.zeros(D, np.float32) for d in locals_])
 
 
-def pairs_retrieval(names: Sequence[str], descriptors: np.ndarray, num_matched: int = 10) -> list[Pair]:
+def pairs_retrieval(names: Sequence[str], descriptors: np.ndarray,
+                    num_matched: int = confs["retrieval"]["num_matched"]) -> list[Pair]:
     """Top-``num_matched`` most similar images per image (cosine), unordered pairs deduplicated.
 
     descriptors: (N, D) L2-normalized, row i for names[i].
@@ -188,8 +185,9 @@ def retrieval_recall(pred_pairs: Iterable[Pair], gt_pairs: Iterable[Pair]) -> fl
 
 
 def main(images: Path, output: Path, mode: str = "auto", image_list: Optional[Sequence[str]] = None,
-         pairs_file: Optional[Path] = None, window: int = 5, quadratic: bool = True, num_matched: int = 10,
-         max_exhaustive: int = 30, encoder: Optional[Encoder] = None) -> list[Pair]:
+         pairs_file: Optional[Path] = None, window: int = confs["sequential"]["window"],
+         quadratic: bool = confs["sequential"]["quadratic"], num_matched: int = confs["retrieval"]["num_matched"],
+         max_exhaustive: int = confs["auto"]["max_exhaustive"], encoder: Optional[Encoder] = None) -> list[Pair]:
     """Compute pairs of ``images`` (a folder) and write them to ``output`` (pairs.txt).
 
     mode: 'exhaustive' | 'sequential' | 'retrieval' | 'file' (needs pairs_file) | 'auto'

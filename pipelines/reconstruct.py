@@ -1,69 +1,57 @@
 """All steps chained: images -> pairs -> matches -> tracks -> COLMAP mapping -> export (+ evaluation).
 
-Public API (what the CLI wraps)
--------------------------------
-``main(images: Path, outputs: Path, matcher: str | object = "sift", pairs: str = "auto",
-       pairs_file: Path | None = None, num_matched: int = 10, window: int = 5,
-       num_samples: int = 10000, cell_size: float | None = None, max_keypoints: int = 16384,
-       refine: str = "flow", min_pair_score: float | None = None, mapper: str = "incremental",
-       camera_mode: str = "auto", device: str = "auto", gt_poses: Path | str | None = "auto",
-       overwrite: bool = False, num_threads: int = -1, batch_size: int = 1, progress: bool = True,
-       verbose: bool = False, seed: int = 0, ray: str | None = None, ray_workers: int | None = None,
-       max_rotation_error: float = 30.0) -> dict``
-
-- ``matcher``: 'sift' | 'roma' | a RoMa preset name | a checkpoint path | any object with
-  ``.match(a, b)`` (see ``match.get_matcher``). ``report['config']['matcher']`` is the string given,
-  or the object's ``name``; ``coarse_res``, ``upsample_res``, ``symmetric`` are added when the
-  matcher has them.
-- ``pairs``: 'auto' | 'exhaustive' | 'sequential' | 'retrieval' | 'file' (with ``pairs_file``) or
-  a path to a pairs file.
-- ``batch_size``: pairs per forward pass for matchers with ``match_many`` (RoMa).
-- ``ray``: match on a Ray cluster ('local' or an address; see ``match.main``); the same matches as
-  in one process. Large collections: ``pairs='retrieval'`` and ``mapper='global'``.
-- ``cell_size``, ``min_pair_score``: quantization of tracks in px and the ``tracks.pair_score``
-  (mean certainty x epipolar inlier share) below which a pair is left out; None = ``tracks.confs``
-  of the matches' kind (sparse for sift, dense for RoMa; ``match.matches_kind`` of matches.h5).
-  Left-out pairs are listed in ``report['tracks']['pairs_rejected']``. The mapper gets
-  ``mapping.mapper_options`` of that kind.
-- ``max_rotation_error``: the mapping step's view-graph check (deg, 0 = off); the verified pairs it
-  leaves out are in ``report['verification']['rotation_outliers']``.
-- ``gt_poses``: a ``poses_gt.txt`` to score the model with; 'auto' uses ``<images>/../poses_gt.txt``
-  when it exists (as for ``sample_scenes/corner``).
-- Resumable: ``matches.h5`` is reused pair by pair unless ``overwrite`` (and only when it was made
-  with the same matcher signature, see ``match.main``); the other steps are cheap and always re-run:
-  their outputs from an earlier run (``STALE_OUTPUTS``) are removed at the start, so that what is
-  in ``outputs`` always belongs to the ``report.json`` next to it, even when the run fails.
-- ``report['times']``: seconds of every step (scan, pairs, match, tracks, mapping, export) and
-  ``total`` (export included); report.json is written last.
-- One writer per ``outputs``: while a run writes it, another process's run into it raises
-  ``roma_sfm.lock.OutputLocked`` (naming the pid) before touching anything.
-- Never raises for bad inputs (unreadable images, empty folder, a single image, images that do not
-  overlap): ``report['status']`` is 'ok' or 'failed' with ``report['message']``, skipped files are in
-  ``report['images_skipped']`` ({name: reason}), and ``outputs/report.json`` is always written.
-
-Outputs: ``pairs.txt``, ``matches.h5``, ``features.h5``, ``matches_idx.h5``, ``sfm/database.db``,
-``sfm/models/*``, ``sparse/0`` (bin + txt), ``points.ply``, ``preview.png``, ``matches/*.png``,
-``report.json``, ``report.html``. When the images form several models (of at least
-``mapping.confs``' min_model_size images), each is exported, largest first: ``sparse/1``,
-``points_1.ply``, ...; ``report['models']`` has a row per model (the top-level stats and
-``evaluation`` are the largest's), and ``report['images_unregistered']`` the images in no model.
-``report['cameras']``: each camera's estimated focal length against its prior (EXIF, or
-``mapping.DEFAULT_FOCAL_FACTOR`` x the longer side).
+:class:`ReconstructConfig` gathers every setting; its defaults are the steps' own (``confs`` of
+each step), so the CLI and the library start from the same values. :func:`main` never raises for
+bad inputs (unreadable images, one image, images that do not overlap): ``report['status']`` says
+'ok' or 'failed' with a message, and ``outputs/report.json`` is always written, last. Matching
+resumes from ``matches.h5``; the later steps always re-run, and what an earlier run left of their
+outputs (:data:`STALE_OUTPUTS`) is removed first, so the files in ``outputs`` always belong to the
+report next to them. :func:`map_matches` (tracks + mapping) is shared with ``roma-sfm map``.
 """
 from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional, Union
-
-import pycolmap
 
 from . import evaluate as evaluate_
 from . import export, mapping, match, tracks
 from . import pairs as pairs_
 from ..lock import writes_into
+from .h5io import matches_kind
+from .matchers import get_matcher, matcher_config
 from .utils import Timer, logger, scan_images
+
+
+@dataclass
+class ReconstructConfig:
+    """Every setting of a reconstruction; each default is the step's own."""
+
+    matcher: Any = "sift"  # 'sift' | 'roma' | a preset | a checkpoint | an object with .match (matchers.get_matcher)
+    pairs: str = "auto"  # a mode of pairs.MODES, 'file' (with pairs_file) or a pairs file
+    pairs_file: Optional[Path] = None
+    num_matched: int = pairs_.confs["retrieval"]["num_matched"]
+    window: int = pairs_.confs["sequential"]["window"]
+    num_samples: int = match.DEFAULTS["num_samples"]
+    batch_size: int = match.DEFAULTS["batch_size"]
+    cell_size: Optional[float] = None  # None: tracks.confs of the matches' kind
+    max_keypoints: int = tracks.MAX_KEYPOINTS
+    refine: str = tracks.DEFAULTS["refine"]
+    min_pair_score: Optional[float] = None  # None: tracks.confs of the matches' kind
+    mapper: str = mapping.DEFAULTS["mapper"]
+    camera_mode: str = mapping.DEFAULTS["camera_mode"]
+    num_threads: int = mapping.DEFAULTS["num_threads"]
+    max_rotation_error: float = mapping.DEFAULTS["max_rotation_error"]
+    seed: int = match.DEFAULTS["seed"]
+    device: str = "auto"
+    gt_poses: Union[Path, str, None] = "auto"  # see evaluate.poses_gt_file
+    overwrite: bool = False  # match every pair again instead of resuming
+    progress: bool = True
+    verbose: bool = False
+    ray: Optional[str] = None  # match on Ray ('local' or an address)
+    ray_workers: Optional[int] = None
 
 
 # outputs of the steps after matching, removed when a run starts (matches.h5 and its journal stay:
@@ -95,45 +83,79 @@ def clear_stale_outputs(outputs: Path, images: Optional[Path] = None) -> list[st
     return removed
 
 
-def _matcher_config(matcher: Any) -> dict:
-    """``matcher`` (the string given, or the object's name) and its resolution when it has one."""
-    cfg: dict = {"matcher": str(matcher) if isinstance(matcher, (str, Path)) else match.matcher_name(matcher)}
-    if not isinstance(matcher, (str, Path)):
-        cfg.update({k: match._jsonable(getattr(matcher, k)) for k in ("coarse_res", "upsample_res", "symmetric")
-                    if hasattr(matcher, k)})
-    return cfg
+@dataclass
+class MapOutcome:
+    """What :func:`map_matches` did: the settings it chose by the matches' kind, and each step's result."""
+
+    kind: str
+    cell_size: float
+    min_pair_score: float
+    mapper_options: dict
+    tracks: tracks.TrackStats
+    mapping: Optional[mapping.MappingResult] = None
+    times: dict = field(default_factory=dict)
+
+    @property
+    def failure(self) -> Optional[str]:
+        """Why no model came out, or None."""
+        if self.tracks.num_images == 0:
+            return self.tracks.empty_message(self.min_pair_score)
+        rec = self.mapping.reconstruction
+        if rec is None or rec.num_reg_images() == 0:
+            return ("no two images could be geometrically verified (do the images overlap?)"
+                    if self.mapping.verification.num_verified == 0 else "the mapper could not build a model")
+        return None
 
 
-def _set_colmap_verbosity(verbose: bool) -> None:
-    try:
-        pycolmap.logging.minloglevel = 0 if verbose else 1  # 1: warnings and errors only
-    except Exception:
-        pass
+def map_matches(images: Path, outputs: Path, matches: Path, config: ReconstructConfig,
+                pairs: Optional[list[tuple[str, str]]] = None) -> MapOutcome:
+    """Steps 3-4: ``matches`` -> ``outputs``/features.h5, matches_idx.h5 -> ``outputs``/sfm (database, models).
+
+    Cell size, pair gate and mapper options follow the matches' kind unless ``config`` sets them.
+    Mapping is skipped when no image got keypoints.
+    """
+    kind = matches_kind(matches)
+    cell_size, min_pair_score = tracks.settings(kind, config.cell_size, config.min_pair_score)
+    options = mapping.mapper_options[kind][config.mapper]
+    times: dict[str, float] = {}
+    features, matches_idx = outputs / "features.h5", outputs / "matches_idx.h5"
+    with Timer(times, "tracks"):
+        ts = tracks.main(matches, features, matches_idx, cell_size, config.max_keypoints, config.refine, pairs=pairs,
+                         min_pair_score=min_pair_score)
+    out = MapOutcome(kind, cell_size, min_pair_score, options, ts, times=times)
+    if ts.num_images == 0:
+        return out
+    with Timer(times, "mapping"):
+        out.mapping = mapping.main(outputs / "sfm", images, features, matches_idx, camera_mode=config.camera_mode,
+                                   mapper=config.mapper, num_threads=config.num_threads, seed=config.seed,
+                                   options=options, max_rotation_error=config.max_rotation_error)
+    times.update({f"mapping/{k}": v for k, v in out.mapping.seconds.items()})
+    return out
+
+
+def _report_config(config: ReconstructConfig) -> dict:
+    """The settings recorded in report.json (in this order)."""
+    keys = ("num_matched", "num_samples", "cell_size", "max_keypoints", "refine", "min_pair_score", "mapper",
+            "camera_mode", "max_rotation_error", "seed")
+    values = asdict(config)
+    return {**matcher_config(config.matcher), "pairs": str(config.pairs), **{k: values[k] for k in keys}}
 
 
 @writes_into(lambda images, outputs, *args, **kwargs: outputs)
-def main(images: Path, outputs: Path, matcher: Any = "sift", pairs: str = "auto", pairs_file: Optional[Path] = None,
-         num_matched: int = 10, window: int = 5, num_samples: int = 10000, cell_size: Optional[float] = None,
-         max_keypoints: int = 16384, refine: str = "flow", min_pair_score: Optional[float] = None,
-         mapper: str = "incremental", camera_mode: str = "auto",
-         device: str = "auto", gt_poses: Union[Path, str, None] = "auto", overwrite: bool = False,
-         num_threads: int = -1, batch_size: int = 1, progress: bool = True, verbose: bool = False,
-         seed: int = 0, ray: Optional[str] = None, ray_workers: Optional[int] = None,
-         max_rotation_error: float = 30.0) -> dict:
-    """Reconstruct ``images`` into ``outputs``; returns the report also written to report.json."""
+def main(images: Path, outputs: Path, config: Optional[ReconstructConfig] = None, **settings) -> dict:
+    """Reconstruct ``images`` into ``outputs``; returns the report also written to report.json.
+
+    ``settings`` override fields of ``config`` (e.g. ``main(images, out, matcher="roma")``).
+    """
+    config = replace(config or ReconstructConfig(), **settings)
     images, outputs = Path(images), Path(outputs)
     outputs.mkdir(parents=True, exist_ok=True)
-    _set_colmap_verbosity(verbose)
+    mapping.set_colmap_verbosity(config.verbose)
     times: dict[str, float] = {}
     t_start = time.perf_counter()
     clear_stale_outputs(outputs, images)
     report: dict = {"status": "failed", "message": "", "images": str(images), "outputs": str(outputs),
-                    "config": {**_matcher_config(matcher), "pairs": str(pairs), "num_matched": num_matched,
-                               "num_samples": num_samples, "cell_size": cell_size, "max_keypoints": max_keypoints,
-                               "refine": refine, "min_pair_score": min_pair_score, "mapper": mapper,
-                               "camera_mode": camera_mode, "max_rotation_error": max_rotation_error,
-                               "seed": seed},
-                    "images_given": 0, "images_skipped": {}, "times": times}
+                    "config": _report_config(config), "images_given": 0, "images_skipped": {}, "times": times}
 
     def finish(message: str, res: Optional[mapping.MappingResult] = None, ok: bool = False, **files) -> dict:
         report["status"] = "ok" if ok else "failed"
@@ -164,46 +186,39 @@ def main(images: Path, outputs: Path, matcher: Any = "sift", pairs: str = "auto"
 
     # 1) pairs
     with Timer(times, "pairs"):
-        pair_list = pairs_.main(images, outputs / "pairs.txt", mode=str(pairs), image_list=scan.names,
-                                pairs_file=pairs_file, window=window, num_matched=num_matched)
+        pair_list = pairs_.main(images, outputs / "pairs.txt", mode=str(config.pairs), image_list=scan.names,
+                                pairs_file=config.pairs_file, window=config.window, num_matched=config.num_matched)
     report["num_pairs"] = len(pair_list)
     if not pair_list:
         return finish("no image pair to match")
 
     # 2) matching (resumable)
-    matcher_obj = match.get_matcher(matcher, device=device)
-    report["config"].update({k: v for k, v in _matcher_config(matcher_obj).items() if k != "matcher"})
+    matcher_obj = get_matcher(config.matcher, device=config.device)
+    report["config"].update({k: v for k, v in matcher_config(matcher_obj).items() if k != "matcher"})
     try:
         with Timer(times, "match"):
-            ms = match.main(pair_list, images, outputs / "matches.h5", matcher_obj, num_samples=num_samples,
-                            seed=seed, batch_size=batch_size, overwrite=overwrite, progress=progress,
-                            skipped_images=scan.skipped, ray=ray, ray_workers=ray_workers)
+            ms = match.main(pair_list, images, outputs / "matches.h5", matcher_obj, num_samples=config.num_samples,
+                            seed=config.seed, batch_size=config.batch_size, overwrite=config.overwrite,
+                            progress=config.progress, skipped_images=scan.skipped, ray=config.ray,
+                            ray_workers=config.ray_workers)
     except ValueError as e:  # e.g. resuming into a matches.h5 of another matcher
         return finish(str(e))
     report["images_skipped"].update(ms.skipped_images)
-    kind = match.matches_kind(outputs / "matches.h5")
+    kind = matches_kind(outputs / "matches.h5")
     report["match"] = {"pairs_matched": ms.num_matched, "pairs_resumed": ms.num_resumed, "pairs_failed": ms.num_failed,
                        "kind": kind}
 
-    # 3) tracks
-    cell_size, min_pair_score = tracks.settings(kind, cell_size, min_pair_score)
-    mapper_options = mapping.mapper_options[kind][mapper]
-    report["config"].update(cell_size=cell_size, min_pair_score=min_pair_score, mapper_options=mapper_options)
-    with Timer(times, "tracks"):
-        ts = tracks.main(outputs / "matches.h5", outputs / "features.h5", outputs / "matches_idx.h5", cell_size,
-                         max_keypoints, refine, pairs=pair_list, min_pair_score=min_pair_score)
+    # 3-4) tracks and mapping
+    mo = map_matches(images, outputs, outputs / "matches.h5", config, pairs=pair_list)
+    report["config"].update(cell_size=mo.cell_size, min_pair_score=mo.min_pair_score, mapper_options=mo.mapper_options)
+    times.update(mo.times)
+    ts = mo.tracks
     report["tracks"] = {"mean_keypoints": ts.mean_keypoints, "mean_matches": ts.mean_matches,
                         "pairs_rejected": [[a, b, round(s, 4)] for a, b, s in ts.rejected]}
     files = {"features": outputs / "features.h5", "matches_idx": outputs / "matches_idx.h5"}
-    if ts.num_images == 0:
-        return finish(ts.empty_message(min_pair_score), **files)
-
-    # 4) mapping
-    with Timer(times, "mapping"):
-        res = mapping.main(outputs / "sfm", images, outputs / "features.h5", outputs / "matches_idx.h5",
-                           camera_mode=camera_mode, mapper=mapper, num_threads=num_threads, seed=seed,
-                           options=mapper_options, max_rotation_error=max_rotation_error)
-    times.update({f"mapping/{k}": v for k, v in res.seconds.items()})
+    if mo.mapping is None:
+        return finish(mo.failure, **files)
+    res = mo.mapping
     report["verification"] = {"pairs": res.verification.num_pairs, "verified": res.verification.num_verified,
                               "mean_inliers": res.verification.mean_inliers, "configs": res.verification.configs,
                               "rotation_outliers": [[a, b, round(r, 1)] for a, b, r in res.verification.rotation_outliers]}
@@ -212,14 +227,12 @@ def main(images: Path, outputs: Path, matcher: Any = "sift", pairs: str = "auto"
     report["images_unregistered"] = sorted(set(scan.names) - registered)  # in no model
 
     # 5) evaluation against ground truth, if any
-    gt = images.parent / "poses_gt.txt" if gt_poses == "auto" else gt_poses
-    if gt is not None and Path(gt).is_file():
-        report["evaluation"] = evaluate_.evaluate_reconstruction(rec, Path(gt))
+    gt = evaluate_.poses_gt_file(config.gt_poses, images)
+    if gt is not None:
+        report["evaluation"] = evaluate_.evaluate_reconstruction(rec, gt)
         report["evaluation"]["poses_gt"] = str(gt)
-    if rec is None or rec.num_reg_images() == 0:
-        msg = ("no two images could be geometrically verified (do the images overlap?)"
-               if res.verification.num_verified == 0 else "the mapper could not build a model")
-        return finish(msg, **files)
+    if mo.failure:
+        return finish(mo.failure, **files)
     sizes = " + ".join(str(r.num_reg_images()) for r in res.models)
     return finish(f"registered {sizes} of {len(scan.names)} images"
                   + (f" in {len(res.models)} models" if len(res.models) > 1 else ""), res, ok=True, **files)

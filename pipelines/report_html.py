@@ -1,15 +1,5 @@
 """``OUT/report.html``: one offline page to look at a run (written by every export).
 
-Public API
-----------
-- ``write(report, outputs, images=None, reconstruction=None, device="auto") -> Path | None``:
-  writes ``outputs/report.html``; never raises (the page is a view of files already written: a
-  failure is logged, and an older page is removed so that none contradicts report.json).
-- ``scene_figure(reconstruction, max_points=MAX_VIEW_POINTS, seed=0) -> dict``: the 3-D view as a
-  plotly figure (``{"data": [...], "layout": {...}}``) and how many points it shows.
-- ``html_page(report, figure=None, thumbnails=None, match_pictures=(), warp_pictures=(), images=None,
-  warp_note="") -> str``: the page from its parts (pictures as data URIs).
-
 The page holds, in one file that opens from disk without a network: the 3-D view of the points
 (their colours) and of the cameras as frusta, to rotate, zoom and click (a click on a camera shows
 its image name and thumbnail); the summary and the seconds of every step; the registered, not
@@ -17,7 +7,7 @@ registered and skipped images; the match plots of the export; and for RoMa runs,
 certainty for those pairs (the matcher is run again on them, at the resolution and with the
 weights stored in matches.h5, see ``figures.matcher_of``).
 
-Size: plotly.js (from the plotly package, embedded whole: ~4.8 MB) plus at most
+Size: plotly.js (from the plotly package, embedded whole) plus at most
 ``MAX_VIEW_POINTS`` points (a random subset of the model's; coordinates as base64 float32), at most
 ``MAX_THUMBNAILS`` image thumbnails and the pictures as JPEG.
 """
@@ -35,8 +25,10 @@ import numpy as np
 
 from ..io import ImageReadError, list_images, read_image
 from . import figures
-from .match import matcher_name, matches_kind
-from .utils import atomic_output, logger
+from .h5io import matches_kind
+from .matchers import matcher_name
+from ..io import atomic_output
+from .utils import logger
 
 MAX_VIEW_POINTS = 20000  # points in the 3-D view (a random subset above it, so the page stays small)
 MAX_THUMBNAILS = 48  # image thumbnails in the page (the other images are listed by name)
@@ -326,7 +318,7 @@ def html_page(report: dict, figure: Optional[dict] = None, thumbnails: Optional[
 
 def _pairs_of_plots(outputs: Path, num: int) -> list[tuple[str, str]]:
     """The first ``num`` pairs the export plotted (the pairs with most matches in matches_idx.h5)."""
-    from .tracks import read_index_matches
+    from .h5io import read_index_matches
 
     idx = Path(outputs) / "matches_idx.h5"
     if not idx.is_file():

@@ -1,18 +1,5 @@
 """Step 3: per-pair dense matches -> per-image keypoints shared by all pairs (+ index matches).
 
-Public API
-----------
-- ``main(matches: Path, features: Path, matches_idx: Path, cell_size: float = 4.0,
-         max_keypoints: int = 16384, refine: str = "flow", pairs: list[tuple[str, str]] | None = None)
-         -> TrackStats``
-- ``build_tracks(pair_matches: dict[(name0, name1), (kpts0, kpts1, scores)], sizes: dict[name, (W, H)],
-                 cell_size, max_keypoints, refine) -> (keypoints: dict[name, (K,2)], kp_scores: dict[name, (K,)],
-                 matches: dict[(name0, name1), ((M,2) int32, (M,) float32)])``
-- ``transfer_error(features: Path, matches_idx: Path, transfer: Callable[[str, str, (N,2)], (N,2)]) -> dict``
-- ``measure_subpixel(cell_size=8.0, num_images=3, num_samples=10000, noise=0.0, seed=0) -> dict[refine, error]``
-  (mean transfer error in px of each ``refine`` mode on a synthetic homography scene)
-- ``read_features(path) -> dict[name, (K,2)]``, ``read_index_matches(path) -> dict[(name0, name1), (M,2)]``
-
 Why: a dense matcher gives each pair its own sub-pixel points, but SfM needs one keypoint per image
 shared by every pair that sees it. Points are quantized onto a grid of ``cell_size`` px (a cell =
 a keypoint; the ``max_keypoints`` cells with most score mass are kept) and each pair keeps a
@@ -29,23 +16,9 @@ transfer error per match:
   translation) to the raw matches of that pair whose A point lies in cell a, and B->A likewise for
   cell b; a few damped Jacobi sweeps move each keypoint to the average of the positions its matches
   predict (with a weak pull to the "mean" position and a clamp to its cell). Consistent across pairs
-  because there is one position per keypoint. Measured by :func:`transfer_error` in
-  ``tests/test_pipeline_tracks.py`` on synthetic homographies.
+  because there is one position per keypoint.
 
-Files
------
-- ``features.h5``: one group per image name with ``keypoints`` ((K, 2) float32, COLMAP convention:
-  corner at (0,0), pixel centres at +0.5) and ``scores`` ((K,) float32); attrs ``image_size`` (W, H).
-- ``matches_idx.h5``: one group per pair (key ``<name0>/<name1>`` as in matches.h5) with
-  ``matches0`` ((K0,) int32, index into name1's keypoints or -1), ``matching_scores0`` ((K0,)
-  float32) (hloc's layout) and the same as pairs: ``matches`` ((M, 2) int32) and ``scores`` ((M,));
-  attrs ``name0``, ``name1``.
-
-Both files carry the file attr ``tracks_id`` (the same random id): a run killed between the two
-renames leaves a new features.h5 next to an old matches_idx.h5, and :func:`check_same_run` (called
-by the mapping step) refuses such a mix. Each file is built in memory and written to a temporary
-file that is then renamed (``utils.h5_in_memory``): a kill leaves the old or the new file, never a
-torn one, and a full disk is a clean OSError that leaves the old files.
+The files it writes (``features.h5``, ``matches_idx.h5``) and their crash safety: :mod:`.h5io`.
 """
 from __future__ import annotations
 
@@ -55,21 +28,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-import h5py
 import numpy as np
 import pycolmap
 
-from .match import COORDINATES, list_pairs, consolidate
-from .utils import h5_in_memory, logger, names_to_pair
+from .h5io import consolidate, iter_pair_matches, read_features, read_index_matches, write_features, write_index_matches
+from .utils import h5_in_memory, logger
 
 Pair = tuple[str, str]
 
 # min_pair_score of "dense": calibrated for the shipped roma-tiny by benchmarks/pair_gate.py (README);
 # the score is pair_score(): mean certainty x epipolar inlier share
+MAX_KEYPOINTS = 16384
 confs = {
-    "dense": {"cell_size": 4.0, "max_keypoints": 16384, "refine": "flow", "min_pair_score": 0.07},
-    "sparse": {"cell_size": 2.0, "max_keypoints": 16384, "refine": "flow", "min_pair_score": 0.0},
+    "dense": {"cell_size": 4.0, "max_keypoints": MAX_KEYPOINTS, "refine": "flow", "min_pair_score": 0.07},
+    "sparse": {"cell_size": 2.0, "max_keypoints": MAX_KEYPOINTS, "refine": "flow", "min_pair_score": 0.0},
 }
+DEFAULTS = confs["dense"]
 
 
 def settings(kind: str, cell_size: Optional[float] = None, min_pair_score: Optional[float] = None
@@ -160,8 +134,8 @@ def _local_affine(groups: np.ndarray, p: np.ndarray, q: np.ndarray, w: np.ndarra
 
 
 def build_tracks(pair_matches: dict[Pair, tuple[np.ndarray, np.ndarray, np.ndarray]],
-                 sizes: dict[str, tuple[int, int]], cell_size: float = 4.0, max_keypoints: int = 16384,
-                 refine: str = "flow", iterations: int = 50, prior_weight: float = 0.01):
+                 sizes: dict[str, tuple[int, int]], cell_size: float = DEFAULTS["cell_size"],
+                 max_keypoints: int = DEFAULTS["max_keypoints"], refine: str = DEFAULTS["refine"], iterations: int = 50, prior_weight: float = 0.01):
     """Quantize the raw matches of every pair onto per-image keypoints (see module docstring).
 
     pair_matches: (name0, name1) -> (kpts0 (N,2), kpts1 (N,2), scores (N,)) in pixels.
@@ -273,26 +247,6 @@ def _refine_flow(pairs, pair_matches, raw_kp, keypoints, prior, matches, sizes, 
     return {n: X[offset[n]:offset[n] + len(keypoints[n])] for n in names}
 
 
-def read_features(path: Path) -> dict[str, np.ndarray]:
-    out = {}
-    with h5py.File(path, "r") as f:
-        def visit(name, obj):
-            if isinstance(obj, h5py.Group) and "keypoints" in obj:
-                out[str(obj.attrs.get("name", name))] = obj["keypoints"][()]
-        f.visititems(visit)
-    return out
-
-
-def read_index_matches(path: Path) -> dict[Pair, np.ndarray]:
-    out = {}
-    with h5py.File(path, "r") as f:
-        def visit(_, obj):
-            if isinstance(obj, h5py.Group) and "matches" in obj and "name0" in obj.attrs:
-                out[(str(obj.attrs["name0"]), str(obj.attrs["name1"]))] = obj["matches"][()]
-        f.visititems(visit)
-    return out
-
-
 def transfer_error(features: Path, matches_idx: Path,
                    transfer: Callable[[str, str, np.ndarray], np.ndarray]) -> dict[str, float]:
     """Error of the index matches under a ground-truth transfer (e.g. a homography).
@@ -310,47 +264,8 @@ def transfer_error(features: Path, matches_idx: Path,
             "rmse": float(np.sqrt((e ** 2).mean())) if len(e) else float("nan"), "num": int(len(e))}
 
 
-def measure_subpixel(cell_size: float = 8.0, num_images: int = 3, num_samples: int = 10000, noise: float = 0.0,
-                     seed: int = 0, size: tuple[int, int] = (480, 360)) -> dict[str, dict[str, float]]:
-    """Transfer error of the index matches per ``refine`` mode on synthetic homographies.
-
-    Every pair of ``num_images`` views related by known homographies is 'matched' by
-    :class:`~roma_sfm.pipelines.synthetic.HomographyMatcher` (uniform sub-pixel samples, like a dense
-    matcher), tracks are built, and each match is scored against the true homography.
-    """
-    from itertools import combinations
-
-    from .synthetic import HomographyMatcher, random_homographies, transfer
-
-    names = [f"{i:03d}.png" for i in range(num_images)]
-    Hs = random_homographies(names, size, seed)
-    m = HomographyMatcher(Hs, size, noise=noise)
-    pm = {(a, b): m.match(a, b).sample(num_samples, seed=seed + i) for i, (a, b) in enumerate(combinations(names, 2))}
-    sizes = {n: size for n in names}
-    out = {}
-    for refine in ("none", "mean", "flow"):
-        kps, _, matches = build_tracks(pm, sizes, cell_size, refine=refine)
-        e = np.concatenate([np.linalg.norm(transfer(Hs[a], Hs[b], kps[a][i[:, 0]].astype(np.float64)) - kps[b][i[:, 1]], axis=1)
-                            for (a, b), (i, _) in matches.items()])
-        out[refine] = {"mean": float(e.mean()), "median": float(np.median(e)), "num": int(len(e))}
-    return out
-
-
-def check_same_run(features: Path, matches_idx: Path) -> None:
-    """Raise ValueError when features.h5 and matches_idx.h5 were written by different runs of this
-    step (the index matches would point at another run's keypoints). Files without ``tracks_id``
-    (written before it existed) are not checked."""
-    ids = []
-    for path in (features, matches_idx):
-        with h5py.File(path, "r") as f:
-            ids.append(str(f.attrs.get("tracks_id", "")))
-    if all(ids) and ids[0] != ids[1]:
-        raise ValueError(f"'{features}' and '{matches_idx}' come from different runs of the tracks step (one "
-                         f"was interrupted between writing the two): run the tracks step again")
-
-
-def main(matches: Path, features: Path, matches_idx: Path, cell_size: float = 4.0, max_keypoints: int = 16384,
-         refine: str = "flow", pairs: Optional[Sequence[Pair]] = None, min_pair_score: float = 0.0) -> TrackStats:
+def main(matches: Path, features: Path, matches_idx: Path, cell_size: float = DEFAULTS["cell_size"],
+         max_keypoints: int = DEFAULTS["max_keypoints"], refine: str = DEFAULTS["refine"], pairs: Optional[Sequence[Pair]] = None, min_pair_score: float = 0.0) -> TrackStats:
     """Read matches.h5, build shared keypoints, write features.h5 and matches_idx.h5 (atomically).
 
     ``min_pair_score``: a pair whose ``pair_score`` (mean certainty x epipolar inlier share) is below
@@ -363,26 +278,22 @@ def main(matches: Path, features: Path, matches_idx: Path, cell_size: float = 4.
     consolidate(matches)  # pick up pairs a killed match run left in the journal
     wanted = None if pairs is None else {tuple(sorted(p)) for p in pairs}
     pair_matches, sizes, rejected = {}, {}, []
-    with h5py.File(matches, "r") as f:
-        for a, b in list_pairs(matches):
-            if wanted is not None and tuple(sorted((a, b))) not in wanted:
+    for a, b, k0, k1, scores, s0, s1 in iter_pair_matches(matches):
+        if wanted is not None and tuple(sorted((a, b))) not in wanted:
+            continue
+        if min_pair_score > 0:
+            score = pair_score(k0, k1, scores, s0, s1)
+            if score < min_pair_score:
+                rejected.append((a, b, score))
                 continue
-            g = f[names_to_pair(a, b)]
-            k0, k1, scores = g["keypoints0"][()], g["keypoints1"][()], g["scores"][()]
-            s0, s1 = (tuple(int(v) for v in g.attrs[k]) for k in ("size0", "size1"))
-            if min_pair_score > 0:
-                score = pair_score(k0, k1, scores, s0, s1)
-                if score < min_pair_score:
-                    rejected.append((a, b, score))
-                    continue
-            pair_matches[(a, b)] = (k0, k1, scores)
-            sizes[a], sizes[b] = s0, s1
+        pair_matches[(a, b)] = (k0, k1, scores)
+        sizes[a], sizes[b] = s0, s1
     kps, kp_scores, idx_matches = build_tracks(pair_matches, sizes, cell_size, max_keypoints, refine)
     run_id = uuid.uuid4().hex
     with h5_in_memory(matches_idx) as f:
-        _write_index_matches(f, kps, idx_matches, run_id)
+        write_index_matches(f, kps, idx_matches, run_id)
     with h5_in_memory(features) as f:
-        _write_features(f, kps, kp_scores, sizes, cell_size, refine, run_id)
+        write_features(f, kps, kp_scores, sizes, cell_size, refine, run_id)
     stats = TrackStats(num_images=len(kps), num_pairs=len(idx_matches),
                        mean_keypoints=float(np.mean([len(k) for k in kps.values()])) if kps else 0.0,
                        mean_matches=float(np.mean([len(m[0]) for m in idx_matches.values()])) if idx_matches else 0.0,
@@ -392,30 +303,3 @@ def main(matches: Path, features: Path, matches_idx: Path, cell_size: float = 4.
     logger.info("tracks: %d images, %.0f keypoints/image, %.0f matches/pair (cell %.1f px, refine=%s) in %.1f s",
                 stats.num_images, stats.mean_keypoints, stats.mean_matches, cell_size, refine, stats.seconds)
     return stats
-
-
-def _write_features(f: h5py.File, kps: dict[str, np.ndarray], kp_scores: dict[str, np.ndarray],
-                    sizes: dict[str, tuple[int, int]], cell_size: float, refine: str, run_id: str) -> None:
-    f.attrs["coordinates"] = COORDINATES
-    f.attrs["cell_size"], f.attrs["refine"] = cell_size, refine
-    f.attrs["tracks_id"] = run_id
-    for name, k in kps.items():
-        g = f.require_group(name)
-        g.create_dataset("keypoints", data=k)
-        g.create_dataset("scores", data=kp_scores[name])
-        g.attrs["image_size"] = np.asarray(sizes[name], np.int64)
-        g.attrs["name"] = name
-
-
-def _write_index_matches(f: h5py.File, kps: dict[str, np.ndarray], idx_matches: dict, run_id: str) -> None:
-    f.attrs["tracks_id"] = run_id
-    for (a, b), (idx, sc) in idx_matches.items():
-        g = f.require_group(names_to_pair(a, b))
-        m0 = np.full(len(kps[a]), -1, np.int32)
-        s0 = np.zeros(len(kps[a]), np.float32)
-        m0[idx[:, 0]], s0[idx[:, 0]] = idx[:, 1], sc
-        g.create_dataset("matches0", data=m0)
-        g.create_dataset("matching_scores0", data=s0)
-        g.create_dataset("matches", data=idx)
-        g.create_dataset("scores", data=sc)
-        g.attrs["name0"], g.attrs["name1"] = a, b

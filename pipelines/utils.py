@@ -1,16 +1,5 @@
 """Shared helpers of the pipeline steps: image scanning, pair names, pairs files, timing.
 
-Public API
-----------
-- ``scan_images(images: Path, image_list: list[str] | None = None) -> ImageScan``
-- ``names_to_pair(name0: str, name1: str) -> str``  (hloc key: ``<name0>/<name1>``, ``/`` in names -> ``-``)
-- ``iter_pairs(path) -> Iterator[tuple[str, str]]`` (lazy), ``read_pairs(path: Path) -> list[tuple[str, str]]``, ``write_pairs(pairs, path) -> None``
-- ``atomic_output(path) -> ContextManager[Path]`` (write a temporary path, renamed over ``path`` on
-  success), ``replace_dir(src, dst) -> None`` (a finished folder takes the place of another)
-- ``h5_in_memory(path) -> ContextManager[h5py.File]`` (an HDF5 file built in memory, then written
-  atomically with plain file I/O: a full disk is a clean OSError)
-- ``Timer`` (context manager that records seconds per step into a dict)
-
 Names that ``scan_images`` skips besides unreadable files (each with its reason): images smaller than
 ``MIN_IMAGE_SIDE`` px a side (nothing to match), and names that would share a pair key with another
 (``a-img.jpg`` and ``a/img.jpg`` both become ``a-img.jpg`` in ``names_to_pair``): the first in sorted
@@ -21,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import shlex
 import shutil
@@ -28,9 +18,11 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
 
-from ..io import ImageReadError, image_size, list_images, read_image
+import numpy as np
+
+from ..io import ImageReadError, atomic_output, image_size, list_images, read_image
 
 if TYPE_CHECKING:
     import h5py
@@ -136,11 +128,8 @@ def read_pairs(path: Path) -> list[tuple[str, str]]:
 
 def write_pairs(pairs: Iterable[tuple[str, str]], path: Path) -> None:
     """Atomic write (tmp + rename) so a killed run never leaves half a pairs file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(f"{_quote(a)} {_quote(b)}\n" for a, b in pairs), encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_output(path, Path(path).with_name(Path(path).name + ".tmp")) as tmp:
+        tmp.write_text("".join(f"{_quote(a)} {_quote(b)}\n" for a, b in pairs), encoding="utf-8")
 
 
 def _split(line: str) -> list[str]:
@@ -157,21 +146,6 @@ def _split(line: str) -> list[str]:
 def _quote(name: str) -> str:
     """Shell-style quotes only where a plain split would cut the name (spaces, quotes)."""
     return shlex.quote(name) if any(c.isspace() or c in "'\"" for c in name) else name
-
-
-@contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
-    """``with atomic_output(p) as tmp:`` write ``tmp``; on success it is renamed over ``p``
-    (os.replace), on an exception it is removed. A kill at any moment leaves the old file or the new
-    one, never a torn one. ``tmp`` keeps the suffix (``x.tmp.h5``) for writers that go by it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -202,6 +176,24 @@ def replace_dir(src: Path, dst: Path) -> None:
         os.replace(dst, old)
     os.replace(src, dst)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def jsonable(o: Any, strict: bool = False) -> Any:
+    """A JSON-able copy of ``o``: dicts and sequences copied, numpy values as Python ones, anything
+    else (paths, objects) as its string. ``strict``: non-finite floats become None (strict JSON)."""
+    if isinstance(o, dict):
+        return {k: jsonable(v, strict) for k, v in o.items()}
+    if isinstance(o, (tuple, list)):
+        return [jsonable(v, strict) for v in o]
+    if isinstance(o, np.ndarray):
+        return jsonable(o.tolist(), strict)
+    if isinstance(o, np.generic):
+        o = o.item()
+    if isinstance(o, float) and strict and not math.isfinite(o):
+        return None
+    if o is None or isinstance(o, (bool, int, float, str)):
+        return o
+    return str(o)
 
 
 class Timer:

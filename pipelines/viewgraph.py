@@ -1,15 +1,8 @@
 """View-graph check of the mapping step: drop verified pairs whose rotation disagrees with the rest.
 
-Public API
-----------
-- ``average_rotations(num_nodes, edges, rotations, weights, iterations=30, scale=10.0)
-  -> (absolute (N, 3, 3), residuals (E,) deg)``
-- ``rotation_angle(R (..., 3, 3)) -> (...,) deg``
-
 Why: on scenes with repeated structure (two walls of one courtyard, both sides of a symmetric
 building) a dense matcher finds a smooth, confident, epipolar-consistent warp between views that
-share nothing, and such a pair passes every two-view test (measured on Strecha castle-P19: 20 of
-77 verified pairs, each with 1250-2200 inliers, their relative rotations 60-180 deg off the truth).
+share nothing, and such a pair passes every two-view test.
 Incremental mapping then glues the two walls together. A wrong pair is, however, inconsistent with
 the chains of right pairs around it: robust rotation averaging over all verified pairs puts every
 image where most of its pairs agree, and a pair whose relative rotation is far from that consensus

@@ -14,13 +14,18 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Union
+from typing import Iterator, Optional, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 ImageLike = Union[str, os.PathLike, np.ndarray, Image.Image]
+
+# the normalisation every RoMa model takes its images in (the encoders' ImageNet statistics)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -158,3 +163,19 @@ def list_images(folder: Union[str, os.PathLike]) -> list[Path]:
     """Image files under ``folder`` (recursive), sorted, by extension."""
     folder = Path(folder)
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+@contextmanager
+def atomic_output(path: Path, tmp: Optional[Path] = None) -> Iterator[Path]:
+    """``with atomic_output(p) as tmp:`` write ``tmp``; on success it is renamed over ``p``
+    (os.replace), on an exception it is removed. A kill at any moment leaves the old file or the new
+    one, never a torn one. ``tmp`` (default ``x.tmp.h5`` next to ``x.h5``) keeps the suffix for
+    writers that go by it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tmp) if tmp is not None else path.with_name(f"{path.stem}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -22,14 +22,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .io import ImageLike, as_rgb
+from .io import IMAGENET_MEAN, IMAGENET_STD, ImageLike, as_rgb
 from .models.roma import RoMa, finalize
-from .presets import DEFAULT_PRESET, PRESETS, RomaConfig, get_preset
+from .presets import CACHE_MB, DECODE_WORKERS, DEFAULT_PRESET, NUM_SAMPLES, PRESETS, RomaConfig, get_preset
 from .weights import (DINOV2_FILE, CheckpointError, default_checkpoint, find_weights, load_checkpoint,
                       load_public, weights_fingerprint)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
@@ -136,7 +134,7 @@ class MatchResult:
         b = torch.stack((wb / 2 * (matches[:, 2] + 1), hb / 2 * (matches[:, 3] + 1)), dim=-1)
         return a.float().numpy(), b.float().numpy()
 
-    def sample(self, num: int = 10000, balanced: bool = True, seed: Optional[int] = 0
+    def sample(self, num: int = NUM_SAMPLES, balanced: bool = True, seed: Optional[int] = 0
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Draw matches by certainty (reference "threshold_balanced" sampling).
 
@@ -306,7 +304,7 @@ class Matcher:
         return feats
 
     def match_many(self, pairs: Iterable[tuple[ImageLike, ImageLike]], batch_size: int = 4,
-                   num_workers: int = 2, cache_mb: float = 512) -> Iterator[MatchResult]:
+                   num_workers: int = DECODE_WORKERS, cache_mb: float = CACHE_MB) -> Iterator[MatchResult]:
         """Match many pairs in batches. Yields results in input order.
 
         The next batch's images are decoded in ``num_workers`` threads while the model runs, and

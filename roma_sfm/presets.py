@@ -9,6 +9,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Optional
 
+# inference defaults, shared by the matchers, the match step and the CLI
+NUM_SAMPLES = 10000  # matches sampled per pair from a dense warp (a sparse matcher keeps its best this many)
+DECODE_WORKERS = 2  # threads decoding images ahead of the model
+CACHE_MB = 512  # memory for per-image encoder features reused across pairs
+
 
 @dataclass(frozen=True)
 class RefinerConfig:

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pycolmap
 import pytest
-from _bench import load as load_benchmark
+from bench_loader import load as load_benchmark
 
 sfm = load_benchmark("sfm")
 CORNER = Path(__file__).resolve().parents[1] / "sample_scenes" / "corner"

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 import pytest
-from _bench import load as load_benchmark
+from bench_loader import load as load_benchmark
 from PIL import Image
 
 from roma_sfm.pipelines import evaluate

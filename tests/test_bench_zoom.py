@@ -1,7 +1,7 @@
 """benchmarks/zoom.py: the zoomed view and its intrinsics agree exactly."""
 import cv2
 import numpy as np
-from _bench import load as load_benchmark
+from bench_loader import load as load_benchmark
 
 zoom = load_benchmark("zoom")
 

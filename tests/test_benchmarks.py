@@ -3,7 +3,7 @@ and a smoke run of each script on 2 real pairs when ../shared/data is present.""
 import cv2
 import numpy as np
 import pytest
-from _bench import load as load_benchmark
+from bench_loader import load as load_benchmark
 
 pose = load_benchmark("pose")
 homography = load_benchmark("planar")

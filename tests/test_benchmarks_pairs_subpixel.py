@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 import pytest
-from _bench import load as load_benchmark
+from bench_loader import load as load_benchmark
 
 from roma_sfm.pipelines import pairs as P
-from roma_sfm.pipelines.synthetic import make_homography_scene
+from synthetic import make_homography_scene
 
 
 

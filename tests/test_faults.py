@@ -6,17 +6,11 @@ The cases are in ``benchmarks/fault_cases.py`` (``benchmarks/faults.py`` prints 
 table); each test runs one and fails on every check of it that did not hold. Cases that share a
 finished run (the image cases, the folder changes) build it once per module.
 """
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-_spec = importlib.util.spec_from_file_location(
-    "fault_cases", Path(__file__).resolve().parents[1] / "benchmarks" / "fault_cases.py")
-fault_cases = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = fault_cases
-_spec.loader.exec_module(fault_cases)
+from bench_loader import load as load_benchmark
+
+fault_cases = load_benchmark("fault_cases")
 
 # failures in code that is being rewritten elsewhere (pipelines/match.py): expected until fixed there
 KNOWN_BUGS: dict[str, str] = {}  # case name -> the bug that makes it fail (xfail, strict)

@@ -15,7 +15,9 @@ from conftest import micro_config
 from roma_sfm.cli.main import normalise_ray_flag
 from roma_sfm.matcher import FeatureCache, random_matcher
 from roma_sfm.pipelines import match
-from roma_sfm.pipelines.synthetic import make_homography_scene
+from roma_sfm.pipelines import h5io
+from roma_sfm.pipelines import matchers
+from synthetic import make_homography_scene
 from roma_sfm.pipelines.utils import write_pairs
 
 
@@ -29,7 +31,7 @@ def scene(tmp_path_factory):
 
 def _same_files(a: Path, b: Path, pairs) -> None:
     for n0, n1 in pairs:
-        for x, y in zip(match.read_matches(a, n0, n1), match.read_matches(b, n0, n1)):
+        for x, y in zip(h5io.read_matches(a, n0, n1), h5io.read_matches(b, n0, n1)):
             assert np.array_equal(x, y), (n0, n1)
 
 
@@ -73,7 +75,7 @@ def test_pairs_file_is_streamed_and_resumed(scene, tmp_path):
     write_pairs(pairs, pf)
     st = match.main(pf, images, out, "sift", progress=False)
     assert (st.num_matched, st.num_resumed) == (len(pairs) - 4, 4)
-    assert len(match.list_pairs(out)) == len(pairs)
+    assert len(h5io.list_pairs(out)) == len(pairs)
 
 
 def test_changed_image_is_matched_again(scene, tmp_path):
@@ -82,13 +84,13 @@ def test_changed_image_is_matched_again(scene, tmp_path):
     shutil.copytree(src, images)
     out = tmp_path / "m.h5"
     match.main(pairs, images, out, "sift", progress=False)
-    before = match.read_matches(out, "000.png", "001.png")
+    before = h5io.read_matches(out, "000.png", "001.png")
     im = cv2.imread(str(images / "001.png"))
     cv2.imwrite(str(images / "001.png"), cv2.flip(im, 1))  # same name, other content
     st = match.main(pairs, images, out, "sift", progress=False)
     involved = sum("001.png" in p for p in pairs)
     assert (st.num_matched, st.num_resumed) == (involved, len(pairs) - involved)
-    after = match.read_matches(out, "000.png", "001.png")
+    after = h5io.read_matches(out, "000.png", "001.png")
     assert not np.array_equal(before[1], after[1])
     st = match.main(pairs, images, out, "sift", progress=False)  # now up to date
     assert (st.num_matched, st.num_resumed) == (0, len(pairs))
@@ -107,21 +109,21 @@ def test_disk_full_keeps_what_was_written(scene, tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
         return real_savez(fh, **kw)
 
-    monkeypatch.setattr(match.np, "savez", full)
+    monkeypatch.setattr(h5io.np, "savez", full)
     with pytest.raises(OSError, match="free some space and run the same command again"):
         match.main(pairs, images, out, "sift", progress=False)
-    monkeypatch.setattr(match.np, "savez", real_savez)
-    assert not list(match._journal_dir(out).glob("*.tmp"))  # no half-written entry left behind
+    monkeypatch.setattr(h5io.np, "savez", real_savez)
+    assert not list(h5io.journal_dir(out).glob("*.tmp"))  # no half-written entry left behind
     st = match.main(pairs, images, out, "sift", progress=False)
     assert st.num_resumed == 3 + 2 and st.num_matched == len(pairs) - 5  # the 2 written before the failure kept
     with h5py.File(out, "r") as f:
-        assert f.attrs["coordinates"] == match.COORDINATES
+        assert f.attrs["coordinates"] == h5io.COORDINATES
 
 
 def test_leftover_shards_of_a_killed_run_are_recovered(scene, tmp_path):
     images, pairs = scene
     out = tmp_path / "m.h5"
-    shards = match._shards_dir(out)
+    shards = h5io.shards_dir(out)
     shards.mkdir()
     match.main(pairs[:3], images, shards / "shard-000000.h5", "sift", progress=False)
     match.main(pairs[3:5], images, shards / "shard-000001.h5", "sift", progress=False, num_samples=50)  # other config
@@ -141,7 +143,7 @@ def test_ray_flag_address_is_optional():
     assert normalise_ray_flag(["match", "--ray", "imgs"]) == ["match", "--ray", "local", "imgs"]
 
 
-class CrashOnceMatcher(match.SiftMatcher):
+class CrashOnceMatcher(matchers.SiftMatcher):
     """SIFT that kills its worker process the first time it matches a given pair (a marker file
     makes it crash once only), to exercise Ray's retry of a failed worker's shard."""
 
@@ -154,7 +156,7 @@ class CrashOnceMatcher(match.SiftMatcher):
 
     @property
     def name(self) -> str:  # the same signature as plain SIFT: results must be identical
-        return match.SiftMatcher.name.fget(self)
+        return matchers.SiftMatcher.name.fget(self)
 
     def match(self, a, b):
         if Path(b).name == self.crash_on and not os.path.exists(self.marker):
@@ -183,12 +185,12 @@ def test_ray_matches_equal_single_process_and_survive_a_dead_worker(scene, tmp_p
         assert (tmp_path / "crashed").exists(), "the worker never crashed; the test proves nothing"
         assert (st.num_matched, st.num_failed) == (len(pairs), 0)
         _same_files(out2, ref, pairs)
-        assert not match._shards_dir(out2).exists()
+        assert not h5io.shards_dir(out2).exists()
     finally:
         ray.shutdown()
 
 
-class ThreadRecordingMatcher(match.SiftMatcher):
+class ThreadRecordingMatcher(matchers.SiftMatcher):
     """SIFT that notes torch's intra-op thread count at each pair."""
 
     seen: list = []

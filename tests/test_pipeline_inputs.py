@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from roma_sfm.pipelines import reconstruct
-from roma_sfm.pipelines.synthetic import random_texture
+from synthetic import random_texture
 from roma_sfm.pipelines.utils import scan_images
 
 SCENE = Path(__file__).resolve().parents[1] / "sample_scenes" / "corner" / "images"

@@ -7,6 +7,7 @@ import pycolmap
 import pytest
 
 from roma_sfm.pipelines import evaluate, mapping, reconstruct, tracks
+from roma_sfm.pipelines import h5io
 
 SCENE = Path(__file__).resolve().parents[1] / "sample_scenes" / "corner"
 
@@ -113,7 +114,7 @@ def _tvgs(database):
 def test_pairs_below_min_inliers_skip_ransac(run, tmp_path, monkeypatch):
     """A pair with fewer matches than min_num_inliers cannot pass: RANSAC is not run for it."""
     out, _ = run
-    idx = tracks.read_index_matches(out / "matches_idx.h5")
+    idx = h5io.read_index_matches(out / "matches_idx.h5")
     counts = sorted(len(v) for v in idx.values())
     threshold = counts[len(counts) // 2]  # half of the pairs are below it
     calls = []

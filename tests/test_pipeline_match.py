@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from roma_sfm.pipelines import match
-from roma_sfm.pipelines.synthetic import HomographyMatcher, make_homography_scene, transfer
+from roma_sfm.pipelines import h5io
+from roma_sfm.pipelines import matchers
+from synthetic import HomographyMatcher, make_homography_scene, transfer
 
 
 @pytest.fixture(scope="module")
@@ -31,14 +33,14 @@ def test_layout_and_convention(scene, tmp_path):
     st = match.main(pairs, root / "images", tmp_path / "m.h5", m, num_samples=500, progress=False)
     assert st.num_matched == 2 and st.num_failed == 0
     with h5py.File(tmp_path / "m.h5", "r") as f:
-        assert f.attrs["coordinates"] == match.COORDINATES
+        assert f.attrs["coordinates"] == h5io.COORDINATES
         g = f["000.png/001.png"]  # hloc key <name0>/<name1>, a nested group
         assert g["keypoints0"].dtype == np.float32 and g["keypoints0"].shape[1] == 2
         assert g["scores"].shape == (len(g["keypoints0"]),)
         assert tuple(g.attrs["size0"]) == (200, 150) and int(g.attrs["complete"]) == 1
-    k0, k1, _ = match.read_matches(tmp_path / "m.h5", "000.png", "001.png")
+    k0, k1, _ = h5io.read_matches(tmp_path / "m.h5", "000.png", "001.png")
     np.testing.assert_allclose(transfer(Hs["000.png"], Hs["001.png"], k0), k1, atol=1e-3)
-    r1, r0, _ = match.read_matches(tmp_path / "m.h5", "001.png", "000.png")  # reversed lookup swaps
+    r1, r0, _ = h5io.read_matches(tmp_path / "m.h5", "001.png", "000.png")  # reversed lookup swaps
     np.testing.assert_array_equal(r0, k0)
     assert not Path(str(tmp_path / "m.h5") + ".journal").exists()
 
@@ -52,7 +54,7 @@ def test_names_with_subfolders(tmp_path):
 def test_sift_matcher_colmap_convention(scene):
     """SIFT keypoints are shifted by +0.5 to COLMAP's convention: matches follow the true H."""
     root, Hs = scene
-    res = match.SiftMatcher().match(root / "images" / "000.png", root / "images" / "001.png")
+    res = matchers.SiftMatcher().match(root / "images" / "000.png", root / "images" / "001.png")
     k0, k1, s = res.sample(10000)
     assert len(k0) > 50 and res.size_A == (200, 150)
     err = np.linalg.norm(transfer(Hs["000.png"], Hs["001.png"], k0.astype(float)) - k1, axis=1)
@@ -66,16 +68,16 @@ def test_resume(scene, tmp_path):
     match.main(pairs[:2], root / "images", tmp_path / "m.h5", m, num_samples=100, progress=False)
     st = match.main(pairs, root / "images", tmp_path / "m.h5", m, num_samples=100, progress=False)
     assert st.num_resumed == 2 and st.num_matched == len(pairs) - 2
-    assert len(match.list_pairs(tmp_path / "m.h5")) == len(pairs)
+    assert len(h5io.list_pairs(tmp_path / "m.h5")) == len(pairs)
 
 
 KILL_SCRIPT = """
 import sys, numpy as np
 from pathlib import Path
 from itertools import combinations
-from roma_sfm.pipelines import match
-from roma_sfm.pipelines.synthetic import HomographyMatcher, random_homographies
-match.MERGE_MIN_INTERVAL = 0.0  # merge into the h5 after every pair: kills land inside h5 writes
+from roma_sfm.pipelines import h5io, match
+from synthetic import HomographyMatcher, random_homographies
+h5io.MERGE_MIN_INTERVAL = 0.0  # merge into the h5 after every pair: kills land inside h5 writes
 names = [f"{i:03d}.png" for i in range(12)]
 Hs = random_homographies(names, (200, 150), seed=1)
 m = HomographyMatcher(Hs, (200, 150), delay=0.05)  # >= 3.3 s of pairs: both kills land mid-run
@@ -84,28 +86,31 @@ match.main(pairs, Path(sys.argv[1]), Path(sys.argv[2]), m, num_samples=20000, pr
            skipped_images={})
 """
 
+# the kill script imports benchmarks/synthetic.py
+BENCH_ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "benchmarks")}
+
 
 def test_kill9_leaves_readable_file(tmp_path):
-    from roma_sfm.pipelines.synthetic import random_homographies
+    from synthetic import random_homographies
 
     names = [f"{i:03d}.png" for i in range(12)]
     out = tmp_path / "m.h5"
     killed_with = []
     for delay in (0.8, 1.3):  # two kills at different moments, each resumed by the next run
         proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(tmp_path), str(out)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=BENCH_ENV)
         t0 = time.time()
         while not out.exists() and time.time() - t0 < 30:
             time.sleep(0.02)
         time.sleep(delay)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        killed_with.append(len(match.list_pairs(out)))
+        killed_with.append(len(h5io.list_pairs(out)))
         # the file opens and every listed group is complete
         with h5py.File(out, "r") as f:
-            assert f.attrs["coordinates"] == match.COORDINATES
-        for a, b in match.list_pairs(out):
-            k0, k1, s = match.read_matches(out, a, b)
+            assert f.attrs["coordinates"] == h5io.COORDINATES
+        for a, b in h5io.list_pairs(out):
+            k0, k1, s = h5io.read_matches(out, a, b)
             assert len(k0) == len(k1) == len(s) > 0
     assert killed_with[-1] < 66, "the run finished before it was killed; the test proves nothing"
     # resume: the journal is merged, nothing is recomputed, all pairs end up in the file
@@ -114,7 +119,7 @@ def test_kill9_leaves_readable_file(tmp_path):
     st = match.main(pairs, tmp_path, out, HomographyMatcher(Hs, (200, 150)), num_samples=20000, progress=False,
                     skipped_images={})
     assert st.num_resumed >= killed_with[-1] and st.num_resumed + st.num_matched == len(pairs)
-    assert len(match.list_pairs(out)) == len(pairs)
+    assert len(h5io.list_pairs(out)) == len(pairs)
 
 
 def test_unreadable_image_is_skipped(scene, tmp_path):
@@ -123,9 +128,9 @@ def test_unreadable_image_is_skipped(scene, tmp_path):
     shutil.copytree(root / "images", img)
     (img / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     pairs = [("000.png", "bad.png"), ("000.png", "001.png")]
-    st = match.main(pairs, img, tmp_path / "m.h5", match.SiftMatcher(), progress=False)
+    st = match.main(pairs, img, tmp_path / "m.h5", matchers.SiftMatcher(), progress=False)
     assert st.num_matched == 1 and st.num_failed == 1 and "bad.png" in st.skipped_images
-    assert match.list_pairs(tmp_path / "m.h5") == [("000.png", "001.png")]
+    assert h5io.list_pairs(tmp_path / "m.h5") == [("000.png", "001.png")]
 
 
 def test_refuses_to_mix_matchers(scene, tmp_path):
@@ -188,16 +193,16 @@ def test_signature_of_a_journal_only_file_is_checked(scene, tmp_path):
     root, Hs = scene
     out = tmp_path / "m.h5"
     m = HomographyMatcher(Hs, (200, 150))
-    w = match._JournalWriter(out, "HomographyMatcher", min_interval=1e9,
-                             signature=match.matcher_signature(m, num_samples=100), kind="dense")
+    w = h5io.JournalWriter(out, "HomographyMatcher", min_interval=1e9,
+                             signature=matchers.matcher_signature(m, num_samples=100), kind="dense")
     w.add({"name0": "000.png", "name1": "001.png", "kpts0": np.zeros((3, 2), np.float32),
            "kpts1": np.zeros((3, 2), np.float32), "scores": np.ones(3, np.float32),
            "size0": np.array([200, 150]), "size1": np.array([200, 150])})
     assert not out.exists()
     with pytest.raises(ValueError, match="num_samples"):
         match.main([("000.png", "001.png")], root / "images", out, m, num_samples=200, progress=False)
-    assert match.consolidate(out) == 1  # alone (as tracks does): the attrs come from the journal
-    assert match.matches_kind(out) == "dense"
+    assert h5io.consolidate(out) == 1  # alone (as tracks does): the attrs come from the journal
+    assert h5io.matches_kind(out) == "dense"
     with h5py.File(out, "r") as f:
         assert json.loads(f.attrs["matcher_signature"])["num_samples"] == 100
 
@@ -207,24 +212,24 @@ def test_matches_kind(scene, tmp_path):
     pairs = [("000.png", "001.png")]
     match.main(pairs, root / "images", tmp_path / "sift.h5", "sift", progress=False)
     match.main(pairs, root / "images", tmp_path / "dense.h5", HomographyMatcher(Hs, (200, 150)), progress=False)
-    assert match.matches_kind(tmp_path / "sift.h5") == "sparse"
-    assert match.matches_kind(tmp_path / "dense.h5") == "dense"
+    assert h5io.matches_kind(tmp_path / "sift.h5") == "sparse"
+    assert h5io.matches_kind(tmp_path / "dense.h5") == "dense"
 
     class WrappedSift:  # any keypoint matcher says so with kind = "sparse"
         kind, name = "sparse", "my-keypoints"
 
         def __init__(self):
-            self.inner = match.SiftMatcher()
+            self.inner = matchers.SiftMatcher()
 
         def match(self, a, b):
             return self.inner.match(a, b)
 
     match.main(pairs, root / "images", tmp_path / "wrapped.h5", WrappedSift(), progress=False)
-    assert match.matches_kind(tmp_path / "wrapped.h5") == "sparse"
+    assert h5io.matches_kind(tmp_path / "wrapped.h5") == "sparse"
     # files written before the attribute existed: told by the matcher name
     for name, kind in (("sift(max_features=8000)", "sparse"), ("roma-tiny", "dense")):
         with h5py.File(tmp_path / "old.h5", "w") as f:
             f.attrs["matcher"] = name
-        assert match.matches_kind(tmp_path / "old.h5") == kind
+        assert h5io.matches_kind(tmp_path / "old.h5") == kind
     with pytest.raises(FileNotFoundError):
-        match.matches_kind(tmp_path / "missing.h5")
+        h5io.matches_kind(tmp_path / "missing.h5")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from roma_sfm.pipelines import pairs
-from roma_sfm.pipelines.synthetic import random_texture
+from synthetic import random_texture
 from roma_sfm.pipelines.utils import read_pairs
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_scenes" / "corner" / "images"

@@ -6,7 +6,8 @@ import h5py
 import pytest
 
 from roma_sfm.pipelines import match, reconstruct
-from roma_sfm.pipelines.synthetic import random_texture
+from roma_sfm.pipelines import matchers
+from synthetic import random_texture
 
 STEPS = ("scan", "pairs", "match", "tracks", "mapping", "export")
 
@@ -90,7 +91,7 @@ class WrappedSift:
     kind, name = "sparse", "wrapped-sift"
 
     def __init__(self):
-        self.inner = match.SiftMatcher()
+        self.inner = matchers.SiftMatcher()
 
     def match(self, a, b):
         return self.inner.match(a, b)
@@ -104,7 +105,7 @@ def test_default_cell_size_follows_the_matches_file(textures, tmp_path):
 
 
 def test_pair_gate_is_reported_and_explains_an_empty_result(tmp_path):
-    from roma_sfm.pipelines.synthetic import HomographyMatcher, make_homography_scene
+    from synthetic import HomographyMatcher, make_homography_scene
 
     Hs = make_homography_scene(tmp_path / "imgs", num_images=3, size=(240, 180), seed=2)
     fake = HomographyMatcher(Hs, (240, 180))  # dense, every certainty 1

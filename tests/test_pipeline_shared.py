@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from roma_sfm.pipelines import evaluate, match
+from roma_sfm.pipelines import matchers
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 PAIRS = DATA / "pairs" / "strecha_gap3.txt"
@@ -27,6 +28,6 @@ def test_sift_pose_auc_on_a_few_gt_pairs(tmp_path):
     lines = [l for l in PAIRS.read_text().splitlines() if l.startswith("strecha-fountain-P11")][:4]
     sub = tmp_path / "pairs.txt"
     sub.write_text("\n".join(lines) + "\n")
-    m = match.SiftMatcher(max_features=4000)
+    m = matchers.SiftMatcher(max_features=4000)
     res = evaluate.evaluate_matches(lambda a, b: m.match(SCENES / a, SCENES / b).sample(100000), sub)
     assert res["pairs"] == 4 and res["auc@20"] > 60, res

@@ -5,14 +5,16 @@ import h5py
 import numpy as np
 
 from roma_sfm.pipelines import match, tracks
-from roma_sfm.pipelines.synthetic import HomographyMatcher, make_homography_scene, transfer
+from bench_loader import load as load_benchmark
+from roma_sfm.pipelines import h5io
+from synthetic import HomographyMatcher, make_homography_scene, transfer
 
 
 def test_subpixel_recovery_beats_cell_centres():
-    res = tracks.measure_subpixel(cell_size=8.0, num_images=3, num_samples=8000)
+    res = load_benchmark("subpixel").measure_subpixel(cell_size=8.0, num_images=3, num_samples=8000)
     assert res["flow"]["mean"] < 0.35 * res["none"]["mean"], res
     assert res["mean"]["mean"] <= res["none"]["mean"] * 1.05
-    noisy = tracks.measure_subpixel(cell_size=4.0, num_images=4, num_samples=8000, noise=0.3, seed=1)
+    noisy = load_benchmark("subpixel").measure_subpixel(cell_size=4.0, num_images=4, num_samples=8000, noise=0.3, seed=1)
     assert noisy["flow"]["mean"] < noisy["none"]["mean"], noisy
 
 
@@ -102,7 +104,7 @@ def test_pairs_below_the_pair_score_are_left_out(tmp_path):
     kept = tracks.main(*args, min_pair_score=0.3)
     assert kept.num_pairs == 1 and kept.num_images == 2
     assert [(a, b) for a, b, _ in kept.rejected] == [("a", "c")] and kept.rejected[0][2] < 0.1
-    assert "c" not in tracks.read_features(tmp_path / "f.h5")
+    assert "c" not in h5io.read_features(tmp_path / "f.h5")
     both = tracks.main(*args)  # no gate by default for a hand-made file: both pairs stay
     assert both.num_pairs == 2 and not both.rejected
     none = tracks.main(*args, min_pair_score=0.9)  # every pair left out: empty files, no crash

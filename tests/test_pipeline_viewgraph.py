@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from roma_sfm.pipelines import mapping, viewgraph
-from roma_sfm.pipelines.tracks import _write_features, _write_index_matches
+from roma_sfm.pipelines.h5io import write_features, write_index_matches
 
 
 def random_rotations(rng: np.random.Generator, n: int, max_angle: float = 180.0) -> np.ndarray:
@@ -118,10 +118,10 @@ def two_walls(tmp_path_factory):
     kps = {n: (k + 0.5).astype(np.float32) for n, k in kps.items()}  # COLMAP convention
     features, matches_idx = folder / "features.h5", folder / "matches_idx.h5"
     with h5py.File(features, "w") as fh:
-        _write_features(fh, kps, {n: np.ones(len(k), np.float32) for n, k in kps.items()},
+        write_features(fh, kps, {n: np.ones(len(k), np.float32) for n, k in kps.items()},
                         {n: (W, H) for n in names}, 1.0, "none", "walls")
     with h5py.File(matches_idx, "w") as fh:
-        _write_index_matches(fh, kps, matches, "walls")
+        write_index_matches(fh, kps, matches, "walls")
     return folder, features, matches_idx, len(look)
 
 

@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 from roma_sfm.cli.main import app
 from roma_sfm.matcher import MatchResult
 from roma_sfm.pipelines import figures, match, reconstruct, report_html
+from roma_sfm.pipelines import matchers
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _browser import chromium, open_page  # noqa: E402
+from browser import chromium, open_page
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "sample_scenes" / "corner" / "images"
@@ -138,7 +138,7 @@ def test_roma_run_report_has_warp_pictures(tmp_path):
     images.mkdir()
     for i in (0, 1, 2):
         Image.open(IMAGES / f"{i:04d}.jpg").resize((240, 180)).save(images / f"{i}.jpg")
-    m = match.get_matcher("roma", coarse_res=(112, 112), upsample_res=None)
+    m = matchers.get_matcher("roma", coarse_res=(112, 112), upsample_res=None)
     rep = reconstruct.main(images, tmp_path / "out", matcher=m, num_samples=2000, progress=False, num_threads=1,
                            gt_poses=None)
     assert len(rep.get("match_plots", [])) == 3

@@ -264,7 +264,7 @@ def test_negative_pairs_have_no_covisible_pixels(photo_dir):
 
 
 def test_far_view_keeps_b_on_the_photo():
-    from roma_sfm.train.data import SynthConfig, far_view, _in_photo
+    from roma_sfm.train.data import SynthConfig, far_view, in_photo
 
     rng = np.random.default_rng(0)
     small = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
@@ -272,9 +272,9 @@ def test_far_view_keeps_b_on_the_photo():
     cfg = far_view(SynthConfig())
     assert cfg.max_overlap <= 0.02 and cfg.min_B_in_photo > 0.5
     H = np.eye(3)
-    assert _in_photo(H, (100, 100), (320, 480)) == 1.0  # B = the photo's corner: inside
+    assert in_photo(H, (100, 100), (320, 480)) == 1.0  # B = the photo's corner: inside
     H[:2, 2] = [-400, 0]  # photo x -> B x - 400: B's view starts at photo x = 400, 80 px remain
-    assert 0.0 < _in_photo(H, (100, 100), (320, 480)) < 1.0
+    assert 0.0 < in_photo(H, (100, 100), (320, 480)) < 1.0
     for seed in range(6):
         s = make_synthetic_pair(photo, np.random.default_rng(seed), (64, 64), cfg)
         assert s["mask"].mean() <= 0.02

@@ -1,12 +1,12 @@
-"""Write a benchmark table into README.md between `<!-- name -->` and `<!-- /name -->` markers."""
+"""Write a benchmark table into docs/benchmarks.md (or another file) between `<!-- name -->` and `<!-- /name -->` markers."""
 from __future__ import annotations
 
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+TARGET = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"  # where every benchmark writes its tables
 
 
-def write_table(name: str, text: str, readme: Path = README) -> None:
+def write_table(name: str, text: str, readme: Path = TARGET) -> None:
     start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
     content = readme.read_text()
     if start not in content or end not in content:

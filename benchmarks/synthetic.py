@@ -1,20 +1,13 @@
 """Synthetic planar scenes with known homographies, and a fake dense matcher for them.
 
-Used by the tests and by :func:`roma_sfm.pipelines.tracks.measure_subpixel`; also a reference
-implementation of the duck-typed matcher interface the pipeline expects from RoMa:
+Test and benchmark support (not part of the library): the tests load it with ``tests/bench_loader.py``,
+``subpixel.py`` measures with it. ``HomographyMatcher`` is a small example of the matcher interface
+of ``roma_sfm.pipelines.matchers.base``:
 
 - ``matcher.match(a, b) -> result`` (paths or arrays), ``matcher.match_many(pairs, batch_size)``
 - ``result.sample(num=10000, balanced=True, seed=0) -> (kpts_A (N,2), kpts_B (N,2), scores (N,))``
 - ``result.lookup(kpts_A (N,2)) -> (kpts_B (N,2), scores (N,))``, ``result.size_A``, ``result.size_B``
   (W, H); all pixels in the COLMAP convention (corner at 0, pixel centres at +0.5).
-
-Public API
-----------
-- ``random_texture(height, width, seed=0) -> (H, W, 3) uint8``
-- ``random_homographies(names, size, seed=0, strength=1.0) -> dict[name, (3,3)]`` (reference -> image)
-- ``make_homography_scene(folder, num_images=3, size=(320, 240), seed=0) -> dict[name, (3,3)]``
-- ``HomographyMatcher(homographies, sizes, noise=0.0, delay=0.0)``
-- ``transfer(H_a, H_b, xy) -> xy``: maps COLMAP-convention points of image a into image b
 """
 from __future__ import annotations
 
