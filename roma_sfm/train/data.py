@@ -31,9 +31,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..io import list_images, read_image
+from ..matcher import to_tensor as image_tensor
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 EVAL_ONLY = ("scenes", "pairs", "homography", "demo")
 
 PathLike = Union[str, os.PathLike]
@@ -50,9 +49,8 @@ def check_training_path(path: PathLike) -> None:
 
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
-    """(H,W,3) uint8 RGB -> (3,H,W) ImageNet-normalised float32."""
-    x = (img.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+    """(H,W,3) uint8 RGB -> (3,H,W) ImageNet-normalised float32: the matcher's input at the image's size."""
+    return image_tensor(img, img.shape[:2])
 
 
 def to_normalised(xy: np.ndarray, w: int, h: int) -> np.ndarray:
@@ -202,7 +200,7 @@ def photometric(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
     return out
 
 
-def _in_photo(H_B: np.ndarray, size: tuple[int, int], photo: tuple[int, int], n: int = 16) -> float:
+def in_photo(H_B: np.ndarray, size: tuple[int, int], photo: tuple[int, int], n: int = 16) -> float:
     """Share of B's view (an n x n grid of its pixels) that samples inside the photo."""
     g = np.stack(np.meshgrid(np.linspace(0, size[1] - 1, n), np.linspace(0, size[0] - 1, n)), -1)
     q = cv2.perspectiveTransform(g.reshape(1, -1, 2), np.linalg.inv(H_B))[0]
@@ -257,7 +255,7 @@ def make_synthetic_pair(img: np.ndarray, rng: np.random.Generator, size: tuple[i
                 & (q[..., 1] <= h0 - 1) & (b[..., 0] >= -0.5) & (b[..., 0] <= W - 0.5)
                 & (b[..., 1] >= -0.5) & (b[..., 1] <= H - 0.5))
         if cfg.min_overlap <= mask.mean() <= cfg.max_overlap and (
-                cfg.min_B_in_photo <= 0 or _in_photo(H_B, (H, W), (h0, w0)) >= cfg.min_B_in_photo):
+                cfg.min_B_in_photo <= 0 or in_photo(H_B, (H, W), (h0, w0)) >= cfg.min_B_in_photo):
             break
     fill = tuple(int(v) for v in rng.integers(0, 256, 3))
     im_A = cv2.remap(_antialias(img, px_A), q[..., 0], q[..., 1], cv2.INTER_LINEAR,
@@ -501,3 +499,18 @@ class MixedPairs(Dataset):
             if rng.random() < self.p_depth:
                 return self.depth[int(rng.integers(len(self.depth)))]
         return self.synthetic[index]
+
+
+def collate(samples: list[dict]) -> dict[str, torch.Tensor]:
+    """Stack samples; a batch mixing dense (warp, mask) and sparse (kpts_*) samples gets empty
+    stand-ins for what a sample lacks, and ``dense`` (B,) saying which samples have a real warp."""
+    if len({frozenset(s) for s in samples}) > 1:
+        H, W = samples[0]["im_A"].shape[-2:]
+        K = next(len(s["kpts_valid"]) for s in samples if "kpts_valid" in s)
+        blank = {"warp": torch.zeros(H, W, 2), "mask": torch.zeros(H, W), "kpts_A": torch.zeros(K, 2),
+                 "kpts_B": torch.zeros(K, 2), "kpts_valid": torch.zeros(K, dtype=torch.bool)}
+        samples = [{**blank, **s, "dense": torch.tensor(float("warp" in s))} for s in samples]
+    elif "warp" not in samples[0]:
+        samples = [{**s, "warp": torch.zeros(*s["im_A"].shape[-2:], 2), "mask": torch.zeros(s["im_A"].shape[-2:]),
+                    "dense": torch.tensor(0.0)} for s in samples]
+    return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}

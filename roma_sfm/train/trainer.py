@@ -10,6 +10,11 @@ file first, flags override it)::
 
     python -m roma_sfm.train.trainer --steps 20000 --batch-size 4 --resolution 224 224 --out-dir runs/tiny
 
+The data folders are arguments (``--train-roots``, ``--val-root``, ``--scene-roots``,
+``--track-indexes``); a resumed run takes the ones it leaves out from ``out_dir/train_config.json``.
+Checkpoint I/O is in :mod:`.checkpoints`, the CSV logs in :mod:`.logs`, validation in
+:mod:`.validation`; this module holds the configuration and the loop.
+
 Exact resume: sample ``k`` of the stream is a pure function of (seed, k) and batch ``t`` holds
 samples ``t*B ... t*B+B-1``, so the data order is the step counter. A checkpoint holds the model,
 optimizer, scheduler (and AMP scaler), step, elapsed time and the torch / numpy / python RNG
@@ -25,14 +30,11 @@ after it (including a half-written last line) are dropped, so each step is logge
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import io
 import json
 import math
 import os
 import random
-import re
 import signal
 import sys
 import threading
@@ -46,24 +48,26 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ..lock import writes_into
-from ..matcher import torch_threads
+from ..matcher import resolve_device, torch_threads
 from ..models.roma import RoMa
 from ..presets import RomaConfig, get_preset
-from .data import DepthPairs, MixedPairs, SynthConfig, SyntheticPairs
+from .checkpoints import (atomic_save, export_weights, load_weights, get_rng_state, no_prior, prior_training,
+                          remove_stale_tmp, set_rng_state, write_text_atomic)
+from .data import DepthPairs, MixedPairs, SynthConfig, SyntheticPairs, collate
+from .logs import CsvLog
+from .validation import Validator
 from .scenes import SceneConfig, ScenePairs
 from .losses import LossConfig, pck, roma_loss, sparse_loss
 from .multiview import TrackPairs
-
-BSDS = "../shared/data/train/bsds500"
-
 
 @dataclass
 class TrainConfig:
     # model: a preset name, optionally overridden by a full RomaConfig dict (RomaConfig.to_dict())
     preset: str = "roma-tiny"
     model: Optional[dict] = None
-    # data (training folders only; the evaluation folders are refused by the datasets)
-    train_roots: tuple[str, ...] = (f"{BSDS}/train", f"{BSDS}/test")
+    # data (training folders only; the evaluation folders are refused by the datasets). No default:
+    # a fresh run names its photo folders; a resumed run takes them from out_dir/train_config.json
+    train_roots: tuple[str, ...] = ()
     depth_index: Optional[str] = None  # optional MegaDepth-style index, see data.read_depth_index
     p_depth: float = 0.5  # fraction of samples drawn from depth_index when given
     # rendered 3-D scenes (scenes.ScenePairs) textured with the photos of scene_roots
@@ -74,7 +78,7 @@ class TrainConfig:
     # real photos with sparse GT from reconstructions (multiview.TrackPairs): p_tracks of all samples
     track_indexes: tuple[str, ...] = ()
     p_tracks: float = 0.0
-    val_root: Optional[str] = f"{BSDS}/val"
+    val_root: Optional[str] = None  # photos of the validation pairs (None: no validation; resumed: as saved)
     val_pairs: int = 32  # fixed synthetic pairs (seeds val_seed + i) for PCK
     val_seed: int = 1_000_000
     resolution: tuple[int, int] = (224, 224)  # (H, W), multiples of 56 (patch 14 and stride 8)
@@ -113,104 +117,6 @@ class TrainConfig:
 
 # ------------------------------------------------------------------------------------------------
 # checkpoints
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _remove_stale_tmp(folder: Path) -> None:
-    """Temporary files (``.<name>.tmp<pid>``) of atomic writes that killed runs left in ``folder``."""
-    for p in Path(folder).glob(".*.tmp*"):
-        if re.fullmatch(r"\..+\.tmp\d+", p.name) and p.is_file():
-            p.unlink(missing_ok=True)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def get_rng_state() -> dict:
-    """torch / numpy / python global RNG states as tensors and ints (weights_only-loadable)."""
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-        "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
-    }
-
-
-def set_rng_state(s: dict) -> None:
-    torch.set_rng_state(s["torch"])
-    n = s["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    p = s["python"]
-    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
-
-
-def load_weights(path: str) -> dict[str, torch.Tensor]:
-    """A model state dict from a training checkpoint (.pt, key 'model'), a plain state dict
-    (.pt/.pth) or a .safetensors file."""
-    if str(path).endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    return obj["model"] if isinstance(obj, dict) and "model" in obj and "optimizer" in obj else obj
-
-
-def export_weights(checkpoint: str, out: str, dtype: torch.dtype = torch.float16,
-                   metadata: Optional[dict] = None) -> Path:
-    """Training checkpoint -> a roma-sfm checkpoint (:func:`roma_sfm.weights.save_checkpoint`: one
-    safetensors file with the preset, the weights in ``dtype`` and metadata), loadable by
-    ``load_matcher(path)`` and by ``init_from``."""
-    from ..weights import save_checkpoint
-
-    ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    model = RoMa(RomaConfig.from_dict(ck["model_cfg"]))
-    model.load_state_dict(ck["model"])
-    total = _totals(ck)  # over every run since the random start (runs chained by init_from)
-    meta = {"step": total["steps"], "train_seconds": total["seconds"],
-            "run_step": int(ck["step"]), "run_seconds": float(ck.get("elapsed", 0.0)),
-            "training_data": "synthetic pairs from BSDS500 train+test (non-commercial research use)",
-            "train_config": ck.get("train_cfg"), **(metadata or {})}
-    return save_checkpoint(out, model, meta, dtype=dtype)
-
-
-def _no_prior() -> dict:
-    return {"steps": 0, "seconds": 0.0}
-
-
-def _totals(ck: dict) -> dict:
-    """Steps and seconds of a training checkpoint's run plus those of the runs before it."""
-    prior = ck.get("prior", _no_prior())
-    return {"steps": int(prior["steps"]) + int(ck["step"]),
-            "seconds": float(prior["seconds"]) + float(ck.get("elapsed", 0.0))}
-
-
-def prior_training(init_from: str) -> dict:
-    """Steps and seconds behind the weights of ``init_from`` (a roma-sfm checkpoint's metadata, or a
-    training checkpoint's own counters); zeros for plain state dicts."""
-    if str(init_from).endswith(".safetensors"):
-        from ..weights import CheckpointError, read_checkpoint_info
-
-        try:
-            meta = read_checkpoint_info(init_from)[1]
-        except CheckpointError:
-            return _no_prior()
-        return {"steps": int(meta.get("step", 0)), "seconds": float(meta.get("train_seconds", 0.0))}
-    obj = torch.load(init_from, map_location="cpu", weights_only=True)
-    return _totals(obj) if isinstance(obj, dict) and "optimizer" in obj else _no_prior()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -253,27 +159,6 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def collate(samples: list[dict]) -> dict[str, torch.Tensor]:
-    """Stack samples; a batch mixing dense (warp, mask) and sparse (kpts_*) samples gets empty
-    stand-ins for what a sample lacks, and ``dense`` (B,) saying which samples have a real warp."""
-    if len({frozenset(s) for s in samples}) > 1:
-        H, W = samples[0]["im_A"].shape[-2:]
-        K = next(len(s["kpts_valid"]) for s in samples if "kpts_valid" in s)
-        blank = {"warp": torch.zeros(H, W, 2), "mask": torch.zeros(H, W), "kpts_A": torch.zeros(K, 2),
-                 "kpts_B": torch.zeros(K, 2), "kpts_valid": torch.zeros(K, dtype=torch.bool)}
-        samples = [{**blank, **s, "dense": torch.tensor(float("warp" in s))} for s in samples]
-    elif "warp" not in samples[0]:
-        samples = [{**s, "warp": torch.zeros(*s["im_A"].shape[-2:], 2), "mask": torch.zeros(s["im_A"].shape[-2:]),
-                    "dense": torch.tensor(0.0)} for s in samples]
-    return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 class _StopFlag:
     """SIGINT / SIGTERM -> finish the step, checkpoint, return. A second SIGINT aborts."""
 
@@ -298,63 +183,8 @@ class _StopFlag:
         return False
 
 
-class _CsvLog:
-    """Append-only CSV; on resume, rows after the checkpoint's step are dropped (they were lost), and
-    so is a last line without its newline (a kill in the middle of an append)."""
-
-    def __init__(self, path: Path, columns: Sequence[str], keep_until: Optional[int]):
-        self.path, self.columns = path, list(columns)
-        rows = []
-        if keep_until is not None and path.exists():
-            text = path.read_text()
-            lines = text.splitlines(keepends=True)
-            if lines and not lines[-1].endswith("\n"):
-                lines = lines[:-1]
-            rows = [r for r in csv.DictReader(lines) if int(r["step"]) <= keep_until]
-        buf = io.StringIO(newline="")
-        w = csv.DictWriter(buf, self.columns, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-        _atomic_write_text(path, buf.getvalue())  # a kill now must not lose the rows kept
-
-    def write(self, row: dict) -> None:
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, self.columns, extrasaction="ignore").writerow(
-                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-
-
 # ------------------------------------------------------------------------------------------------
 # validation
-
-
-class Validator:
-    """Fixed held-out synthetic pairs (val_root, seeds val_seed + i) -> PCK@1/3/5 px and loss."""
-
-    def __init__(self, cfg: TrainConfig, loss_cfg: LossConfig):
-        ds = SyntheticPairs(cfg.val_root, cfg.resolution, seed=cfg.val_seed, length=cfg.val_pairs,
-                            cfg=SynthConfig(**cfg.val_synth))
-        self.batches = [collate([ds[i] for i in range(j, min(j + cfg.batch_size, cfg.val_pairs))])
-                        for j in range(0, cfg.val_pairs, cfg.batch_size)]
-        self.loss_cfg = loss_cfg
-
-    @torch.no_grad()
-    def __call__(self, model: RoMa, device: torch.device) -> dict[str, float]:
-        was_training = model.training
-        model.eval()
-        sums: dict[str, float] = {}
-        n = 0
-        for b in self.batches:
-            b = {k: v.to(device) for k, v in b.items()}
-            out = model(b["im_A"], b["im_B"])
-            _, parts = roma_loss(out, b["warp"], b["mask"], self.loss_cfg)
-            res = pck(out[1]["flow"], b["warp"], b["mask"])
-            res["loss"] = parts["total"]
-            k = b["im_A"].shape[0]
-            for key, v in res.items():
-                sums[key] = sums.get(key, 0.0) + v * k
-            n += k
-        model.train(was_training)
-        return {k: v / n for k, v in sums.items()}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -374,23 +204,38 @@ def build_optimizer(model: RoMa, cfg: TrainConfig) -> torch.optim.AdamW:
                              weight_decay=cfg.weight_decay)
 
 
+def with_saved_data_roots(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the data folders it leaves out (``train_roots``, ``val_root``) taken from the run
+    it resumes (``out_dir/train_config.json`` next to ``last.pt``), so that the same command resumes."""
+    saved = Path(cfg.out_dir) / "train_config.json"
+    if not (cfg.resume and (Path(cfg.out_dir) / "last.pt").exists() and saved.is_file()):
+        return cfg
+    before = json.loads(saved.read_text())
+    return dataclasses.replace(cfg, train_roots=cfg.train_roots or tuple(before.get("train_roots") or ()),
+                               val_root=cfg.val_root or before.get("val_root"))
+
+
 def train(cfg: TrainConfig, on_step: Optional[Callable[[int, dict], None]] = None) -> dict:
     """Train (or continue training) a RoMa model; returns a summary dict.
 
     ``on_step(step, parts)`` is called after every optimizer step (``step`` = steps done so far).
     """
+    cfg = with_saved_data_roots(cfg)
     with torch_threads(max(cfg.threads, 0)):
         return _train(cfg, on_step)
 
 
 @writes_into(lambda cfg, *args, **kwargs: cfg.out_dir)  # one training per out_dir (roma_sfm.lock)
 def _train(cfg: TrainConfig, on_step: Optional[Callable[[int, dict], None]]) -> dict:
+    if not cfg.train_roots:
+        raise ValueError("no training photos: give their folders with --train-roots DIR [DIR ...] "
+                         "(TrainConfig.train_roots)")
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     H, W = cfg.resolution
     if H % 56 or W % 56:
         raise ValueError(f"resolution must be multiples of 56 (patch 14 and stride 8), got {cfg.resolution}")
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     use_amp = cfg.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     loss_cfg = LossConfig(**cfg.loss)
@@ -412,17 +257,17 @@ def _train(cfg: TrainConfig, on_step: Optional[Callable[[int, dict], None]]) -> 
         scaler.load_state_dict(ck["scaler"])
         set_rng_state(ck["rng"])
         start, elapsed = int(ck["step"]), float(ck["elapsed"])
-        prior = dict(ck.get("prior", _no_prior()))
+        prior = dict(ck.get("prior", no_prior()))
     else:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         random.seed(cfg.seed)
-        prior = _no_prior()
+        prior = no_prior()
         if cfg.init_from:
             model.load_state_dict(load_weights(cfg.init_from))
             prior = prior_training(cfg.init_from)
-    _remove_stale_tmp(out_dir)
-    _atomic_write_text(out_dir / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
+    remove_stale_tmp(out_dir)
+    write_text_atomic(out_dir / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
 
     def checkpoint(step: int) -> None:
         atomic_save({
@@ -451,8 +296,8 @@ def _train(cfg: TrainConfig, on_step: Optional[Callable[[int, dict], None]]) -> 
 
     scales = sorted(model.cfg.refiners, reverse=True)
     loss_cols = ["total", "cls", "gm_cert"] + [f"reg{s}" for s in scales] + [f"cert{s}" for s in scales]
-    log = _CsvLog(out_dir / "log.csv", ["step", "time", "lr"] + loss_cols, start if resumed else None)
-    val_log = _CsvLog(out_dir / "val.csv", ["step", "time", "pck@1", "pck@3", "pck@5", "loss"],
+    log = CsvLog(out_dir / "log.csv", ["step", "time", "lr"] + loss_cols, start if resumed else None)
+    val_log = CsvLog(out_dir / "val.csv", ["step", "time", "pck@1", "pck@3", "pck@5", "loss"],
                       start if resumed else None)
 
     from rich.console import Console

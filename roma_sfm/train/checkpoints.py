@@ -1,0 +1,119 @@
+"""Training checkpoints: atomic writes, RNG states, weights in and out, steps behind a set of weights.
+
+A checkpoint is a plain dict of tensors and Python scalars (``torch.load(weights_only=True)``),
+written to a temporary file and renamed into place, so a kill leaves the previous one.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from ..io import atomic_output
+from ..models.roma import RoMa
+from ..presets import RomaConfig
+
+
+def hidden_tmp(path: Path) -> Path:
+    """The temporary name of an atomic write: ``.<name>.tmp<pid>`` (see :func:`remove_stale_tmp`)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, then rename over ``path``."""
+    with atomic_output(path, hidden_tmp(path)) as tmp:
+        torch.save(obj, tmp)
+
+
+def remove_stale_tmp(folder: Path) -> None:
+    """Temporary files (``.<name>.tmp<pid>``) of atomic writes that killed runs left in ``folder``."""
+    for p in Path(folder).glob(".*.tmp*"):
+        if re.fullmatch(r"\..+\.tmp\d+", p.name) and p.is_file():
+            p.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_output(path, hidden_tmp(path)) as tmp:
+        tmp.write_text(text)
+
+
+def get_rng_state() -> dict:
+    """torch / numpy / python global RNG states as tensors and ints (weights_only-loadable)."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
+    }
+
+
+def set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    n = s["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = s["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+
+
+def load_weights(path: str) -> dict[str, torch.Tensor]:
+    """A model state dict from a training checkpoint (.pt, key 'model'), a plain state dict
+    (.pt/.pth) or a .safetensors file."""
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    return obj["model"] if isinstance(obj, dict) and "model" in obj and "optimizer" in obj else obj
+
+
+def export_weights(checkpoint: str, out: str, dtype: torch.dtype = torch.float16,
+                   metadata: Optional[dict] = None) -> Path:
+    """Training checkpoint -> a roma-sfm checkpoint (:func:`roma_sfm.weights.save_checkpoint`: one
+    safetensors file with the preset, the weights in ``dtype`` and metadata), loadable by
+    ``load_matcher(path)`` and by ``init_from``."""
+    from ..weights import save_checkpoint
+
+    ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    model = RoMa(RomaConfig.from_dict(ck["model_cfg"]))
+    model.load_state_dict(ck["model"])
+    total = run_totals(ck)  # over every run since the random start (runs chained by init_from)
+    meta = {"step": total["steps"], "train_seconds": total["seconds"],
+            "run_step": int(ck["step"]), "run_seconds": float(ck.get("elapsed", 0.0)),
+            "training_data": "synthetic pairs from BSDS500 train+test (non-commercial research use)",
+            "train_config": ck.get("train_cfg"), **(metadata or {})}
+    return save_checkpoint(out, model, meta, dtype=dtype)
+
+
+def no_prior() -> dict:
+    return {"steps": 0, "seconds": 0.0}
+
+
+def run_totals(ck: dict) -> dict:
+    """Steps and seconds of a training checkpoint's run plus those of the runs before it."""
+    prior = ck.get("prior", no_prior())
+    return {"steps": int(prior["steps"]) + int(ck["step"]),
+            "seconds": float(prior["seconds"]) + float(ck.get("elapsed", 0.0))}
+
+
+def prior_training(init_from: str) -> dict:
+    """Steps and seconds behind the weights of ``init_from`` (a roma-sfm checkpoint's metadata, or a
+    training checkpoint's own counters); zeros for plain state dicts."""
+    if str(init_from).endswith(".safetensors"):
+        from ..weights import CheckpointError, read_checkpoint_info
+
+        try:
+            meta = read_checkpoint_info(init_from)[1]
+        except CheckpointError:
+            return no_prior()
+        return {"steps": int(meta.get("step", 0)), "seconds": float(meta.get("train_seconds", 0.0))}
+    obj = torch.load(init_from, map_location="cpu", weights_only=True)
+    return run_totals(obj) if isinstance(obj, dict) and "optimizer" in obj else no_prior()
