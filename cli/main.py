@@ -299,7 +299,7 @@ def reconstruct(
                                           help="Output folder (default: ./outputs/<scene>, <scene> = the images "
                                                "folder's name, or its parent's if it is called 'images')."),
     matcher: Optional[str] = typer.Option(None, "--matcher", "-m", show_default=False, help=MATCHER_HELP),
-    pairs: str = typer.Option("auto", "--pairs", help="Which pairs to match: auto (exhaustive up to 30 images, "
+    pairs: str = typer.Option(DEFAULTS.pairs, "--pairs", help="Which pairs to match: auto (exhaustive up to 30 images, "
                               "else retrieval), exhaustive, sequential, retrieval, or a pairs file "
                               "(`name0 name1` per line)."),
     num_matched: int = typer.Option(DEFAULTS.num_matched, "--num-matched", min=1, help="Retrieval: pairs per image."),
@@ -367,11 +367,11 @@ def pairs_cmd(
     images: Path = IMAGES_ARG,
     output: Optional[Path] = typer.Option(None, "-o", "--output", dir_okay=False, show_default=False,
                                           help="Pairs file to write (default: ./outputs/<scene>/pairs.txt)."),
-    mode: str = typer.Option("auto", "--mode", help="auto (exhaustive up to 30 images, else retrieval), "
+    mode: str = typer.Option(DEFAULTS.pairs, "--mode", help="auto (exhaustive up to 30 images, else retrieval), "
                              "exhaustive, sequential, retrieval, or a pairs file to filter to the readable "
                              "images of IMAGES."),
-    num_matched: int = typer.Option(10, "--num-matched", min=1, help="Retrieval: pairs per image."),
-    window: int = typer.Option(5, "--window", min=1, help="Sequential: successors matched per image (plus "
+    num_matched: int = typer.Option(DEFAULTS.num_matched, "--num-matched", min=1, help="Retrieval: pairs per image."),
+    window: int = typer.Option(DEFAULTS.window, "--window", min=1, help="Sequential: successors matched per image (plus "
                                "quadratic overlap)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
 ):
@@ -403,8 +403,8 @@ def match_cmd(
     retrieval: Optional[int] = typer.Option(None, "--retrieval", min=1, show_default=False,
                                             help="Instead of --pairs: match every image with its K most similar "
                                                  "images (global descriptors; pairs written next to OUTPUT)."),
-    workers: int = typer.Option(2, "--workers", min=1, help="Threads decoding images ahead of the model."),
-    cache_mb: float = typer.Option(512, "--cache-mb", min=0, help="RoMa: memory for per-image encoder "
+    workers: int = typer.Option(match.DEFAULTS["num_workers"], "--workers", min=1, help="Threads decoding images ahead of the model."),
+    cache_mb: float = typer.Option(match.DEFAULTS["cache_mb"], "--cache-mb", min=0, help="RoMa: memory for per-image encoder "
                                    "features reused across pairs."),
     ray: Optional[str] = typer.Option(None, "--ray", show_default=False, metavar="[ADDRESS]", help=RAY_HELP),
     ray_workers: Optional[int] = typer.Option(None, "--ray-workers", min=1, show_default=False,

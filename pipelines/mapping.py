@@ -48,9 +48,8 @@ DEFAULT_FOCAL_FACTOR = 1.2
 
 # Mapper options over COLMAP's defaults, by matches kind and mapper; dotted keys reach nested
 # options. Dense tracks carry ~5x SIFT's observations per image, and BA dominates: one refinement
-# round instead of 2 (local) / 5 (global), and global BA without redundant points, measured on the
-# same databases (2 threads): fountain-P11 43 -> 18 s, AUC@3 84.5 -> 85.2; castle-P19 45 -> 27 s,
-# AUC@3 67.1 -> 65.9 (its run-to-run spread is ~1).
+# round instead of 2 (local) / 5 (global), and global BA without redundant points: much faster at
+# the same accuracy (docs/design/mapping.md).
 mapper_options = {
     "dense": {"incremental": {"ba_local_max_refinements": 1, "ba_global_max_refinements": 1,
                               "mapper.ba_global_ignore_redundant_points3D": True},

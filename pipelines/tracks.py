@@ -81,8 +81,8 @@ def pair_score(kp0: np.ndarray, kp1: np.ndarray, scores: np.ndarray, size0: tupl
     on look-alike facades); such a warp is not epipolar-consistent at the matcher's accuracy, so
     fewer of its matches fit a fundamental matrix (pycolmap LO-RANSAC, Sampson error below
     ``max_error`` x the longer image side: 1 px at 768 px). ``max_points`` evenly spaced matches and
-    at most 1000 trials are enough for a share (a 30 % inlier mix is found) and keep it ~20 ms per
-    pair; COLMAP's 10000 trials take seconds on a pair that fits nothing.
+    at most 1000 trials are enough for a share (a 30 % inlier mix is found) and keep it cheap per
+    pair; COLMAP's 10000 trials take long on a pair that fits nothing.
     """
     if len(scores) < 8:
         return 0.0

@@ -7,10 +7,8 @@ x_px = W/2 * (x + 1), i.e. COLMAP's convention (image corner at 0, pixel centres
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
-import warnings
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,9 +22,10 @@ from PIL import Image
 
 from .io import IMAGENET_MEAN, IMAGENET_STD, ImageLike, as_rgb
 from .models.roma import RoMa, finalize
-from .presets import CACHE_MB, DECODE_WORKERS, DEFAULT_PRESET, NUM_SAMPLES, PRESETS, RomaConfig, get_preset
-from .weights import (DINOV2_FILE, CheckpointError, default_checkpoint, find_weights, load_checkpoint,
-                      load_public, weights_fingerprint)
+from .presets import CACHE_MB, DECODE_WORKERS, NUM_SAMPLES, RomaConfig, get_preset
+from .models.fuse import fuse_batchnorm
+from .sampling import grid_density
+from .weights import load_model, weights_fingerprint
 
 
 
@@ -59,59 +58,6 @@ def to_tensor(rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return (t - mean) / std
-
-
-def kde_density(x: torch.Tensor, std: float = 0.1, max_ref: int = 2500, chunk: int = 512,
-                generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Gaussian KDE of each row of x (N, D) over all rows -> (N,), as sum_j exp(-|x - x_j|^2 / 2 std^2).
-
-    Above ``max_ref`` rows the sum runs over a random subset, scaled by N / max_ref: an unbiased
-    estimate at O(N * max_ref) instead of O(N^2). :func:`grid_density` is the O(N) approximation
-    that sampling uses.
-    """
-    ref = x
-    if x.shape[0] > max_ref:
-        ref = x[torch.randperm(x.shape[0], generator=generator)[:max_ref]]
-    scale = x.shape[0] / ref.shape[0]
-    ref_sq = (ref * ref).sum(1)[None]
-    out = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
-    for i in range(0, x.shape[0], chunk):
-        xi = x[i:i + chunk]
-        d2 = torch.addmm(ref_sq, xi, ref.T, beta=1.0, alpha=-2.0).add_((xi * xi).sum(1)[:, None])
-        out[i:i + chunk] = d2.mul_(-0.5 / std**2).exp_().sum(dim=1)
-    return out.mul_(scale)
-
-
-@functools.lru_cache(maxsize=8)
-def _cell_weights(reach: int = 3, samples: int = 20001) -> torch.Tensor:
-    """E[exp(-((o + u1 - u2) h)^2 / 2 std^2)] for cell offsets o = -reach..reach, cells of width
-    h = std and u1, u2 uniform in a cell: the expected Gaussian weight between two points ``o``
-    cells apart along one axis (u1 - u2 has the triangular density 1 - |t| on [-1, 1])."""
-    t = torch.linspace(-1, 1, samples, dtype=torch.float64)
-    tri = (1 - t.abs()) / (1 - t.abs()).sum()
-    return torch.stack([(tri * torch.exp(-0.5 * (o + t) ** 2)).sum() for o in range(-reach, reach + 1)]).float()
-
-
-def grid_density(x: torch.Tensor, lo: float = -1.0, hi: float = 1.0, std: float = 0.1) -> torch.Tensor:
-    """O(N) approximation of :func:`kde_density` for points in [lo, hi]^D (D <= 4): points are
-    counted in cells of width ``std`` and the counts blurred along each axis with the expected
-    Gaussian weight between cells (so it matches the exact KDE in expectation over positions).
-    x (N, D) -> (N,). 8000 matches: ~2 ms instead of ~0.4 s for the exact sum over 2500 of them."""
-    n, d = x.shape
-    g = int(math.ceil((hi - lo) / std))
-    cells = ((x - lo) / std).floor().long().clamp_(0, g - 1)
-    flat = torch.zeros((), dtype=torch.long)
-    for k in range(d):
-        flat = flat * g + cells[:, k]
-    hist = torch.bincount(flat, minlength=g**d).to(x.dtype).reshape((1, 1) + (g,) * d)
-    w = _cell_weights().to(x.dtype)
-    reach = (len(w) - 1) // 2
-    for axis in range(d):  # separable blur, zero outside the box
-        moved = hist.movedim(2 + axis, -1)
-        shape = moved.shape
-        line = F.conv1d(moved.reshape(-1, 1, g), w.view(1, 1, -1), padding=reach)
-        hist = line.reshape(shape).movedim(-1, 2 + axis)
-    return hist.reshape(-1)[flat]
 
 
 @dataclass
@@ -377,76 +323,6 @@ class FeatureCache:
         while self.bytes > self.max_bytes:
             _, (_, s) = self.items.popitem(last=False)
             self.bytes -= s
-
-
-def load_model(name_or_path: Optional[Union[str, os.PathLike]] = None, weights: Optional[Union[str, os.PathLike]] = None,
-               dinov2_weights: Optional[Union[str, os.PathLike]] = None) -> tuple[RoMa, dict]:
-    """Build a model with weights -> (model, metadata). See :func:`load_matcher`."""
-    if name_or_path is None:
-        name_or_path = DEFAULT_PRESET
-    if str(name_or_path) in PRESETS:
-        cfg = get_preset(str(name_or_path))
-        if cfg.checkpoint_name:  # paper presets: public checkpoints from local paths only
-            weights = weights or find_weights(cfg.checkpoint_name)
-            dinov2_weights = dinov2_weights or find_weights(DINOV2_FILE)
-            if weights is None:
-                raise CheckpointError(f"{cfg.name} needs {cfg.checkpoint_name}: pass weights=<path> (nothing is "
-                                      f"downloaded) or set ROMA_SFM_WEIGHTS to its folder")
-            if str(weights).endswith(".safetensors"):
-                return load_checkpoint(weights, dinov2_weights)
-            return load_public(cfg, weights, dinov2_weights), {"source": str(weights)}
-        path = Path(weights) if weights else default_checkpoint()
-        if not path.is_file():
-            raise CheckpointError(f"no weights for {cfg.name}: {path} does not exist (train one with "
-                                  f"`roma-sfm train`, or pass weights=<checkpoint>)")
-        model, meta = load_checkpoint(path, dinov2_weights)
-        if not weights and not meta.get("recommended", False):
-            warnings.warn(f"the shipped {cfg.name} weights are still in training (step {meta.get('step', '?')}) "
-                          "and do not beat SIFT yet; see MODEL_CARD.md", stacklevel=3)
-        return model, meta
-    path = Path(name_or_path)
-    if not path.is_file():
-        raise CheckpointError(f"'{name_or_path}' is neither a preset ({', '.join(PRESETS)}) nor a checkpoint file")
-    if path.suffix == ".safetensors":
-        return load_checkpoint(path, dinov2_weights)
-    # a public .pth: the paper layout; indoor/outdoor share it
-    cfg = get_preset("roma-indoor" if "indoor" in path.name else "roma-outdoor")
-    return load_public(cfg, path, dinov2_weights or find_weights(DINOV2_FILE)), {"source": str(path)}
-
-
-@torch.no_grad()
-def fuse_batchnorm(model: torch.nn.Module) -> int:
-    """Fold every eval-mode BatchNorm2d that directly follows a Conv2d in an ``nn.Sequential`` or
-    ``nn.ModuleList`` (the VGG encoder runs its list in order) into that convolution, in place: the
-    BatchNorm becomes an Identity. Returns how many were folded.
-
-    Why: at inference a BatchNorm is a per-channel affine map, but run as its own op it reads and
-    writes the whole activation again; in roma-tiny that was ~18 % of a pair's CPU time. The result
-    equals the unfused model up to float rounding. The model is for inference afterwards (its
-    state_dict no longer has the BatchNorm keys), so only matchers that own their model fuse it.
-    """
-    n = 0
-    for seq in model.modules():
-        if not isinstance(seq, (torch.nn.Sequential, torch.nn.ModuleList)):
-            continue
-        for k in range(len(seq) - 1):
-            conv, bn = seq[k], seq[k + 1]
-            if not (isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d)) \
-                    or bn.training or bn.running_mean is None:
-                continue
-            scale = bn.running_var.add(bn.eps).rsqrt()
-            if bn.affine:
-                scale = scale * bn.weight
-            shift = bn.bias if bn.affine else torch.zeros_like(scale)
-            bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
-            fused = torch.nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                                    conv.padding, conv.dilation, conv.groups, True, conv.padding_mode,
-                                    device=conv.weight.device, dtype=conv.weight.dtype)
-            fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-            fused.bias.copy_((bias - bn.running_mean) * scale + shift)
-            seq[k], seq[k + 1] = fused, torch.nn.Identity()
-            n += 1
-    return n
 
 
 def load_matcher(name_or_path: Optional[Union[str, os.PathLike]] = None, weights=None, dinov2_weights=None,

@@ -9,13 +9,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Mapping, Optional, Union
 
 import torch
 
+from .io import atomic_output
 from .models.roma import RoMa
-from .presets import PRESETS, RomaConfig
+from .presets import DEFAULT_PRESET, PRESETS, RomaConfig, get_preset
 
 PathLike = Union[str, os.PathLike]
 
@@ -121,10 +123,8 @@ def save_checkpoint(path: PathLike, model: RoMa, metadata: Optional[dict] = None
              for k, v in model.state_dict().items() if not k.startswith("encoder.dinov2.")}
     meta = {"format": FORMAT, "preset": json.dumps(model.cfg.to_dict()),
             "metadata": json.dumps(metadata or {}, default=str)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    with atomic_output(path, path.with_name(path.name + ".tmp")) as tmp:
+        save_file(state, str(tmp), metadata=meta)
     return path
 
 
@@ -205,3 +205,38 @@ def weights_fingerprint(model: torch.nn.Module) -> Optional[str]:
             flat = v.detach().reshape(-1)
             h.update(flat[:: max(1, flat.numel() // 256)][:256].float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def load_model(name_or_path: Optional[Union[str, os.PathLike]] = None, weights: Optional[Union[str, os.PathLike]] = None,
+               dinov2_weights: Optional[Union[str, os.PathLike]] = None) -> tuple[RoMa, dict]:
+    """Build a model with weights -> (model, metadata). See :func:`load_matcher`."""
+    if name_or_path is None:
+        name_or_path = DEFAULT_PRESET
+    if str(name_or_path) in PRESETS:
+        cfg = get_preset(str(name_or_path))
+        if cfg.checkpoint_name:  # paper presets: public checkpoints from local paths only
+            weights = weights or find_weights(cfg.checkpoint_name)
+            dinov2_weights = dinov2_weights or find_weights(DINOV2_FILE)
+            if weights is None:
+                raise CheckpointError(f"{cfg.name} needs {cfg.checkpoint_name}: pass weights=<path> (nothing is "
+                                      f"downloaded) or set ROMA_SFM_WEIGHTS to its folder")
+            if str(weights).endswith(".safetensors"):
+                return load_checkpoint(weights, dinov2_weights)
+            return load_public(cfg, weights, dinov2_weights), {"source": str(weights)}
+        path = Path(weights) if weights else default_checkpoint()
+        if not path.is_file():
+            raise CheckpointError(f"no weights for {cfg.name}: {path} does not exist (train one with "
+                                  f"`roma-sfm train`, or pass weights=<checkpoint>)")
+        model, meta = load_checkpoint(path, dinov2_weights)
+        if not weights and not meta.get("recommended", False):
+            warnings.warn(f"the shipped {cfg.name} weights are still in training (step {meta.get('step', '?')}) "
+                          "and do not beat SIFT yet; see MODEL_CARD.md", stacklevel=3)
+        return model, meta
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise CheckpointError(f"'{name_or_path}' is neither a preset ({', '.join(PRESETS)}) nor a checkpoint file")
+    if path.suffix == ".safetensors":
+        return load_checkpoint(path, dinov2_weights)
+    # a public .pth: the paper layout; indoor/outdoor share it
+    cfg = get_preset("roma-indoor" if "indoor" in path.name else "roma-outdoor")
+    return load_public(cfg, path, dinov2_weights or find_weights(DINOV2_FILE)), {"source": str(path)}

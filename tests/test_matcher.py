@@ -6,7 +6,8 @@ from PIL import Image
 
 from conftest import micro_config
 from roma_sfm import ImageReadError, MatchResult, random_matcher
-from roma_sfm.matcher import Matcher, fuse_batchnorm
+from roma_sfm.matcher import Matcher
+from roma_sfm.models.fuse import fuse_batchnorm
 from roma_sfm.weights import weights_fingerprint
 from roma_sfm.models.roma import RoMa
 from roma_sfm.models.gp import pixel_grid
@@ -176,7 +177,7 @@ def test_sample_with_no_certainty_is_empty():
 
 
 def test_grid_density_approximates_the_exact_kde():
-    from roma_sfm.matcher import grid_density, kde_density
+    from roma_sfm.sampling import grid_density, kde_density
 
     g = torch.Generator().manual_seed(0)
     x = torch.cat([torch.randn(3000, 4, generator=g) * 0.15 + 0.3, torch.rand(3000, 4, generator=g) * 2 - 1])

@@ -129,11 +129,11 @@ def test_shipped_model_is_default_only_when_recommended(tmp_path, monkeypatch):
 
 
 def test_loading_an_unrecommended_shipped_model_warns(tmp_path, monkeypatch):
-    import roma_sfm.matcher as mt
+    import roma_sfm.weights as wt  # load_model lives there
 
     path = tmp_path / "roma_tiny.safetensors"
-    monkeypatch.setattr(mt, "default_checkpoint", lambda: path)
-    monkeypatch.setattr(mt, "DEFAULT_PRESET", "roma-tiny")
+    monkeypatch.setattr(wt, "default_checkpoint", lambda: path)
+    monkeypatch.setattr(wt, "DEFAULT_PRESET", "roma-tiny")
     model = RoMa(micro_config())
     save_checkpoint(path, model, {"step": 7})
     with pytest.warns(UserWarning, match="still in training"):
