@@ -1,4 +1,4 @@
-"""The command line that reproduces a benchmark run, for the note under its README table."""
+"""The command line that reproduces a benchmark run, for the note under its table in docs/benchmarks.md."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +11,7 @@ def command_line(script: str, ap: argparse.ArgumentParser, args: argparse.Namesp
         value = getattr(args, action.dest, None)
         if not action.option_strings or action.dest == "help" or value is None or value == action.default:
             continue
-        if isinstance(value, bool):
+        if isinstance(value, bool) or (action.nargs == "?" and value == action.const):  # a flag given alone
             parts.append(action.option_strings[0])
             continue
         shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)

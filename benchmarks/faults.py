@@ -6,7 +6,7 @@ folder and prints a markdown table; a case whose checks did not all hold says wh
 Usage:
     python benchmarks/faults.py                       # all cases (about a minute on 2 cores)
     python benchmarks/faults.py --cases huge kill_match
-    python benchmarks/faults.py --readme README.md    # also writes the table between the markers
+    python benchmarks/faults.py --readme    # also writes the table between the markers
                                                       # <!-- faults-table --> ... <!-- /faults-table -->
 """
 from __future__ import annotations

@@ -16,7 +16,7 @@ It prints the score quantiles of both and, for a range of thresholds, the share 
 failed positives and of negatives rejected, and the chosen gate: the geometric middle of the gap
 between the negatives' 95 % and the matched positives' 5 % quantile (real photos are harder than
 synthetic pairs on both sides, see ``choose``). ``--write-readme``
-puts the table into README (``<!-- pair-gate-table -->``).
+puts the table into docs/benchmarks.md (``<!-- pair-gate-table -->``).
 
     python benchmarks/pair_gate.py [--matcher roma] [--pairs 64] [--write-readme]
 """

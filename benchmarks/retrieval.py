@@ -25,7 +25,7 @@ Retrieval is computed as ``pairs.main(images, output, mode="retrieval", num_matc
 (``global_descriptors`` once, then ``pairs_retrieval`` per k; the test file checks the two agree).
 
     python benchmarks/retrieval.py [--scenes strecha-fountain-P11 ...] [--min-points 50]
-                                   [--strict-points 500] [--num-threads 1] [--readme README.md]
+                                   [--strict-points 500] [--num-threads 1] [--readme [FILE]]
 
 The data are EVALUATION ONLY (see ../shared/data/README.md): read in place; the temporary COLMAP
 database lives in a temporary folder (``--work-dir`` keeps it). Table markers: ``retrieval-table``.

@@ -10,10 +10,10 @@
 4. Checks that the Ray run wrote the same matches as a single-process run with as many torch threads
    as a worker has (the first quarter of the pairs; float sums depend on the thread count), and
    against the default single-process run, and prints a table
-   (``--readme README.md`` writes it between ``<!-- scale-table -->`` markers).
+   (``--readme`` writes it between ``<!-- scale-table -->`` markers).
 
 Usage:
-    python benchmarks/scale.py --readme README.md
+    python benchmarks/scale.py --readme
     python benchmarks/scale.py --images 100 --fractions 0.5 1 --no-ray      # a quick look
 """
 from __future__ import annotations

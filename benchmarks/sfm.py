@@ -15,7 +15,7 @@ model each method builds, with the scenes its images come from.
 
 Usage:
     python benchmarks/sfm.py --scenes strecha-fountain-P11 --variants uncal --matcher sift
-    python benchmarks/sfm.py --matcher sift roma --readme README.md   # writes between the markers
+    python benchmarks/sfm.py --matcher sift roma --readme   # writes between the markers
                                                                        # <!-- sfm-table --> ... <!-- /sfm-table -->
     python benchmarks/sfm.py --mixed --matcher sift                     # the six scenes in one folder
 The data are EVALUATION ONLY (see ../shared/data/README.md); outputs go to ``--outputs``.

@@ -16,7 +16,7 @@ averaged over ``--seeds`` (independent scenes), the error of the raw matches the
 reference (exact: noise sigma * sqrt(pi / 2) mean and sigma * sqrt(2 ln 2) median of a 2D Gaussian),
 and the number of index matches scored per scene. ``measure_subpixel`` gives no other quantiles.
 
-    python benchmarks/subpixel.py [--cell-sizes 4 8] [--noise 0 0.3] [--seeds 0 1 2] [--readme README.md]
+    python benchmarks/subpixel.py [--cell-sizes 4 8] [--noise 0 0.3] [--seeds 0 1 2] [--readme [FILE]]
 
 Table markers: ``subpixel-table``. Synthetic data only; a run takes a few seconds.
 """
