@@ -8,7 +8,8 @@ TARGET = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"  # where
 
 def write_table(name: str, text: str, readme: Path = TARGET) -> None:
     start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
-    content = readme.read_text()
+    readme.parent.mkdir(parents=True, exist_ok=True)
+    content = readme.read_text() if readme.exists() else ""
     if start not in content or end not in content:
         content = content.rstrip() + f"\n\n{start}\n{end}\n"
     head, rest = content.split(start, 1)

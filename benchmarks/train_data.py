@@ -77,7 +77,6 @@ def main(argv=None) -> dict:
     table = "\n".join(lines)
     print(table)
     if args.write_readme:
-        args.readme.parent.mkdir(parents=True, exist_ok=True)
         write_table("train-data-table", table, args.readme)
     return {"table": table, "results": results}
 
