@@ -313,8 +313,7 @@ def reconstruct(
                                                    "keypoint (default: 2 for sift, 4 for RoMa)."),
     min_pair_score: Optional[float] = typer.Option(None, "--min-pair-score", min=0.0, max=1.0, show_default=False,
                                                    help=MIN_PAIR_SCORE_HELP),
-    num_samples: int = typer.Option(DEFAULTS.num_samples, "--num-samples", min=1,
-                                     help=NUM_SAMPLES_HELP),
+    num_samples: int = typer.Option(DEFAULTS.num_samples, "--num-samples", min=1, help=NUM_SAMPLES_HELP),
     batch_size: int = typer.Option(DEFAULTS.batch_size, "--batch-size", min=1, help="RoMa: pairs per forward pass."),
     camera_mode: CameraMode = typer.Option(CameraMode(DEFAULTS.camera_mode), "--camera-mode",
                                            help="Camera sharing: auto (same folder, size and EXIF focal), single, "
@@ -371,7 +370,8 @@ def pairs_cmd(
                              "exhaustive, sequential, retrieval, or a pairs file to filter to the readable "
                              "images of IMAGES."),
     num_matched: int = typer.Option(DEFAULTS.num_matched, "--num-matched", min=1, help="Retrieval: pairs per image."),
-    window: int = typer.Option(DEFAULTS.window, "--window", min=1, help="Sequential: successors matched per image (plus "
+    window: int = typer.Option(DEFAULTS.window, "--window", min=1,
+                               help="Sequential: successors matched per image (plus "
                                "quadratic overlap)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
 ):
@@ -397,15 +397,15 @@ def match_cmd(
     matcher: Optional[str] = typer.Option(None, "--matcher", "-m", show_default=False, help=MATCHER_HELP),
     resolution: Optional[str] = typer.Option(None, "--resolution", show_default=False, help=RESOLUTION_HELP),
     device: str = typer.Option(DEFAULTS.device, "--device", help=DEVICE_HELP),
-    num_samples: int = typer.Option(DEFAULTS.num_samples, "--num-samples", min=1,
-                                     help=NUM_SAMPLES_HELP),
+    num_samples: int = typer.Option(DEFAULTS.num_samples, "--num-samples", min=1, help=NUM_SAMPLES_HELP),
     batch_size: int = typer.Option(DEFAULTS.batch_size, "--batch-size", min=1, help="RoMa: pairs per forward pass."),
     retrieval: Optional[int] = typer.Option(None, "--retrieval", min=1, show_default=False,
                                             help="Instead of --pairs: match every image with its K most similar "
                                                  "images (global descriptors; pairs written next to OUTPUT)."),
-    workers: int = typer.Option(match.DEFAULTS["num_workers"], "--workers", min=1, help="Threads decoding images ahead of the model."),
-    cache_mb: float = typer.Option(match.DEFAULTS["cache_mb"], "--cache-mb", min=0, help="RoMa: memory for per-image encoder "
-                                   "features reused across pairs."),
+    workers: int = typer.Option(match.DEFAULTS["num_workers"], "--workers", min=1,
+                                help="Threads decoding images ahead of the model."),
+    cache_mb: float = typer.Option(match.DEFAULTS["cache_mb"], "--cache-mb", min=0,
+                                   help="RoMa: memory for per-image encoder features reused across pairs."),
     ray: Optional[str] = typer.Option(None, "--ray", show_default=False, metavar="[ADDRESS]", help=RAY_HELP),
     ray_workers: Optional[int] = typer.Option(None, "--ray-workers", min=1, show_default=False,
                                               help="Ray: number of workers (default: one per CPU of the cluster)."),
@@ -455,7 +455,8 @@ def map_cmd(
                                                    "matches, else 4)."),
     min_pair_score: Optional[float] = typer.Option(None, "--min-pair-score", min=0.0, max=1.0, show_default=False,
                                                    help=MIN_PAIR_SCORE_HELP),
-    max_keypoints: int = typer.Option(DEFAULTS.max_keypoints, "--max-keypoints", min=1, help="Keypoints kept per image."),
+    max_keypoints: int = typer.Option(DEFAULTS.max_keypoints, "--max-keypoints", min=1,
+                                      help="Keypoints kept per image."),
     mapper: Mapper = typer.Option(Mapper(DEFAULTS.mapper), "--mapper", help="COLMAP mapper: incremental or global."),
     camera_mode: CameraMode = typer.Option(CameraMode(DEFAULTS.camera_mode), "--camera-mode",
                                            help="Camera sharing: auto, single, per_folder, per_image."),

@@ -218,10 +218,10 @@ def main(images: Path, outputs: Path, config: Optional[ReconstructConfig] = None
     files = {"features": outputs / "features.h5", "matches_idx": outputs / "matches_idx.h5"}
     if mo.mapping is None:
         return finish(mo.failure, **files)
-    res = mo.mapping
-    report["verification"] = {"pairs": res.verification.num_pairs, "verified": res.verification.num_verified,
-                              "mean_inliers": res.verification.mean_inliers, "configs": res.verification.configs,
-                              "rotation_outliers": [[a, b, round(r, 1)] for a, b, r in res.verification.rotation_outliers]}
+    res, ver = mo.mapping, mo.mapping.verification
+    report["verification"] = {"pairs": ver.num_pairs, "verified": ver.num_verified, "mean_inliers": ver.mean_inliers,
+                              "configs": ver.configs,
+                              "rotation_outliers": [[a, b, round(r, 1)] for a, b, r in ver.rotation_outliers]}
     rec = res.reconstruction
     registered = {im.name for r in res.models for im in r.images.values() if im.has_pose}
     report["images_unregistered"] = sorted(set(scan.names) - registered)  # in no model
