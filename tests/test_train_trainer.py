@@ -134,3 +134,13 @@ def test_rendered_scenes_feed_training(photos, tmp_path):
     assert res["finished"] and res["skipped_steps"] == 0
     assert np.isfinite(res["last_losses"]["total"])
     assert load(tmp_path / "scenes" / "last.pt")["train_cfg"]["p_scene"] == 1.0
+
+
+def test_weights_metadata_names_the_training_data():
+    from roma_sfm.train.checkpoints import training_data_summary
+
+    plain = training_data_summary({"p_scene": 0.0, "train_roots": ["a/train"]})
+    assert "BSDS500" in plain and "3-D" not in plain and "multi-view" not in plain
+    full = training_data_summary({"p_scene": 0.6, "scene_roots": ["x/multiview"], "p_tracks": 0.2,
+                                  "track_indexes": ["runs/lund.npz"]})
+    assert "rendered 3-D scenes" in full and "multiview" in full and "(lund)" in full

@@ -88,9 +88,22 @@ def export_weights(checkpoint: str, out: str, dtype: torch.dtype = torch.float16
     total = run_totals(ck)  # over every run since the random start (runs chained by init_from)
     meta = {"step": total["steps"], "train_seconds": total["seconds"],
             "run_step": int(ck["step"]), "run_seconds": float(ck.get("elapsed", 0.0)),
-            "training_data": "synthetic pairs from BSDS500 train+test (non-commercial research use)",
+            "training_data": training_data_summary(ck.get("train_cfg") or {}),
             "train_config": ck.get("train_cfg"), **(metadata or {})}
     return save_checkpoint(out, model, meta, dtype=dtype)
+
+
+def training_data_summary(train_cfg: dict) -> str:
+    """What a run trained on, for the weights' metadata (licences follow the data)."""
+    parts = ["synthetic 2-D warps of BSDS500 photos (non-commercial research use)"]
+    if train_cfg.get("p_scene", 0) > 0:
+        roots = train_cfg.get("scene_roots") or train_cfg.get("train_roots") or []
+        parts.append("rendered 3-D scenes textured with the photos of "
+                     + ", ".join(Path(r).name for r in roots))
+    if train_cfg.get("p_tracks", 0) > 0 and train_cfg.get("track_indexes"):
+        parts.append("real multi-view photos supervised by SIFT reconstruction tracks ("
+                     + ", ".join(Path(r).stem for r in train_cfg["track_indexes"]) + ")")
+    return "; ".join(parts)
 
 
 def no_prior() -> dict:
