@@ -230,7 +230,7 @@ def load_model(name_or_path: Optional[Union[str, os.PathLike]] = None, weights: 
         model, meta = load_checkpoint(path, dinov2_weights)
         if not weights and not meta.get("recommended", False):
             warnings.warn(f"the shipped {cfg.name} weights are still in training (step {meta.get('step', '?')}) "
-                          "and do not beat SIFT yet; see MODEL_CARD.md", stacklevel=3)
+                          "and do not beat SIFT on every benchmark yet; see MODEL_CARD.md", stacklevel=3)
         return model, meta
     path = Path(name_or_path)
     if not path.is_file():
