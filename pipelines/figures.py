@@ -17,6 +17,7 @@ import numpy as np
 from ..io import ImageReadError, as_rgb, read_image
 from ..io import atomic_output
 from .utils import logger
+from ..presets import DEVICE
 
 MAX_DRAWN = 150  # matches drawn in a plot (a random subset; the legend counts all of them)
 NUM_SAMPLES = 5000  # matches sampled from RoMa's warp for a figure of one pair
@@ -229,7 +230,7 @@ class PairFigure:
 
 
 def pair_figure(matcher: Any, path0: Union[str, Path], path1: Union[str, Path], out: Optional[Path] = None,
-                num_samples: int = NUM_SAMPLES, height: int = 360, seed: int = 0, device: str = "auto") -> PairFigure:
+                num_samples: int = NUM_SAMPLES, height: int = 360, seed: int = 0, device: str = DEVICE) -> PairFigure:
     """One pair as in the RoMa paper's figures: the match plot (``num_samples`` matches sampled from
     the warp, inliers of a fundamental matrix vs outliers, ``MAX_DRAWN`` of them drawn) above A, B
     warped into A's frame and the certainty. ``matcher``: a RoMa matcher or its spec for
@@ -252,7 +253,7 @@ def pair_figure(matcher: Any, path0: Union[str, Path], path1: Union[str, Path], 
                       Path(out) if out is not None else None)
 
 
-def matcher_of(matches: Path, hint: Optional[str] = None, device: str = "auto") -> Optional[Any]:
+def matcher_of(matches: Path, hint: Optional[str] = None, device: str = DEVICE) -> Optional[Any]:
     """The RoMa matcher that wrote ``matches`` (a matches.h5): ``hint`` (the --matcher given, e.g. a
     checkpoint path) or the preset named in the file, loaded at the resolution stored in the file's
     matcher signature, kept only if its weights have the stored fingerprint. None for SIFT matches,

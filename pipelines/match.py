@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from ..presets import CACHE_MB, DECODE_WORKERS, NUM_SAMPLES
+from ..presets import CACHE_MB, DECODE_WORKERS, DEVICE, NUM_SAMPLES
 from .h5io import (JournalWriter, consolidate, fingerprint, journal_dir, merge_shard, shards_dir, stored_meta,
                    stored_pairs)
 from .matchers import get_matcher, match_stream, matcher_kind, matcher_name, matcher_signature, signature_diff
@@ -84,7 +84,7 @@ def _pair_source(pairs: Union[Path, str, Iterable[tuple[str, str]]]) -> Callable
 def main(pairs: Union[Path, Iterable[tuple[str, str]]], images: Path, output: Path, matcher: Any = "sift",
          num_samples: int = DEFAULTS["num_samples"], balanced: bool = DEFAULTS["balanced"],
          seed: int = DEFAULTS["seed"], batch_size: int = DEFAULTS["batch_size"], overwrite: bool = False,
-         device: str = "auto", progress: bool = True, skipped_images: Optional[dict[str, str]] = None,
+         device: str = DEVICE, progress: bool = True, skipped_images: Optional[dict[str, str]] = None,
          num_workers: int = DEFAULTS["num_workers"], cache_mb: float = DEFAULTS["cache_mb"],
          ray: Optional[str] = None, ray_workers: Optional[int] = None, shard_size: int = DEFAULTS["shard_size"],
          threads: Optional[int] = None) -> MatchStats:

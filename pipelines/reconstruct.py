@@ -23,6 +23,7 @@ from ..lock import writes_into
 from .h5io import matches_kind
 from .matchers import get_matcher, matcher_config
 from .utils import Timer, logger, scan_images
+from ..presets import DEVICE
 
 
 @dataclass
@@ -45,7 +46,7 @@ class ReconstructConfig:
     num_threads: int = mapping.DEFAULTS["num_threads"]
     max_rotation_error: float = mapping.DEFAULTS["max_rotation_error"]
     seed: int = match.DEFAULTS["seed"]
-    device: str = "auto"
+    device: str = DEVICE
     gt_poses: Union[Path, str, None] = "auto"  # see evaluate.poses_gt_file
     overwrite: bool = False  # match every pair again instead of resuming
     progress: bool = True

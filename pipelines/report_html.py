@@ -29,6 +29,7 @@ from .h5io import matches_kind
 from .matchers import matcher_name
 from ..io import atomic_output
 from .utils import logger
+from ..presets import DEVICE
 
 MAX_VIEW_POINTS = 20000  # points in the 3-D view (a random subset above it, so the page stays small)
 MAX_THUMBNAILS = 48  # image thumbnails in the page (the other images are listed by name)
@@ -349,7 +350,7 @@ def _warp_pictures(report: dict, outputs: Path, images: Path, device: str) -> tu
 
 
 def write(report: dict, outputs: Path, images: Optional[Path] = None, reconstruction: Any = None,
-          device: str = "auto") -> Optional[Path]:
+          device: str = DEVICE) -> Optional[Path]:
     """Write ``outputs/report.html`` (see the module docstring); returns its path, or None when it
     failed (logged; a page of an earlier run is removed)."""
     outputs = Path(outputs)

@@ -22,14 +22,14 @@ from PIL import Image
 
 from .io import IMAGENET_MEAN, IMAGENET_STD, ImageLike, as_rgb
 from .models.roma import RoMa, finalize
-from .presets import CACHE_MB, DECODE_WORKERS, NUM_SAMPLES, RomaConfig, get_preset
+from .presets import BALANCED, CACHE_MB, DECODE_WORKERS, DEVICE, NUM_SAMPLES, RomaConfig, get_preset
 from .models.fuse import fuse_batchnorm
 from .sampling import grid_density
 from .weights import load_model, weights_fingerprint
 
 
 
-def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
+def resolve_device(device: Union[str, torch.device] = DEVICE) -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -80,7 +80,7 @@ class MatchResult:
         b = torch.stack((wb / 2 * (matches[:, 2] + 1), hb / 2 * (matches[:, 3] + 1)), dim=-1)
         return a.float().numpy(), b.float().numpy()
 
-    def sample(self, num: int = NUM_SAMPLES, balanced: bool = True, seed: Optional[int] = 0
+    def sample(self, num: int = NUM_SAMPLES, balanced: bool = BALANCED, seed: Optional[int] = 0
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Draw matches by certainty (reference "threshold_balanced" sampling).
 
@@ -132,7 +132,7 @@ class Matcher:
     as given, so fused and unfused matchers of one checkpoint sign their matches alike.
     """
 
-    def __init__(self, model: RoMa, device: Union[str, torch.device] = "auto",
+    def __init__(self, model: RoMa, device: Union[str, torch.device] = DEVICE,
                  coarse_res: Optional[tuple[int, int]] = None, upsample_res: Optional[tuple[int, int]] = None,
                  symmetric: Optional[bool] = None, metadata: Optional[dict] = None, fuse: bool = False):
         cfg = model.cfg
@@ -328,7 +328,7 @@ class FeatureCache:
 def load_matcher(name_or_path: Optional[Union[str, os.PathLike]] = None, weights=None, dinov2_weights=None,
                  coarse_res: Optional[Union[int, tuple[int, int]]] = None,
                  upsample_res: Optional[Union[int, tuple[int, int]]] = None, symmetric: Optional[bool] = None,
-                 device: Union[str, torch.device] = "auto") -> Matcher:
+                 device: Union[str, torch.device] = DEVICE) -> Matcher:
     """Load a matcher.
 
     ``name_or_path``: None (the project's shipped model), a preset name (``roma-outdoor`` /
@@ -342,7 +342,7 @@ def load_matcher(name_or_path: Optional[Union[str, os.PathLike]] = None, weights
     return Matcher(model, device, _pair(coarse_res), upsample_res, symmetric, meta, fuse=True)
 
 
-def random_matcher(preset: Union[str, RomaConfig], device="auto", seed: int = 0, **kw) -> Matcher:
+def random_matcher(preset: Union[str, RomaConfig], device=DEVICE, seed: int = 0, **kw) -> Matcher:
     """A matcher with random weights (timing, tests)."""
     cfg = get_preset(preset) if isinstance(preset, str) else preset
     torch.manual_seed(seed)

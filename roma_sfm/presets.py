@@ -12,6 +12,8 @@ from typing import Optional
 # inference defaults, shared by the matchers, the match step and the CLI
 NUM_SAMPLES = 10000  # matches sampled per pair from a dense warp (a sparse matcher keeps its best this many)
 DECODE_WORKERS = 2  # threads decoding images ahead of the model
+DEVICE = "auto"  # CUDA with autocast when present, else CPU
+BALANCED = True  # sample matches spread over the image (KDE-balanced), not only the most certain
 CACHE_MB = 512  # memory for per-image encoder features reused across pairs
 
 

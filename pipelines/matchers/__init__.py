@@ -13,6 +13,7 @@ from . import roma, sift
 from .base import (Matcher, match_stream, matcher_config, matcher_kind, matcher_name, matcher_signature,
                    signature_diff)
 from .sift import SiftMatcher, SparseMatches
+from ...presets import DEVICE
 
 __all__ = ["Matcher", "MatcherSpecError", "Resolved", "SiftMatcher", "SparseMatches", "get_matcher",
            "match_stream", "matcher_config", "matcher_kind", "matcher_name", "matcher_signature", "resolve",
@@ -21,7 +22,7 @@ __all__ = ["Matcher", "MatcherSpecError", "Resolved", "SiftMatcher", "SparseMatc
 SIFT_KEYS = ("max_features", "ratio", "mutual", "rootsift", "contrast_threshold", "cache_size")
 
 
-def get_matcher(spec: Union[str, Path, Any] = "sift", device: str = "auto", **kwargs) -> Any:
+def get_matcher(spec: Union[str, Path, Any] = "sift", device: str = DEVICE, **kwargs) -> Any:
     """'sift' / 'sift-opencv' -> :class:`SiftMatcher` of ``sift.confs``; 'roma', a preset name or a
     checkpoint path -> :func:`roma.load`; an object with ``.match(a, b)`` is returned as is."""
     if not isinstance(spec, (str, Path)):
@@ -51,7 +52,7 @@ class Resolved:
     notes: list[str] = field(default_factory=list)
 
 
-def resolve(spec: Optional[str], resolution: Optional[str] = None, device: str = "auto") -> Resolved:
+def resolve(spec: Optional[str], resolution: Optional[str] = None, device: str = DEVICE) -> Resolved:
     """The matcher of the ``--matcher`` / ``--resolution`` options.
 
     No spec: 'roma' when the shipped weights are recommended, else 'sift' with a note saying why.

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Protocol, runtime_checkable
 
 from ...io import ImageReadError
-from ...presets import NUM_SAMPLES
+from ...presets import BALANCED, NUM_SAMPLES
 from ...weights import weights_fingerprint
 from ..utils import jsonable
 
@@ -57,7 +57,7 @@ def matcher_config(matcher: Any) -> dict:
     return cfg
 
 
-def matcher_signature(matcher: Any, num_samples: int = NUM_SAMPLES, balanced: bool = True, seed: int = 0) -> dict:
+def matcher_signature(matcher: Any, num_samples: int = NUM_SAMPLES, balanced: bool = BALANCED, seed: int = 0) -> dict:
     """Everything that changes the matches a matcher writes (JSON-able); one matches file holds one.
 
     The name, ``settings``, the resolution keys, a fingerprint of the weights (two checkpoints of

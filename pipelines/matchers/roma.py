@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Optional, Union
+from ...presets import DEVICE
 
 LOAD_KEYS = ("weights", "coarse_res", "upsample_res", "symmetric")
 
 
-def load(spec: Union[str, Path], device: str = "auto", **kwargs) -> Any:
+def load(spec: Union[str, Path], device: str = DEVICE, **kwargs) -> Any:
     """'roma' (the shipped model), a preset name or a checkpoint path -> a loaded RoMa matcher.
 
     Runs the preset's full inference (its second, finer pass too) unless ``upsample_res`` is

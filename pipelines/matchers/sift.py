@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from ...io import as_rgb
-from ...presets import NUM_SAMPLES
+from ...presets import BALANCED, NUM_SAMPLES
 
 confs = {
     "sift": {"max_features": 8000, "ratio": 0.8, "mutual": True, "rootsift": True, "contrast_threshold": 0.02},
@@ -36,7 +36,7 @@ class SparseMatches:
     size_A: tuple[int, int]  # (W, H)
     size_B: tuple[int, int]
 
-    def sample(self, num: int = NUM_SAMPLES, balanced: bool = True, seed: int = 0):
+    def sample(self, num: int = NUM_SAMPLES, balanced: bool = BALANCED, seed: int = 0):
         """All matches (the ``num`` best if there are more): (kpts_A, kpts_B, scores)."""
         idx = np.argsort(-self.scores, kind="stable")[:num]
         return self.kpts_A[idx], self.kpts_B[idx], self.scores[idx]

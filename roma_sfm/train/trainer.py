@@ -50,7 +50,7 @@ from torch.utils.data import DataLoader, Sampler
 from ..lock import writes_into
 from ..matcher import resolve_device, torch_threads
 from ..models.roma import RoMa
-from ..presets import RomaConfig, get_preset
+from ..presets import DEVICE, RomaConfig, get_preset
 from .checkpoints import (atomic_save, export_weights, load_weights, get_rng_state, no_prior, prior_training,
                           remove_stale_tmp, set_rng_state, write_text_atomic)
 from .data import DepthPairs, MixedPairs, SynthConfig, SyntheticPairs, collate
@@ -102,7 +102,7 @@ class TrainConfig:
     log_every: int = 10
     num_workers: int = 1
     threads: int = 0  # torch intra-op threads, 0 = torch's default
-    device: str = "auto"  # "auto" = cuda if available, else cpu
+    device: str = DEVICE  # "auto" = cuda if available, else cpu
     amp: bool = True  # autocast (bf16, else fp16 + grad scaler) on CUDA only
     init_from: Optional[str] = None  # weights to start from (fresh optimizer); ignored when resuming
     resume: bool = True  # continue from out_dir/last.pt when it exists
