@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from readme import TARGET, write_table
-from common import DATA, ROOT, build_matcher, label, set_threads
+from readme import TARGET, publish
+from common import DATA, build_matcher, label, set_threads
 
 THRESHOLDS = (0.02, 0.05, 0.08, 0.1, 0.15, 0.2, 0.3)
 NEG_Q, POS_Q = 0.95, 0.05  # the gap between the classes: negatives' 95 % and positives' 5 % quantile
@@ -124,10 +124,7 @@ def main(argv=None) -> dict:
              f"matched positives' {100 * POS_Q:.0f} % quantile. "
              f"`python benchmarks/pair_gate.py` on {args.threads} CPU threads "
              f"({platform.processor() or platform.machine()}), {np.mean(secs):.2f} s / pair."]
-    table = "\n".join(lines)
-    print(table)
-    if args.write_readme:
-        write_table("pair-gate-table", table, args.readme)
+    table = publish("pair-gate-table", lines, args.readme if args.write_readme else None)
     return {"table": table, "chosen": best, "matched": pos, "failed": failed, "negatives": neg}
 
 

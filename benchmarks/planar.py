@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -33,7 +32,7 @@ from typing import Callable, Optional, Sequence
 import cv2
 import numpy as np
 
-from readme import write_table
+from readme import publish
 from common import DATA, add_common_args, fmt, run_matchers, set_threads
 
 THRESHOLDS = (3, 5, 10)
@@ -194,10 +193,7 @@ def main(argv=None) -> dict:
               f"Dense matchers: {args.num_samples} balanced samples. "
               f"Reference (data README, OpenCV SIFT + MAGSAC) {ref}. `python benchmarks/planar.py` on "
               f"{args.threads} CPU threads ({platform.processor() or platform.machine()}); s / pair = matching only."]
-    table = "\n".join(lines)
-    print(table)
-    if args.write_readme:
-        write_table("homography-table", table, args.readme)
+    table = publish("homography-table", lines, args.readme if args.write_readme else None)
     return {"table": table, "results": results}
 
 

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import cv2
 import numpy as np
 
-from readme import write_table
+from readme import publish
 from common import DATA, add_common_args, fmt, run_matchers, set_threads
 
 from roma_sfm.pipelines.evaluate import (estimate_relative_pose, pose_auc, read_pairs_gt,
@@ -97,10 +96,7 @@ def main(argv=None) -> dict:
               f"{args.num_samples} balanced samples. Reference (data README, OpenCV SIFT 8000 / ratio 0.8) {ref}. "
               f"`python benchmarks/pose.py` on {args.threads} CPU threads "
               f"({platform.processor() or platform.machine()}); s / pair = matching only."]
-    table = "\n".join(lines)
-    print(table)
-    if args.write_readme:
-        write_table("pose-table", table, args.readme)
+    table = publish("pose-table", lines, args.readme if args.write_readme else None)
     return {"table": table, "results": results}
 
 

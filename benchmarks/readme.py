@@ -15,3 +15,12 @@ def write_table(name: str, text: str, readme: Path = TARGET) -> None:
     head, rest = content.split(start, 1)
     _, tail = rest.split(end, 1)
     readme.write_text(f"{head}{start}\n{text.strip()}\n{end}{tail}")
+
+
+def publish(name: str, lines: list[str], readme: Path | None = None) -> str:
+    """Join a table's lines, print it, and write it between its markers when ``readme`` is given."""
+    table = "\n".join(lines)
+    print(table)
+    if readme is not None:
+        write_table(name, table, readme)
+    return table

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 import time
 
 import numpy as np
 import torch
 
-from readme import write_table
+from readme import TARGET, publish
 
 from roma_sfm import random_matcher
 from roma_sfm.models.dinov2 import DinoVisionTransformer
@@ -79,10 +78,7 @@ def main(argv=None):
     lines.append("")
     lines.append(f"Measured with `python benchmarks/speed.py` on {args.threads} CPU threads ({cpu}), "
                  f"torch {torch.__version__}, fp32, 768x512 images, {args.repeats} repeats after a warm-up.")
-    table = "\n".join(lines)
-    print(table)
-    if args.write_readme:
-        write_table("speed-table", table)
+    publish("speed-table", lines, TARGET if args.write_readme else None)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -23,8 +22,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np
 
-from readme import TARGET, write_table
-from common import DATA, ROOT
+from readme import TARGET, publish
+from common import DATA
 
 from roma_sfm.train.data import SynthConfig, SyntheticPairs
 from roma_sfm.train.multiview import TrackPairs
@@ -74,10 +73,7 @@ def main(argv=None) -> dict:
     lines += ["", f"{args.pairs} pairs of {args.size}x{args.size} per source after 5 untimed ones, one process, one "
               f"thread, including the conversion to tensors. `python benchmarks/train_data.py` "
               f"({platform.processor() or platform.machine()})."]
-    table = "\n".join(lines)
-    print(table)
-    if args.write_readme:
-        write_table("train-data-table", table, args.readme)
+    table = publish("train-data-table", lines, args.readme if args.write_readme else None)
     return {"table": table, "results": results}
 
 

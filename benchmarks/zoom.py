@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from readme import TARGET, write_table
-from common import DATA, ROOT, add_common_args, fmt, run_matchers, set_threads
+from readme import TARGET, publish
+from common import DATA, add_common_args, fmt, run_matchers, set_threads
 from pose import evaluate
 
 from roma_sfm.pipelines.evaluate import read_pairs_gt
@@ -109,10 +108,7 @@ def main(argv=None) -> dict:
               "A for odd ones), intrinsics adjusted exactly; essential matrix RANSAC at "
               f"{args.ransac_px:g} px, AUC in %. Dense matchers: {args.num_samples} balanced samples. "
               f"`python benchmarks/zoom.py` on {args.threads} CPU threads ({platform.processor() or platform.machine()})."]
-    table = "\n".join(lines)
-    print(table)
-    if args.write_readme:
-        write_table("zoom-table", table, args.readme)
+    table = publish("zoom-table", lines, args.readme if args.write_readme else None)
     return {"table": table, "results": results}
 
 
