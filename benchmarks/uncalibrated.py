@@ -17,6 +17,8 @@ Variants (``VARIANTS``), written to ``<out>/<scene>-<variant>/{images/, poses_gt
   rationals, so COLMAP (and ``mapping.camera_from_exif``, which asks COLMAP) reads
   focal = FocalLength x resolution px; no FocalLengthIn35mmFilm (COLMAP would prefer it, and that
   tag is an integer: a few per cent off the intended value).
+- ``exif``: as ``wrong-exif`` with the true focal length in EXIF (per image cameras that are
+  calibrated: the control for ``wrong-exif``).
 - ``uncal-offcentre``: as ``uncal``, but the crop lies anywhere in the image, so the principal
   point is off the image centre by up to a third of the width. COLMAP's camera models keep the
   principal point at the centre unless told otherwise, so this variant measures that assumption
@@ -43,9 +45,9 @@ from typing import Optional
 import numpy as np
 from PIL import ExifTags, Image, TiffImagePlugin
 
-VARIANTS = ("uncal", "wrong-exif", "uncal-offcentre")
-CENTRED = {"uncal": True, "wrong-exif": True, "uncal-offcentre": False}  # crop about the image centre?
-DEFAULT_VARIANTS = ("uncal", "wrong-exif")  # uncal-offcentre only on request
+VARIANTS = ("uncal", "wrong-exif", "exif", "uncal-offcentre")
+CENTRED = {"uncal": True, "wrong-exif": True, "exif": True, "uncal-offcentre": False}  # crop about the image centre?
+DEFAULT_VARIANTS = ("uncal", "wrong-exif")  # exif and uncal-offcentre only on request
 CROP_AREA = (0.4, 1.0)  # share of the image area kept by the crop
 CROP_ASPECT = (0.75, 1.33)  # crop aspect over the image's aspect (log-uniform)
 SCALE = (0.6, 1.5)  # rescale of the crop (log-uniform)
@@ -169,8 +171,9 @@ def make_variant(scene: Path, out: Path, variant: str, seed: int = 0) -> Path:
         info = {**asdict(e), "scale": list(e.scale), "focal_gt": [K2[0, 0], K2[1, 1]]}
         info.pop("exif_factor")
         path = tmp / "images" / (Path(name).stem + ".jpg")
-        if variant == "wrong-exif":
-            exif, focal = exif_with_focal(e.exif_factor * (K2[0, 0] + K2[1, 1]) / 2, e.size[0])
+        if variant in ("wrong-exif", "exif"):
+            factor = e.exif_factor if variant == "wrong-exif" else 1.0
+            exif, focal = exif_with_focal(factor * (K2[0, 0] + K2[1, 1]) / 2, e.size[0])
             img.save(path, quality=JPEG_QUALITY, exif=exif)
             info.update(exif_focal=focal, exif_factor=focal / ((K2[0, 0] + K2[1, 1]) / 2))
         else:

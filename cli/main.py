@@ -32,6 +32,7 @@ app = typer.Typer(help="Dense RoMa matching and structure-from-motion with pycol
 console = Console()
 
 class Mapper(str, Enum):
+    auto = "auto"
     incremental = "incremental"
     global_ = "global"
 
@@ -247,6 +248,8 @@ MATCHER_HELP = ("'roma' (the shipped model), a preset name (roma-tiny, roma-outd
                 "`roma-sfm models`), a checkpoint file (.safetensors or public .pth), or 'sift' "
                 "('sift-opencv' for OpenCV's SIFT defaults). Default: roma if the shipped weights are "
                 "installed, else sift (with a notice).")
+MAPPER_HELP = ("COLMAP mapper: incremental, global, or auto (incremental when all images share one camera "
+               "with an EXIF focal length, else global).")
 RESOLUTION_HELP = ("RoMa resolution COARSE[:FINE], each N or HxW in multiples of 14: the coarse pass, then the "
                    "refiners again at FINE ('none': one pass). Default: the preset's, 448:672 for roma-tiny, "
                    "560:864 for the paper models.")
@@ -305,7 +308,7 @@ def reconstruct(
     num_matched: int = typer.Option(DEFAULTS.num_matched, "--num-matched", min=1, help="Retrieval: pairs per image."),
     resolution: Optional[str] = typer.Option(None, "--resolution", show_default=False, help=RESOLUTION_HELP),
     device: str = typer.Option(DEFAULTS.device, "--device", help=DEVICE_HELP),
-    mapper: Mapper = typer.Option(Mapper(DEFAULTS.mapper), "--mapper", help="COLMAP mapper: incremental or global."),
+    mapper: Mapper = typer.Option(Mapper(DEFAULTS.mapper), "--mapper", help=MAPPER_HELP),
     max_keypoints: int = typer.Option(DEFAULTS.max_keypoints, "--max-keypoints", min=1,
                                       help="Keypoints kept per image when matches are merged into tracks."),
     cell_size: Optional[float] = typer.Option(None, "--cell-size", min=0.5, show_default=False,
@@ -457,7 +460,7 @@ def map_cmd(
                                                    help=MIN_PAIR_SCORE_HELP),
     max_keypoints: int = typer.Option(DEFAULTS.max_keypoints, "--max-keypoints", min=1,
                                       help="Keypoints kept per image."),
-    mapper: Mapper = typer.Option(Mapper(DEFAULTS.mapper), "--mapper", help="COLMAP mapper: incremental or global."),
+    mapper: Mapper = typer.Option(Mapper(DEFAULTS.mapper), "--mapper", help=MAPPER_HELP),
     camera_mode: CameraMode = typer.Option(CameraMode(DEFAULTS.camera_mode), "--camera-mode",
                                            help="Camera sharing: auto, single, per_folder, per_image."),
     num_threads: int = typer.Option(DEFAULTS.num_threads, "--num-threads", help=NUM_THREADS_HELP),

@@ -62,12 +62,12 @@ R = TypeVar("R")
 
 # the step's defaults (reconstruct and the CLI read them here)
 confs = {
-    "default": {"mapper": "incremental", "camera_mode": "auto", "camera_model": "SIMPLE_RADIAL", "min_model_size": 3,
+    "default": {"mapper": "auto", "camera_mode": "auto", "camera_model": "SIMPLE_RADIAL", "min_model_size": 3,
                 "min_num_inliers": 15, "ransac_max_error": 4.0, "max_rotation_error": 30.0, "num_threads": -1,
-                "seed": 0},
+                "seed": 0, "calibrate": True},
 }
 DEFAULTS = confs["default"]
-MAPPERS = ("incremental", "global")
+MAPPERS = ("auto", "incremental", "global")
 CAMERA_MODES = ("auto", "single", "per_folder", "per_image")
 
 
@@ -92,6 +92,44 @@ class MappingResult:
     models: list = field(default_factory=list)
     # {camera id: (focal px the mapper started from, True if it came from EXIF)}
     focal_priors: dict[int, tuple[float, bool]] = field(default_factory=dict)
+    mapper: str = ""  # the mapper that ran ('auto' resolved)
+
+
+def choose_mapper(priors: dict[int, tuple[float, bool]]) -> str:
+    """The mapper for ``mapper="auto"``, from the cameras of the database (``read_focal_priors``).
+
+    Incremental when every image shares one camera with an EXIF focal (a calibrated collection);
+    global otherwise. With one camera per image the incremental mapper refines each focal and
+    radial term while the model grows, and drifts; a wrong EXIF focal in its initial pair can sink
+    the model. The global mapper estimates all rotations first and is not misled
+    (docs/design/uncalibrated.md).
+    """
+    return "incremental" if len(priors) == 1 and all(p for _, p in priors.values()) else "global"
+
+
+def drop_focal_priors(database: Path) -> None:
+    """Mark every camera's focal length as a start value, not a prior (before verification, so
+    that pairs are verified as uncalibrated and :func:`calibrate_focals` estimates all focals).
+
+    For the global mapper: a wrong EXIF focal (a cropped or resized photo keeps the EXIF of the
+    original) misleads it, and on the benchmark's variants even correct EXIF focals scored lower as
+    priors than as start values of the calibration (docs/design/uncalibrated.md).
+    """
+    with pycolmap.Database.open(database) as db:
+        for cam in db.read_all_cameras():
+            if cam.has_prior_focal_length:
+                cam.has_prior_focal_length = False
+                db.update_camera(cam)
+
+
+def calibrate_focals(database: Path, seed: int = DEFAULTS["seed"]) -> bool:
+    """Estimate the focal lengths of cameras without a prior from the verified pairs' fundamental
+    matrices (GLOMAP's view-graph calibration, which its global mapper expects)."""
+    options = pycolmap.ViewGraphCalibrationOptions()
+    options.random_seed = seed
+    ok = bool(pycolmap.calibrate_view_graph(database, options))
+    logger.info("mapping: view-graph calibration of the focal lengths %s", "done" if ok else "failed")
+    return ok
 
 
 def rank_models(models: Iterable[pycolmap.Reconstruction]) -> list[pycolmap.Reconstruction]:
@@ -344,22 +382,24 @@ def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_
          min_model_size: int = DEFAULTS["min_model_size"], min_num_inliers: int = DEFAULTS["min_num_inliers"],
          ransac_max_error: float = DEFAULTS["ransac_max_error"], skip_geometric_verification: bool = False,
          num_threads: int = DEFAULTS["num_threads"], seed: int = DEFAULTS["seed"], options: Optional[dict] = None,
-         max_rotation_error: float = DEFAULTS["max_rotation_error"]) -> MappingResult:
+         max_rotation_error: float = DEFAULTS["max_rotation_error"], calibrate: bool = DEFAULTS["calibrate"]
+         ) -> MappingResult:
     """Database, verification and mapping; returns the largest model (None if nothing registered).
 
-    ``num_threads`` (<= 0: all cores) is used by the verification and by the mapper. ``options``:
-    mapper option overrides, dotted keys for nested ones (e.g. ``mapper_options["dense"]["incremental"]``).
+    ``num_threads`` (<= 0: all cores) is used by the verification and by the mapper. ``mapper``:
+    incremental, global, or auto (:func:`choose_mapper`). ``options``: {mapper name: option
+    overrides}, dotted keys for nested ones (e.g. ``mapper_options["dense"]``); the overrides of
+    the mapper that runs are applied. ``calibrate``: before the global mapper, estimate the focal
+    lengths from the view graph, EXIF focals as start values (:func:`drop_focal_priors`,
+    :func:`calibrate_focals`).
     """
     sfm_dir = Path(sfm_dir)
     sfm_dir.mkdir(parents=True, exist_ok=True)
     # the two mappers take the same options; pick the pair (options class, entry point) by name
     mappers = {"incremental": ("IncrementalPipelineOptions", "incremental_mapping"),
                "global": ("GlobalPipelineOptions", "global_mapping")}
-    if mapper not in mappers:
-        raise ValueError(f"mapper must be 'incremental' or 'global', not {mapper!r}")
-    options_cls, entry = mappers[mapper]
-    if not hasattr(pycolmap, entry):
-        raise RuntimeError(f"pycolmap {pycolmap.__version__} has no {entry}")
+    if mapper not in MAPPERS:
+        raise ValueError(f"mapper must be one of {'|'.join(MAPPERS)}, not {mapper!r}")
     check_same_run(features, matches_idx)
     times: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -369,6 +409,16 @@ def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_
     with atomic_output(sfm_dir / "database.db") as database:
         database.unlink(missing_ok=True)
         image_ids = create_database(database, images, features, camera_mode, camera_model)
+        priors = read_focal_priors(database)  # before any calibration changes them
+        if mapper == "auto":
+            mapper = choose_mapper(priors)
+            logger.info("mapping: %s mapper (%s)", mapper, "one camera with an EXIF focal"
+                        if mapper == "incremental" else "cameras not shared, or without an EXIF focal")
+        options_cls, entry = mappers[mapper]
+        if not hasattr(pycolmap, entry):
+            raise RuntimeError(f"pycolmap {pycolmap.__version__} has no {entry}")
+        if mapper == "global" and calibrate:
+            drop_focal_priors(database)
         ver = import_matches(database, image_ids, matches_idx, min_num_inliers, ransac_max_error,
                              skip_geometric_verification, seed, num_threads=num_threads,
                              max_rotation_error=max_rotation_error)
@@ -383,21 +433,22 @@ def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_
             opts.min_num_matches = min_num_inliers
             opts.num_threads = num_threads
             opts.random_seed = seed
-            set_options(opts, options or {})
+            set_options(opts, (options or {}).get(mapper, {}))
             pycolmap.set_random_seed(seed)
+            if mapper == "global" and calibrate:
+                calibrate_focals(database, seed)
             models = getattr(pycolmap, entry)(database, images, models_tmp, opts)
             times["mapping"] = time.perf_counter() - t0
     replace_dir(models_tmp, sfm_dir / "models")  # models of an earlier run must not outlive it
-    priors = read_focal_priors(sfm_dir / "database.db")
     if ver.num_verified == 0:
-        return MappingResult(None, image_ids, ver, 0, times, focal_priors=priors)
+        return MappingResult(None, image_ids, ver, 0, times, focal_priors=priors, mapper=mapper)
     if not models:
         logger.warning("mapping: pycolmap built no model")
-        return MappingResult(None, image_ids, ver, 0, times, focal_priors=priors)
+        return MappingResult(None, image_ids, ver, 0, times, focal_priors=priors, mapper=mapper)
     ranked = rank_models(models.values())
     ranked = [r for r in ranked if r.num_reg_images() >= min_model_size] or ranked[:1]
     best = ranked[0]
     logger.info("mapping: %d model(s) of %s images; the largest has %d/%d images, %d points", len(ranked),
                 "+".join(str(r.num_reg_images()) for r in ranked), best.num_reg_images(), len(image_ids),
                 best.num_points3D())
-    return MappingResult(best, image_ids, ver, len(ranked), times, ranked, priors)
+    return MappingResult(best, image_ids, ver, len(ranked), times, ranked, priors, mapper)

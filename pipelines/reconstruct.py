@@ -91,7 +91,7 @@ class MapOutcome:
     kind: str
     cell_size: float
     min_pair_score: float
-    mapper_options: dict
+    mapper_options: dict  # {mapper name: overrides}
     tracks: tracks.TrackStats
     mapping: Optional[mapping.MappingResult] = None
     times: dict = field(default_factory=dict)
@@ -117,7 +117,7 @@ def map_matches(images: Path, outputs: Path, matches: Path, config: ReconstructC
     """
     kind = matches_kind(matches)
     cell_size, min_pair_score = tracks.settings(kind, config.cell_size, config.min_pair_score)
-    options = mapping.mapper_options[kind][config.mapper]
+    options = mapping.mapper_options[kind]
     times: dict[str, float] = {}
     features, matches_idx = outputs / "features.h5", outputs / "matches_idx.h5"
     with Timer(times, "tracks"):
@@ -211,7 +211,10 @@ def main(images: Path, outputs: Path, config: Optional[ReconstructConfig] = None
 
     # 3-4) tracks and mapping
     mo = map_matches(images, outputs, outputs / "matches.h5", config, pairs=pair_list)
-    report["config"].update(cell_size=mo.cell_size, min_pair_score=mo.min_pair_score, mapper_options=mo.mapper_options)
+    report["config"].update(cell_size=mo.cell_size, min_pair_score=mo.min_pair_score)
+    if mo.mapping is not None:  # the mapper that ran ('auto' resolved) and its overrides
+        report["config"].update(mapper=mo.mapping.mapper, mapper_requested=config.mapper,
+                                mapper_options=mo.mapper_options.get(mo.mapping.mapper, {}))
     times.update(mo.times)
     ts = mo.tracks
     report["tracks"] = {"mean_keypoints": ts.mean_keypoints, "mean_matches": ts.mean_matches,

@@ -22,7 +22,7 @@ from PIL import Image
 
 from .io import IMAGENET_MEAN, IMAGENET_STD, ImageLike, as_rgb
 from .models.roma import RoMa, finalize
-from .presets import BALANCED, CACHE_MB, DECODE_WORKERS, DEVICE, NUM_SAMPLES, RomaConfig, get_preset
+from .presets import BALANCED, CACHE_MB, DECODE_WORKERS, DEVICE, FIT, NUM_SAMPLES, RomaConfig, get_preset
 from .models.fuse import fuse_batchnorm
 from .sampling import grid_density
 from .weights import load_model, weights_fingerprint
@@ -49,15 +49,58 @@ def torch_threads(n: Optional[int]) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def to_tensor(rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """(H,W,3) uint8 -> (3,h,w) ImageNet-normalised float, bicubic resize to ``size`` = (h, w)."""
+FITS = ("stretch", "pad")
+
+
+def content_size(hw: tuple[int, int], size: tuple[int, int], fit: str = FIT) -> tuple[int, int]:
+    """(h, w) the image of size ``hw`` takes inside an input of ``size`` = (h, w): all of it when
+    stretched; when padded, the largest box of the image's aspect that fits (at least 1x1)."""
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {FITS}, not {fit!r}")
     h, w = size
-    if rgb.shape[:2] != (h, w):
-        rgb = np.asarray(Image.fromarray(rgb).resize((w, h), Image.BICUBIC))
+    if fit == "stretch":
+        return h, w
+    s = min(h / hw[0], w / hw[1])
+    return max(1, min(h, round(hw[0] * s))), max(1, min(w, round(hw[1] * s)))
+
+
+def content_box(hw: tuple[int, int], size: tuple[int, int], fit: str = FIT) -> tuple[float, float, float, float]:
+    """Normalised (x0, y0, x1, y1) of the image inside the input (centred; (-1, -1, 1, 1) when it
+    fills it)."""
+    ch, cw = content_size(hw, size, fit)
+    h, w = size
+    x0, y0 = -1 + 2 * ((w - cw) // 2) / w, -1 + 2 * ((h - ch) // 2) / h
+    return x0, y0, x0 + 2 * cw / w, y0 + 2 * ch / h
+
+
+def to_tensor(rgb: np.ndarray, size: tuple[int, int], fit: str = FIT) -> torch.Tensor:
+    """(H,W,3) uint8 -> (3,h,w) ImageNet-normalised float of ``size`` = (h, w), bicubic resize.
+
+    ``fit="pad"`` keeps the aspect: the image is centred in the input and the rest is 0 (the mean
+    colour after normalisation), so two images of different aspects are not distorted differently.
+    """
+    ch, cw = content_size(rgb.shape[:2], size, fit)
+    if rgb.shape[:2] != (ch, cw):
+        rgb = np.asarray(Image.fromarray(rgb).resize((cw, ch), Image.BICUBIC))
     t = torch.from_numpy(np.array(rgb, copy=True)).permute(2, 0, 1).float() / 255.0
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return (t - mean) / std
+    t = (t - mean) / std
+    if (ch, cw) != tuple(size):
+        top, left = (size[0] - ch) // 2, (size[1] - cw) // 2
+        t = F.pad(t, (left, size[1] - cw - left, top, size[0] - ch - top))
+    return t
+
+
+def uncrop_warp(warp: torch.Tensor, cert: torch.Tensor, box_A: Sequence[float], box_B: Sequence[float]
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Warp (...,4) in input coordinates -> coordinates of the images themselves, given each
+    image's :func:`content_box`; certainty 0 where either end lies outside its image."""
+    lo = torch.tensor([box_A[0], box_A[1], box_B[0], box_B[1]], dtype=warp.dtype)
+    hi = torch.tensor([box_A[2], box_A[3], box_B[2], box_B[3]], dtype=warp.dtype)
+    warp = 2 * (warp - lo) / (hi - lo) - 1
+    cert = cert.masked_fill((warp.abs() > 1).any(dim=-1), 0.0)
+    return warp.clamp(-1, 1), cert
 
 
 @dataclass
@@ -71,6 +114,7 @@ class MatchResult:
     size_B: tuple[int, int]
     sample_threshold: float = 0.05
     symmetric: bool = False
+    box_A: tuple[float, float, float, float] = (-1.0, -1.0, 1.0, 1.0)  # A inside the warp's grid (content_box)
 
     def to_pixels(self, matches: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """(N,4) normalised -> pixels of the originals, COLMAP convention: ((N,2), (N,2)) float32."""
@@ -117,7 +161,8 @@ class MatchResult:
         field = torch.cat((self.warp[:, :w, 2:].permute(2, 0, 1), self.certainty[None, :, :w]), dim=0)
         wa, ha = self.size_A
         k = torch.as_tensor(np.asarray(kpts_A, np.float32)).reshape(-1, 2)
-        g = torch.stack((k[:, 0] / (wa / 2) - 1, k[:, 1] / (ha / 2) - 1), dim=-1)[None, None]
+        x0, y0, x1, y1 = self.box_A
+        g = torch.stack((x0 + k[:, 0] / wa * (x1 - x0), y0 + k[:, 1] / ha * (y1 - y0)), dim=-1)[None, None]
         s = F.grid_sample(field[None].float(), g, mode="bilinear", align_corners=False, padding_mode="border")[0, :, 0]
         wb, hb = self.size_B
         kb = torch.stack((wb / 2 * (s[0] + 1), hb / 2 * (s[1] + 1)), dim=-1)
@@ -134,7 +179,8 @@ class Matcher:
 
     def __init__(self, model: RoMa, device: Union[str, torch.device] = DEVICE,
                  coarse_res: Optional[tuple[int, int]] = None, upsample_res: Optional[tuple[int, int]] = None,
-                 symmetric: Optional[bool] = None, metadata: Optional[dict] = None, fuse: bool = False):
+                 symmetric: Optional[bool] = None, metadata: Optional[dict] = None, fuse: bool = False,
+                 fit: str = FIT):
         cfg = model.cfg
         self.cfg = cfg
         self.device = resolve_device(device)
@@ -147,6 +193,8 @@ class Matcher:
             raise ValueError(f"coarse_res must be multiples of 14, got {self.coarse_res}")
         self.upsample_res = _pair(cfg.upsample_res if upsample_res is True else upsample_res)
         self.symmetric = cfg.symmetric if symmetric is None else bool(symmetric)
+        content_size((1, 1), self.coarse_res, fit)  # checks the name
+        self.fit = fit
         self.metadata = metadata or {}
         self.amp_dtype = None
         if self.device.type == "cuda":
@@ -212,15 +260,21 @@ class Matcher:
         return warp.float(), cert.float()
 
     def _prepare(self, rgb: np.ndarray) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        lo = to_tensor(rgb, self.coarse_res)
-        hi = to_tensor(rgb, self.upsample_res) if self.upsample_res else None
+        lo = to_tensor(rgb, self.coarse_res, self.fit)
+        hi = to_tensor(rgb, self.upsample_res, self.fit) if self.upsample_res else None
         return lo, hi
 
     def _results(self, warp: torch.Tensor, cert: torch.Tensor,
                  pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[MatchResult]:
         warp, cert = warp.cpu(), cert.cpu()
-        return [MatchResult(warp[i], cert[i], (a.shape[1], a.shape[0]), (b.shape[1], b.shape[0]),
-                            self.cfg.sample_threshold, self.symmetric) for i, (a, b) in enumerate(pairs)]
+        size = self.upsample_res or self.coarse_res
+        results = []
+        for i, (a, b) in enumerate(pairs):
+            box_A, box_B = content_box(a.shape[:2], size, self.fit), content_box(b.shape[:2], size, self.fit)
+            w, c = uncrop_warp(warp[i], cert[i], box_A, box_B) if self.fit != "stretch" else (warp[i], cert[i])
+            results.append(MatchResult(w, c, (a.shape[1], a.shape[0]), (b.shape[1], b.shape[0]),
+                                       self.cfg.sample_threshold, self.symmetric, box_A))
+        return results
 
     def _match_rgb(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[MatchResult]:
         prepared = [(self._prepare(a), self._prepare(b)) for a, b in pairs]
@@ -242,7 +296,7 @@ class Matcher:
         in: the same pair gives the same matches in any batch, shard or order)."""
         feats = cache.get((key, hr)) if key is not None else None
         if feats is None:
-            x = to_tensor(rgb, self.upsample_res if hr else self.coarse_res)[None].to(self.device)
+            x = to_tensor(rgb, self.upsample_res if hr else self.coarse_res, self.fit)[None].to(self.device)
             with self._autocast():
                 feats = self.model.encode(x, coarse=not hr)
             if key is not None:
@@ -328,7 +382,7 @@ class FeatureCache:
 def load_matcher(name_or_path: Optional[Union[str, os.PathLike]] = None, weights=None, dinov2_weights=None,
                  coarse_res: Optional[Union[int, tuple[int, int]]] = None,
                  upsample_res: Optional[Union[int, tuple[int, int]]] = None, symmetric: Optional[bool] = None,
-                 device: Union[str, torch.device] = DEVICE) -> Matcher:
+                 device: Union[str, torch.device] = DEVICE, fit: str = FIT) -> Matcher:
     """Load a matcher.
 
     ``name_or_path``: None (the project's shipped model), a preset name (``roma-outdoor`` /
@@ -336,10 +390,11 @@ def load_matcher(name_or_path: Optional[Union[str, os.PathLike]] = None, weights
     $ROMA_SFM_WEIGHTS / ~/.cache/roma_sfm), a project ``.safetensors`` checkpoint, or a public
     ``.pth``. ``coarse_res`` and ``symmetric`` default to the preset's. ``upsample_res``: None runs
     the single pass at ``coarse_res``; True uses the preset's second-pass size (864 for the paper
-    model); an int or (h, w) sets it.
+    model); an int or (h, w) sets it. ``fit``: "stretch" resizes every image to the input size, "pad" keeps
+    its aspect (letterbox, :func:`to_tensor`).
     """
     model, meta = load_model(name_or_path, weights, dinov2_weights)
-    return Matcher(model, device, _pair(coarse_res), upsample_res, symmetric, meta, fuse=True)
+    return Matcher(model, device, _pair(coarse_res), upsample_res, symmetric, meta, fuse=True, fit=fit)
 
 
 def random_matcher(preset: Union[str, RomaConfig], device=DEVICE, seed: int = 0, **kw) -> Matcher:

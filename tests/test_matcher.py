@@ -190,3 +190,40 @@ def test_grid_density_approximates_the_exact_kde():
     assert ((exact < 10) == (approx < 10)).float().mean() > 0.9
     # clustered points are denser than uniform ones, as in the exact KDE
     assert approx[:3000].mean() > 3 * approx[3000:].mean()
+
+
+def test_letterbox_keeps_the_aspect_and_maps_back_to_the_image():
+    from roma_sfm.matcher import content_box, content_size, to_tensor, uncrop_warp
+    rgb = np.full((50, 100, 3), 255, np.uint8)  # 2:1 white image into a 56x56 input
+    t = to_tensor(rgb, (56, 56), fit="pad")
+    assert content_size((50, 100), (56, 56), "pad") == (28, 56) and content_size((50, 100), (56, 56), "stretch") == (56, 56)
+    rows = (t[0] != 0).any(dim=1).nonzero()[:, 0]
+    assert rows.min() == 14 and rows.max() == 41  # content centred, the rest 0 (the mean colour)
+    box = content_box((50, 100), (56, 56), "pad")
+    assert np.allclose(box, (-1, -0.5, 1, 0.5))
+    # an identity warp over the input, A and B the same letterboxed image: matches inside the
+    # content map to the same original pixels; matches in the padding get certainty 0
+    g = pixel_grid(56, 56)
+    warp, cert = uncrop_warp(torch.cat((g, g), -1), torch.ones(56, 56), box, box)
+    assert (cert[:14] == 0).all() and (cert[42:] == 0).all() and (cert[14:42] == 1).all()
+    res = MatchResult(warp, cert, (100, 50), (100, 50), box_A=box)
+    ka, kb, _ = res.sample(num=200, balanced=False)
+    assert len(ka) == 200 and np.allclose(ka, kb) and ka[:, 1].min() > 0 and ka[:, 1].max() < 50
+    kb2, c = res.lookup(ka)
+    assert np.allclose(kb2, ka, atol=1e-3) and np.allclose(c, 1)
+
+
+def test_padded_matching_runs_on_mixed_aspects():
+    m = random_matcher(micro_config(), device="cpu", fit="pad")
+    rng = np.random.default_rng(1)
+    a = (rng.random((40, 120, 3)) * 255).astype(np.uint8)
+    b = (rng.random((120, 50, 3)) * 255).astype(np.uint8)
+    res = m.match(a, b)
+    assert res.size_A == (120, 40) and res.size_B == (50, 120)
+    # A's rows outside its content (2/3 of the input's height) carry no certainty
+    assert (res.certainty[: res.certainty.shape[0] // 4] == 0).all()
+    ka, kb, _ = res.sample(num=100)
+    assert (ka >= 0).all() and (ka[:, 0] <= 120).all() and (ka[:, 1] <= 40).all()
+    assert (kb[:, 0] <= 50).all() and (kb[:, 1] <= 120).all()
+    with pytest.raises(ValueError, match="fit must be"):
+        random_matcher(micro_config(), device="cpu", fit="crop")

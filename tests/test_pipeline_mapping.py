@@ -82,6 +82,48 @@ def test_global_mapper_option(run, tmp_path):
     assert res.reconstruction is not None and res.reconstruction.num_reg_images() >= 6
 
 
+def test_auto_mapper_follows_the_cameras(run, tmp_path, monkeypatch):
+    """auto: incremental for one camera with an EXIF focal, global when every image has its own."""
+    out, report = run
+    assert report["config"]["mapper"] == "incremental" and report["config"]["mapper_requested"] == "auto"
+    assert mapping.choose_mapper({1: (500.0, True)}) == "incremental"
+    assert mapping.choose_mapper({1: (500.0, False)}) == "global"  # no EXIF focal: uncalibrated
+    assert mapping.choose_mapper({1: (500.0, True), 2: (700.0, True)}) == "global"
+    if not hasattr(pycolmap, "global_mapping"):
+        pytest.skip("pycolmap without global_mapping")
+    seen = []  # cameras with a focal prior when the view graph is calibrated
+    real = pycolmap.calibrate_view_graph
+
+    def spy(database, options):
+        with pycolmap.Database.open(database) as db:
+            seen.append(sum(c.has_prior_focal_length for c in db.read_all_cameras()))
+        return real(database, options)
+
+    monkeypatch.setattr(pycolmap, "calibrate_view_graph", spy)
+    res = mapping.main(tmp_path / "sfm", SCENE / "images", out / "features.h5", out / "matches_idx.h5",
+                       camera_mode="per_image", num_threads=1)
+    assert res.mapper == "global" and len(res.focal_priors) == 8
+    assert res.reconstruction is not None and res.reconstruction.num_reg_images() >= 6
+    # the report keeps the EXIF focals as given; the calibration got them as start values only
+    assert all(p for _, p in res.focal_priors.values()) and seen == [0]
+
+
+def test_global_mapper_calibrates_cameras_without_exif(run, tmp_path, monkeypatch):
+    """No EXIF focal: the view graph calibrates the focals before the global mapper runs."""
+    out, _ = run
+    if not hasattr(pycolmap, "calibrate_view_graph"):
+        pytest.skip("pycolmap without calibrate_view_graph")
+    real_exif, real_cal = mapping.camera_from_exif, pycolmap.calibrate_view_graph
+    monkeypatch.setattr(mapping, "camera_from_exif", lambda p, s: (real_exif(p, s)[0] * 1.4, False))
+    calls = []
+    monkeypatch.setattr(pycolmap, "calibrate_view_graph", lambda db, o: calls.append(db) or real_cal(db, o))
+    res = mapping.main(tmp_path / "sfm", SCENE / "images", out / "features.h5", out / "matches_idx.h5", num_threads=1)
+    assert res.mapper == "global" and len(calls) == 1
+    assert all(not p for _, p in res.focal_priors.values())  # the priors as they were before calibration
+    ev = evaluate.evaluate_reconstruction(res.reconstruction, SCENE / "poses_gt.txt")
+    assert ev["registered"] == 8 and ev["auc@5"] > 70, ev
+
+
 def test_mapper_options_reach_pycolmap(run, tmp_path, monkeypatch):
     """The dense conf's overrides (nested ones too) are set on the options the mapper gets."""
     out, _ = run
@@ -94,7 +136,8 @@ def test_mapper_options_reach_pycolmap(run, tmp_path, monkeypatch):
 
     monkeypatch.setattr(pycolmap, "incremental_mapping", spy)
     res = mapping.main(tmp_path / "sfm", SCENE / "images", out / "features.h5", out / "matches_idx.h5",
-                       num_threads=1, options=mapping.mapper_options["dense"]["incremental"])
+                       num_threads=1, mapper="incremental",
+                       options=mapping.mapper_options["dense"])
     assert seen == {"local": 1, "redundant": True} and res.reconstruction.num_reg_images() == 8
     with pytest.raises(ValueError, match="no option 'mapper.no_such_thing'"):
         mapping.set_options(pycolmap.IncrementalPipelineOptions(), {"mapper.no_such_thing": 1})
