@@ -361,7 +361,7 @@ def kill_at_third():
     if len(registered) == 3:
         os.kill(os.getpid(), signal.SIGKILL)
 pycolmap.incremental_mapping = lambda *a, **k: real(*a, **k, next_image_callback=kill_at_third)
-mapping.main(*sys.argv[1:5], num_threads=1)
+mapping.main(*sys.argv[1:5], num_threads=1, mapper="incremental")
 '''
 
 
@@ -370,13 +370,13 @@ def case_kill_mapping(work: Path) -> CaseResult:
 
     from roma_sfm.pipelines import mapping, tracks
 
-    r = CaseResult("kill -9 during mapping", "`mapping.main` over a finished run, killed by the mapper's "
-                                            "callback after its 3rd registered image, then run again")
+    r = CaseResult("kill -9 during mapping", "`mapping.main` (incremental mapper) over a finished run, killed by "
+                                            "the mapper's callback after its 3rd registered image, then run again")
     pycolmap.logging.minloglevel = 1  # warnings and errors only, as reconstruct sets it
     d, matches, features, idx = _tracks_inputs(work, "kill_mapping")
     images, sfm = _matched_scene(work) / "images", d / "sfm"
     tracks.main(matches, features, idx, 2.0)
-    first = mapping.main(sfm, images, features, idx, num_threads=1)
+    first = mapping.main(sfm, images, features, idx, num_threads=1, mapper="incremental")  # it has a callback
     n0 = first.reconstruction.num_reg_images() if first.reconstruction is not None else 0
     p = python(MAPPING_KILL, sfm, images, features, idx)
     r.check(p.returncode == -signal.SIGKILL, f"killed inside the mapper (exit {p.returncode}: {p.stderr[-300:]})")
@@ -385,7 +385,7 @@ def case_kill_mapping(work: Path) -> CaseResult:
     kept = model_names(sfm / "models" / "0") if (sfm / "models" / "0").is_dir() else set()
     r.check(n_db == VIEWS, f"the earlier database.db opens with its {VIEWS} images (got {n_db})", loss=True)
     r.check(len(kept) == n0 > 0, f"the earlier model is intact ({len(kept)} of {n0} images)", loss=True)
-    again = mapping.main(sfm, images, features, idx, num_threads=1)
+    again = mapping.main(sfm, images, features, idx, num_threads=1, mapper="incremental")
     n1 = again.reconstruction.num_reg_images() if again.reconstruction is not None else 0
     r.facts.update(registered_first=n0, registered_after_kill=len(kept), registered_rerun=n1)
     r.outcome = (f"after the kill the earlier database.db and model ({len(kept)} images) are intact; the rerun "

@@ -32,7 +32,6 @@ app = typer.Typer(help="Dense RoMa matching and structure-from-motion with pycol
 console = Console()
 
 class Mapper(str, Enum):
-    auto = "auto"
     incremental = "incremental"
     global_ = "global"
 
@@ -248,8 +247,8 @@ MATCHER_HELP = ("'roma' (the shipped model), a preset name (roma-tiny, roma-outd
                 "`roma-sfm models`), a checkpoint file (.safetensors or public .pth), or 'sift' "
                 "('sift-opencv' for OpenCV's SIFT defaults). Default: roma if the shipped weights are "
                 "installed, else sift (with a notice).")
-MAPPER_HELP = ("COLMAP mapper: incremental, global, or auto (incremental when all images share one camera "
-               "with an EXIF focal length, else global).")
+MAPPER_HELP = ("global (GLOMAP, after estimating the focal lengths from the view graph) or incremental "
+               "(COLMAP's).")
 RESOLUTION_HELP = ("RoMa resolution COARSE[:FINE], each N or HxW in multiples of 14: the coarse pass, then the "
                    "refiners again at FINE ('none': one pass). Default: the preset's, 448:672 for roma-tiny, "
                    "560:864 for the paper models.")

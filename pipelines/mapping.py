@@ -62,12 +62,12 @@ R = TypeVar("R")
 
 # the step's defaults (reconstruct and the CLI read them here)
 confs = {
-    "default": {"mapper": "auto", "camera_mode": "auto", "camera_model": "SIMPLE_RADIAL", "min_model_size": 3,
+    "default": {"mapper": "global", "camera_mode": "auto", "camera_model": "SIMPLE_RADIAL", "min_model_size": 3,
                 "min_num_inliers": 15, "ransac_max_error": 4.0, "max_rotation_error": 30.0, "num_threads": -1,
                 "seed": 0, "calibrate": True},
 }
 DEFAULTS = confs["default"]
-MAPPERS = ("auto", "incremental", "global")
+MAPPERS = ("incremental", "global")
 CAMERA_MODES = ("auto", "single", "per_folder", "per_image")
 
 
@@ -92,19 +92,6 @@ class MappingResult:
     models: list = field(default_factory=list)
     # {camera id: (focal px the mapper started from, True if it came from EXIF)}
     focal_priors: dict[int, tuple[float, bool]] = field(default_factory=dict)
-    mapper: str = ""  # the mapper that ran ('auto' resolved)
-
-
-def choose_mapper(priors: dict[int, tuple[float, bool]]) -> str:
-    """The mapper for ``mapper="auto"``, from the cameras of the database (``read_focal_priors``).
-
-    Incremental when every image shares one camera with an EXIF focal (a calibrated collection);
-    global otherwise. With one camera per image the incremental mapper refines each focal and
-    radial term while the model grows, and drifts; a wrong EXIF focal in its initial pair can sink
-    the model. The global mapper estimates all rotations first and is not misled
-    (docs/design/uncalibrated.md).
-    """
-    return "incremental" if len(priors) == 1 and all(p for _, p in priors.values()) else "global"
 
 
 def drop_focal_priors(database: Path) -> None:
@@ -387,7 +374,7 @@ def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_
     """Database, verification and mapping; returns the largest model (None if nothing registered).
 
     ``num_threads`` (<= 0: all cores) is used by the verification and by the mapper. ``mapper``:
-    incremental, global, or auto (:func:`choose_mapper`). ``options``: {mapper name: option
+    global (GLOMAP: rotation averaging, then global positioning) or incremental (COLMAP's). ``options``: {mapper name: option
     overrides}, dotted keys for nested ones (e.g. ``mapper_options["dense"]``); the overrides of
     the mapper that runs are applied. ``calibrate``: before the global mapper, estimate the focal
     lengths from the view graph, EXIF focals as start values (:func:`drop_focal_priors`,
@@ -410,10 +397,6 @@ def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_
         database.unlink(missing_ok=True)
         image_ids = create_database(database, images, features, camera_mode, camera_model)
         priors = read_focal_priors(database)  # before any calibration changes them
-        if mapper == "auto":
-            mapper = choose_mapper(priors)
-            logger.info("mapping: %s mapper (%s)", mapper, "one camera with an EXIF focal"
-                        if mapper == "incremental" else "cameras not shared, or without an EXIF focal")
         options_cls, entry = mappers[mapper]
         if not hasattr(pycolmap, entry):
             raise RuntimeError(f"pycolmap {pycolmap.__version__} has no {entry}")
@@ -441,14 +424,14 @@ def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_
             times["mapping"] = time.perf_counter() - t0
     replace_dir(models_tmp, sfm_dir / "models")  # models of an earlier run must not outlive it
     if ver.num_verified == 0:
-        return MappingResult(None, image_ids, ver, 0, times, focal_priors=priors, mapper=mapper)
+        return MappingResult(None, image_ids, ver, 0, times, focal_priors=priors)
     if not models:
         logger.warning("mapping: pycolmap built no model")
-        return MappingResult(None, image_ids, ver, 0, times, focal_priors=priors, mapper=mapper)
+        return MappingResult(None, image_ids, ver, 0, times, focal_priors=priors)
     ranked = rank_models(models.values())
     ranked = [r for r in ranked if r.num_reg_images() >= min_model_size] or ranked[:1]
     best = ranked[0]
     logger.info("mapping: %d model(s) of %s images; the largest has %d/%d images, %d points", len(ranked),
                 "+".join(str(r.num_reg_images()) for r in ranked), best.num_reg_images(), len(image_ids),
                 best.num_points3D())
-    return MappingResult(best, image_ids, ver, len(ranked), times, ranked, priors, mapper)
+    return MappingResult(best, image_ids, ver, len(ranked), times, ranked, priors)

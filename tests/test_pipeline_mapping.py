@@ -73,24 +73,20 @@ def test_evaluate_is_perfect_on_ground_truth():
     assert evaluate.evaluate_reconstruction(None, SCENE / "poses_gt.txt")["auc@10"] == 0.0
 
 
-def test_global_mapper_option(run, tmp_path):
-    out, _ = run
-    if not hasattr(pycolmap, "global_mapping"):
-        pytest.skip("pycolmap without global_mapping")
+def test_incremental_mapper_option(run, tmp_path):
+    out, report = run
+    assert report["config"]["mapper"] == mapping.DEFAULTS["mapper"] == "global"
     res = mapping.main(tmp_path / "sfm", SCENE / "images", out / "features.h5", out / "matches_idx.h5",
-                       mapper="global", num_threads=1)
+                       mapper="incremental", num_threads=1)
     assert res.reconstruction is not None and res.reconstruction.num_reg_images() >= 6
 
 
-def test_auto_mapper_follows_the_cameras(run, tmp_path, monkeypatch):
-    """auto: incremental for one camera with an EXIF focal, global when every image has its own."""
-    out, report = run
-    assert report["config"]["mapper"] == "incremental" and report["config"]["mapper_requested"] == "auto"
-    assert mapping.choose_mapper({1: (500.0, True)}) == "incremental"
-    assert mapping.choose_mapper({1: (500.0, False)}) == "global"  # no EXIF focal: uncalibrated
-    assert mapping.choose_mapper({1: (500.0, True), 2: (700.0, True)}) == "global"
-    if not hasattr(pycolmap, "global_mapping"):
-        pytest.skip("pycolmap without global_mapping")
+def test_global_mapper_calibrates_focals_with_exif_as_start(run, tmp_path, monkeypatch):
+    """Before the global mapper the view graph calibrates every focal: EXIF focals are only start
+    values then (none is a prior when the calibration runs), but the report keeps them as given."""
+    out, _ = run
+    if not hasattr(pycolmap, "calibrate_view_graph"):
+        pytest.skip("pycolmap without calibrate_view_graph")
     seen = []  # cameras with a focal prior when the view graph is calibrated
     real = pycolmap.calibrate_view_graph
 
@@ -102,26 +98,25 @@ def test_auto_mapper_follows_the_cameras(run, tmp_path, monkeypatch):
     monkeypatch.setattr(pycolmap, "calibrate_view_graph", spy)
     res = mapping.main(tmp_path / "sfm", SCENE / "images", out / "features.h5", out / "matches_idx.h5",
                        camera_mode="per_image", num_threads=1)
-    assert res.mapper == "global" and len(res.focal_priors) == 8
+    assert len(res.focal_priors) == 8 and all(p for _, p in res.focal_priors.values()) and seen == [0]
     assert res.reconstruction is not None and res.reconstruction.num_reg_images() >= 6
-    # the report keeps the EXIF focals as given; the calibration got them as start values only
-    assert all(p for _, p in res.focal_priors.values()) and seen == [0]
+    res = mapping.main(tmp_path / "sfm2", SCENE / "images", out / "features.h5", out / "matches_idx.h5",
+                       camera_mode="per_image", num_threads=1, calibrate=False)
+    assert len(seen) == 1  # calibrate=False: the mapper gets the EXIF priors as they are
 
 
-def test_global_mapper_calibrates_cameras_without_exif(run, tmp_path, monkeypatch):
-    """No EXIF focal: the view graph calibrates the focals before the global mapper runs."""
+def test_global_mapper_without_exif_estimates_the_focals(run, tmp_path, monkeypatch):
+    """No EXIF and a start focal 40 % off: the calibrated global mapper still gets the poses."""
     out, _ = run
-    if not hasattr(pycolmap, "calibrate_view_graph"):
-        pytest.skip("pycolmap without calibrate_view_graph")
-    real_exif, real_cal = mapping.camera_from_exif, pycolmap.calibrate_view_graph
+    real_exif = mapping.camera_from_exif
     monkeypatch.setattr(mapping, "camera_from_exif", lambda p, s: (real_exif(p, s)[0] * 1.4, False))
-    calls = []
-    monkeypatch.setattr(pycolmap, "calibrate_view_graph", lambda db, o: calls.append(db) or real_cal(db, o))
     res = mapping.main(tmp_path / "sfm", SCENE / "images", out / "features.h5", out / "matches_idx.h5", num_threads=1)
-    assert res.mapper == "global" and len(calls) == 1
     assert all(not p for _, p in res.focal_priors.values())  # the priors as they were before calibration
     ev = evaluate.evaluate_reconstruction(res.reconstruction, SCENE / "poses_gt.txt")
     assert ev["registered"] == 8 and ev["auc@5"] > 70, ev
+    gt = float((SCENE / "poses_gt.txt").read_text().split()[1])
+    focal = res.reconstruction.cameras[1].mean_focal_length()
+    assert abs(focal / gt - 1) < 0.05, (focal, gt)
 
 
 def test_mapper_options_reach_pycolmap(run, tmp_path, monkeypatch):
@@ -136,8 +131,7 @@ def test_mapper_options_reach_pycolmap(run, tmp_path, monkeypatch):
 
     monkeypatch.setattr(pycolmap, "incremental_mapping", spy)
     res = mapping.main(tmp_path / "sfm", SCENE / "images", out / "features.h5", out / "matches_idx.h5",
-                       num_threads=1, mapper="incremental",
-                       options=mapping.mapper_options["dense"])
+                       num_threads=1, mapper="incremental", options=mapping.mapper_options["dense"])
     assert seen == {"local": 1, "redundant": True} and res.reconstruction.num_reg_images() == 8
     with pytest.raises(ValueError, match="no option 'mapper.no_such_thing'"):
         mapping.set_options(pycolmap.IncrementalPipelineOptions(), {"mapper.no_such_thing": 1})
