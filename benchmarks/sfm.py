@@ -131,9 +131,22 @@ def mixed_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def row_name(scene: str, variant: str) -> str:
+    """The key of a scene/variant in the rows (and the --json dump): the scene, or scene-variant."""
+    return scene if variant == "original" else f"{scene}-{variant}"
+
+
+def title(name: str) -> str:
+    """A row key as a table title: 'scene (variant)' for the variants."""
+    for variant in sorted(VARIANTS, key=len, reverse=True):  # "uncal-offcentre" before "uncal"
+        if name.endswith(f"-{variant}"):
+            return f"{name[:-len(variant) - 1]} ({variant})"
+    return name
+
+
 def summary_table(all_rows: dict[str, list[dict]]) -> str:
     """One line per scene/variant and our method: AUC@3 against the better peer, all registered?,
-    and the time against COLMAP-SIFT's (the issue's targets)."""
+    and the time against COLMAP-SIFT's (the issue's targets). Empty when no row has peers."""
     lines = ["**ours against the better peer**", "",
              "| scene | method | registered | AUC@3 | better peer | AUC@3 | margin | time / COLMAP's |",
              "|---|---|---|---|---|---|---|---|"]
@@ -146,9 +159,9 @@ def summary_table(all_rows: dict[str, list[dict]]) -> str:
         for r in rows:
             if r["method"].startswith("ours"):
                 ratio = f"{r['time'] / colmap['time']:.1f}x" if colmap else "-"
-                lines.append(f"| {name} | {r['method']} | {r['registered']} | {r['auc@3']:.1f} | {best['method']} "
+                lines.append(f"| {title(name)} | {r['method']} | {r['registered']} | {r['auc@3']:.1f} | {best['method']} "
                              f"| {best['auc@3']:.1f} | {r['auc@3'] - best['auc@3']:+.1f} | {ratio} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" if len(lines) > 4 else ""
 
 
 def link_mixed(data: Path, scenes: list[str], out: Path) -> Path:
@@ -168,6 +181,38 @@ def scene_folders(data: Path, scene: str, variants: list[str], out: Path, seed: 
     for v in variants:
         folders[v] = data / scene if v == "original" else make_variant(data / scene, out / "variants", v, seed)
     return folders
+
+
+def run(args) -> tuple[dict[str, list[dict]], list[str]]:
+    """Run ours (and the peers) on every scene/variant of ``args`` (or the mixed folder): the rows by
+    name, and each one's table (printed as it is made)."""
+    peers = [] if args.no_colmap else args.peers
+    pycolmap.logging.minloglevel = 2
+    texts, all_rows = [], {}
+    if args.mixed:
+        images = link_mixed(args.data, args.scenes, args.outputs / "mixed")
+        rows = [run_ours(images, None, args.outputs / "mixed" / f"ours-{Path(m).name}", m, args.num_threads,
+                         pairs=args.pairs) for m in args.matcher]
+        if peers:
+            rows += run_peers(images, None, args.outputs / "mixed" / "peers", args.num_threads, peers)
+        texts.append(mixed_table(rows))
+        print(texts[-1], flush=True)
+        all_rows["mixed"] = rows
+    for scene in [] if args.mixed else args.scenes:
+        if not (args.data / scene / "images").is_dir() or not (args.data / scene / "poses_gt.txt").is_file():
+            print(f"skipping {scene}: no images/ or poses_gt.txt", file=sys.stderr)
+            continue
+        for variant, folder in scene_folders(args.data, scene, args.variants, args.outputs, args.seed).items():
+            images, gt = folder / "images", folder / "poses_gt.txt"
+            name = row_name(scene, variant)
+            rows = [run_ours(images, gt, args.outputs / f"ours-{Path(m).name}" / name, m, args.num_threads,
+                             pairs=args.pairs) for m in args.matcher]
+            if peers:
+                rows += run_peers(images, gt, args.outputs / "peers" / name, args.num_threads, peers)
+            texts.append(table(title(name), rows))
+            print(texts[-1], flush=True)
+            all_rows[name] = rows
+    return all_rows, texts
 
 
 def main(argv=None) -> int:
@@ -196,54 +241,25 @@ def main(argv=None) -> int:
         all_rows = {}
         for path in args.from_json:
             all_rows.update(json.loads(path.read_text()))
-        texts = [table(name.replace("-uncal", " (uncal)").replace("-wrong-exif", " (wrong-exif)"), rows)
-                 for name, rows in all_rows.items() if name != "mixed"]
-        texts.insert(0, summary_table(all_rows))
-        print("\n".join(texts))
-        if args.readme:
-            note = (f"Tables from `python benchmarks/sfm.py --from-json {' '.join(p.name for p in args.from_json)}`, "
-                    "dumps of runs with `--json`: time is wall seconds end to end (pairs, matching, tracks, mapping).")
-            write_table(args.table, "\n".join(texts) + "\n" + note, args.readme)
-        return 0
-    if not args.data.is_dir():
-        print(f"data folder {args.data} not found: nothing to benchmark", file=sys.stderr)
-        return 1
-    peers = [] if args.no_colmap else args.peers
-    pycolmap.logging.minloglevel = 2
-    texts, all_rows = [], {}
-    if args.mixed:
-        images = link_mixed(args.data, args.scenes, args.outputs / "mixed")
-        rows = [run_ours(images, None, args.outputs / "mixed" / f"ours-{Path(m).name}", m, args.num_threads,
-                         pairs=args.pairs) for m in args.matcher]
-        if peers:
-            rows += run_peers(images, None, args.outputs / "mixed" / "peers", args.num_threads, peers)
-        texts.append(mixed_table(rows))
-        print(texts[-1], flush=True)
-        all_rows["mixed"] = rows
-    for scene in [] if args.mixed else args.scenes:
-        if not (args.data / scene / "images").is_dir() or not (args.data / scene / "poses_gt.txt").is_file():
-            print(f"skipping {scene}: no images/ or poses_gt.txt", file=sys.stderr)
-            continue
-        for variant, folder in scene_folders(args.data, scene, args.variants, args.outputs, args.seed).items():
-            images, gt = folder / "images", folder / "poses_gt.txt"
-            name = scene if variant == "original" else f"{scene}-{variant}"
-            rows = [run_ours(images, gt, args.outputs / f"ours-{Path(m).name}" / name, m, args.num_threads,
-                             pairs=args.pairs) for m in args.matcher]
-            if peers:
-                rows += run_peers(images, gt, args.outputs / "peers" / name, args.num_threads, peers)
-            text = table(scene if variant == "original" else f"{scene} ({variant})", rows)
-            print(text, flush=True)
-            texts.append(text)
-            all_rows[name] = rows
-    if any(name != "mixed" for name in all_rows) and peers:
-        texts.insert(0, summary_table(all_rows))
-        print(texts[0], flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(all_rows, indent=2))
-    if args.readme and texts:
+        texts = [mixed_table(rows) if name == "mixed" else table(title(name), rows) for name, rows in all_rows.items()]
+        print("\n".join(texts), flush=True)
+        note = (f"Tables from `python benchmarks/sfm.py --from-json {' '.join(p.name for p in args.from_json)}`, "
+                "dumps of runs with `--json`: time is wall seconds end to end (pairs, matching, tracks, mapping).")
+    else:
+        if not args.data.is_dir():
+            print(f"data folder {args.data} not found: nothing to benchmark", file=sys.stderr)
+            return 1
+        all_rows, texts = run(args)
         note = (f"Measured with `python benchmarks/sfm.py --matcher {' '.join(args.matcher)} --variants "
                 f"{' '.join(args.variants)} --num-threads {args.num_threads}`: time is wall seconds end to end "
                 f"(pairs, matching, tracks, mapping) on {args.num_threads} thread(s) of this 2-core machine.")
+        if args.json:
+            args.json.write_text(json.dumps(all_rows, indent=2))
+    summary = summary_table(all_rows)
+    if summary:
+        texts.insert(0, summary)
+        print(summary, flush=True)
+    if args.readme and texts:
         write_table(args.table, "\n".join(texts) + "\n" + note, args.readme)
     return 0
 

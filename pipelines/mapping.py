@@ -400,7 +400,8 @@ def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_
         options_cls, entry = mappers[mapper]
         if not hasattr(pycolmap, entry):
             raise RuntimeError(f"pycolmap {pycolmap.__version__} has no {entry}")
-        if mapper == "global" and calibrate:
+        calibrating = mapper == "global" and calibrate
+        if calibrating:
             drop_focal_priors(database)
         ver = import_matches(database, image_ids, matches_idx, min_num_inliers, ransac_max_error,
                              skip_geometric_verification, seed, num_threads=num_threads,
@@ -418,7 +419,7 @@ def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_
             opts.random_seed = seed
             set_options(opts, (options or {}).get(mapper, {}))
             pycolmap.set_random_seed(seed)
-            if mapper == "global" and calibrate:
+            if calibrating:
                 calibrate_focals(database, seed)
             models = getattr(pycolmap, entry)(database, images, models_tmp, opts)
             times["mapping"] = time.perf_counter() - t0

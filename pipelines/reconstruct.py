@@ -211,8 +211,8 @@ def main(images: Path, outputs: Path, config: Optional[ReconstructConfig] = None
 
     # 3-4) tracks and mapping
     mo = map_matches(images, outputs, outputs / "matches.h5", config, pairs=pair_list)
-    report["config"].update(cell_size=mo.cell_size, min_pair_score=mo.min_pair_score)
-    report["config"].update(mapper_options=mo.mapper_options.get(config.mapper, {}))
+    report["config"].update(cell_size=mo.cell_size, min_pair_score=mo.min_pair_score,
+                            mapper_options=mo.mapper_options.get(config.mapper, {}))
     times.update(mo.times)
     ts = mo.tracks
     report["tracks"] = {"mean_keypoints": ts.mean_keypoints, "mean_matches": ts.mean_matches,

@@ -193,7 +193,8 @@ class Matcher:
             raise ValueError(f"coarse_res must be multiples of 14, got {self.coarse_res}")
         self.upsample_res = _pair(cfg.upsample_res if upsample_res is True else upsample_res)
         self.symmetric = cfg.symmetric if symmetric is None else bool(symmetric)
-        content_size((1, 1), self.coarse_res, fit)  # checks the name
+        if fit not in FITS:
+            raise ValueError(f"fit must be one of {FITS}, not {fit!r}")
         self.fit = fit
         self.metadata = metadata or {}
         self.amp_dtype = None

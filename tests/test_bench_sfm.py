@@ -34,3 +34,15 @@ def test_mixed_folder_and_table(tmp_path):
     row = {"method": "ours (sift)", "time": 12.0, "models": [["s1/0.jpg", "s1/1.jpg", "s2/0.jpg"], ["s2/1.jpg"]]}
     text = sfm.mixed_table([row])
     assert "| ours (sift) | 3 (s1 2, s2 1); 1 (s2 1) | 4 | 12 |" in text
+
+
+def test_titles_and_summary_against_the_better_peer():
+    assert sfm.title(sfm.row_name("s", "uncal-offcentre")) == "s (uncal-offcentre)"
+    assert sfm.title(sfm.row_name("s", "uncal")) == "s (uncal)" and sfm.title(sfm.row_name("s", "original")) == "s"
+    row = dict(registered="3/3", time=30.0)
+    rows = {"s-wrong-exif": [{**row, "method": "ours (sift)", "auc@3": 80.0},
+                             {**row, "method": "COLMAP SIFT", "auc@3": 70.0, "time": 10.0},
+                             {**row, "method": "GLOMAP SIFT", "auc@3": 85.0}]}
+    text = sfm.summary_table(rows)
+    assert "| s (wrong-exif) | ours (sift) | 3/3 | 80.0 | GLOMAP SIFT | 85.0 | -5.0 | 3.0x |" in text
+    assert sfm.summary_table({"s": rows["s-wrong-exif"][:1]}) == ""  # no peers: no summary
