@@ -36,6 +36,12 @@ class Mapper(str, Enum):
     global_ = "global"
 
 
+class Calibrate(str, Enum):
+    compare = "compare"
+    always = "always"
+    never = "never"
+
+
 class CameraMode(str, Enum):
     auto = "auto"
     single = "single"
@@ -249,6 +255,9 @@ MATCHER_HELP = ("'roma' (the shipped model), a preset name (roma-tiny, roma-outd
                 "installed, else sift (with a notice).")
 MAPPER_HELP = ("global (GLOMAP, after estimating the focal lengths from the view graph) or incremental "
                "(COLMAP's).")
+CALIBRATE_HELP = ("Global mapper: start from focal lengths estimated from the view graph ('always'), from EXIF "
+                  "or 1.2 x the image size ('never'), or map from both and keep the model that registers more "
+                  "images or explains clearly more matches ('compare', twice the mapping time).")
 RESOLUTION_HELP = ("RoMa resolution COARSE[:FINE], each N or HxW in multiples of 14: the coarse pass, then the "
                    "refiners again at FINE ('none': one pass). Default: the preset's, 448:672 for roma-tiny, "
                    "560:864 for the paper models.")
@@ -308,6 +317,7 @@ def reconstruct(
     resolution: Optional[str] = typer.Option(None, "--resolution", show_default=False, help=RESOLUTION_HELP),
     device: str = typer.Option(DEFAULTS.device, "--device", help=DEVICE_HELP),
     mapper: Mapper = typer.Option(Mapper(DEFAULTS.mapper), "--mapper", help=MAPPER_HELP),
+    calibrate: Calibrate = typer.Option(Calibrate(DEFAULTS.calibrate), "--calibrate", help=CALIBRATE_HELP),
     max_keypoints: int = typer.Option(DEFAULTS.max_keypoints, "--max-keypoints", min=1,
                                       help="Keypoints kept per image when matches are merged into tracks."),
     cell_size: Optional[float] = typer.Option(None, "--cell-size", min=0.5, show_default=False,
@@ -351,7 +361,7 @@ def reconstruct(
         config = reconstruct_.ReconstructConfig(
             matcher=m, pairs=pairs, num_matched=num_matched, num_samples=num_samples, cell_size=cell_size,
             max_keypoints=max_keypoints, min_pair_score=min_pair_score, mapper=mapper.value,
-            camera_mode=camera_mode.value, device=device, gt_poses=gt, overwrite=overwrite, num_threads=num_threads,
+            calibrate=calibrate.value, camera_mode=camera_mode.value, device=device, gt_poses=gt, overwrite=overwrite, num_threads=num_threads,
             batch_size=batch_size, verbose=verbose, ray=ray, ray_workers=ray_workers,
             max_rotation_error=max_rotation_error)
         report = reconstruct_.main(images, out, config)
@@ -460,6 +470,7 @@ def map_cmd(
     max_keypoints: int = typer.Option(DEFAULTS.max_keypoints, "--max-keypoints", min=1,
                                       help="Keypoints kept per image."),
     mapper: Mapper = typer.Option(Mapper(DEFAULTS.mapper), "--mapper", help=MAPPER_HELP),
+    calibrate: Calibrate = typer.Option(Calibrate(DEFAULTS.calibrate), "--calibrate", help=CALIBRATE_HELP),
     camera_mode: CameraMode = typer.Option(CameraMode(DEFAULTS.camera_mode), "--camera-mode",
                                            help="Camera sharing: auto, single, per_folder, per_image."),
     num_threads: int = typer.Option(DEFAULTS.num_threads, "--num-threads", help=NUM_THREADS_HELP),
@@ -480,7 +491,7 @@ def map_cmd(
         raise typer.BadParameter(f"'{matches}' does not exist (run `roma-sfm match` first)", param_hint="--matches")
     config = reconstruct_.ReconstructConfig(cell_size=cell_size, min_pair_score=min_pair_score,
                                             max_keypoints=max_keypoints, mapper=mapper.value,
-                                            camera_mode=camera_mode.value, num_threads=num_threads,
+                                            calibrate=calibrate.value, camera_mode=camera_mode.value, num_threads=num_threads,
                                             max_rotation_error=max_rotation_error)
     mapping.set_colmap_verbosity(verbose)
     with _guard(verbose), output_lock(out):

@@ -45,6 +45,8 @@ from ..io import atomic_output
 from .utils import logger, replace_dir
 
 DEFAULT_FOCAL_FACTOR = 1.2
+# pairs whose cheap RANSAC look finds fewer inliers than this x min_num_inliers skip the full one
+WEAK_PAIR_FACTOR = 2
 
 # Mapper options over COLMAP's defaults, by matches kind and mapper; dotted keys reach nested
 # options. Dense tracks carry ~5x SIFT's observations per image, and BA dominates: one refinement
@@ -64,10 +66,22 @@ R = TypeVar("R")
 confs = {
     "default": {"mapper": "global", "camera_mode": "auto", "camera_model": "SIMPLE_RADIAL", "min_model_size": 3,
                 "min_num_inliers": 15, "ransac_max_error": 4.0, "max_rotation_error": 30.0, "num_threads": -1,
-                "seed": 0, "calibrate": True},
+                "seed": 0, "calibrate": "compare"},
 }
 DEFAULTS = confs["default"]
 MAPPERS = ("incremental", "global")
+# before the global mapper: "always" calibrate the focals from the view graph, "never", or
+# "compare": map with the calibrated focals and with the start values, keep the better model
+CALIBRATION_MODES = ("compare", "always", "never")
+# "compare" keeps the start values only if their model registers more images, or as many and is
+# supported by this factor more verified inlier matches (epipolar error <= SUPPORT_ERROR px):
+# calibration is better on average, the start values are the fallback for view graphs where it is
+# ill-posed (docs/design/uncalibrated.md)
+START_VALUES_MARGIN = 1.02
+SUPPORT_ERROR = 1.0
+# ... and maps from the start values only if the calibrated model explains less than this share of
+# the verified inlier matches (nearly all explained: no candidate can be clearly better)
+COMPARE_BELOW = 0.9
 CAMERA_MODES = ("auto", "single", "per_folder", "per_image")
 
 
@@ -92,6 +106,10 @@ class MappingResult:
     models: list = field(default_factory=list)
     # {camera id: (focal px the mapper started from, True if it came from EXIF)}
     focal_priors: dict[int, tuple[float, bool]] = field(default_factory=dict)
+    # how the focals were started: {"mode", "used": "view graph" | "start values", and with "compare"
+    # "support": {"view graph": n, "start values": n if it was mapped} (epipolar_support of each
+    # candidate's largest model) of "matches" verified inlier matches}
+    calibration: dict = field(default_factory=dict)
 
 
 def drop_focal_priors(database: Path) -> None:
@@ -223,7 +241,8 @@ def import_matches(database: Path, image_ids: dict[str, int], matches_idx: Path,
 
     Pairs with fewer than ``min_num_inliers`` matches cannot be verified and skip RANSAC (counted as
     DEGENERATE, as COLMAP would); the others are verified on ``num_threads`` threads (<= 0: all
-    cores) with the same result as on one. A verified pair whose relative rotation is more than
+    cores) with the same result as on one: a RANSAC of ``prefilter_trials`` first, then the full one
+    unless that found fewer than ``WEAK_PAIR_FACTOR`` x ``min_num_inliers`` inliers. A verified pair whose relative rotation is more than
     ``max_rotation_error`` deg from the robust average over all pairs (``viewgraph``; 0 disables)
     keeps its matches but not its geometry, and is listed in ``rotation_outliers``.
     """
@@ -259,7 +278,9 @@ def import_matches(database: Path, image_ids: dict[str, int], matches_idx: Path,
                 tvg = None
                 if quick is not None:  # cheap look first: most pairs that fail here fail the full RANSAC too
                     tvg = pycolmap.estimate_two_view_geometry(cams[a], kps[a], cams[b], kps[b], idx, quick)
-                if tvg is None or len(tvg.inlier_matches) >= min_num_inliers:
+                # a weak pair keeps the cheap look's geometry: its low inlier ratio would run the full
+                # RANSAC to its trial cap (~10x the cost) for an edge that stays weak at best
+                if tvg is None or len(tvg.inlier_matches) >= WEAK_PAIR_FACTOR * min_num_inliers:
                     tvg = pycolmap.estimate_two_view_geometry(cams[a], kps[a], cams[b], kps[b], idx, opts)
             return tvg
 
@@ -364,21 +385,108 @@ def set_options(opts, overrides: dict) -> None:
         setattr(target, name, value)
 
 
+def verified_inliers(database: Path) -> tuple[list[tuple[str, str, np.ndarray]], dict[str, np.ndarray]]:
+    """The verified pairs of ``database``: [(name0, name1, inlier match indices (k, 2))] and the
+    keypoints {name: (n, 2) float64 pixels}."""
+    with pycolmap.Database.open(database) as db:
+        names = {im.image_id: im.name for im in db.read_all_images()}
+        kps = {n: np.asarray(db.read_keypoints(i)[:, :2], np.float64) for i, n in names.items()}
+        pairs = []
+        for pid, tvg in zip(*db.read_two_view_geometries()):
+            a, b = pycolmap.pair_id_to_image_pair(pid)
+            if len(tvg.inlier_matches):
+                pairs.append((names[a], names[b], np.asarray(tvg.inlier_matches)))
+    return pairs, kps
+
+
+def epipolar_support(rec: pycolmap.Reconstruction, pairs: list, kps: dict, max_error: float = SUPPORT_ERROR
+                     ) -> int:
+    """How many of ``pairs``' matches (:func:`verified_inliers`) the model's poses and cameras
+    explain: Sampson error of the model's essential matrix <= ``max_error`` px (in normalised
+    coordinates times the pair's mean focal). A measure two models of the same matches share,
+    unlike their own observations (each keeps what its own view graph and BA let through)."""
+    posed = {im.name: im for im in rec.images.values() if im.has_pose}
+    total = 0
+    for a, b, m in pairs:
+        if a not in posed or b not in posed:
+            continue
+        ia, ib = posed[a], posed[b]
+        ca, cb = rec.cameras[ia.camera_id], rec.cameras[ib.camera_id]
+        rel = ib.cam_from_world() * ia.cam_from_world().inverse()
+        t = np.asarray(rel.translation, np.float64)
+        t = t / max(np.linalg.norm(t), 1e-12)
+        E = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]]) @ rel.rotation.matrix()
+        xa = np.c_[ca.cam_from_img(kps[a][m[:, 0]]), np.ones(len(m))]
+        xb = np.c_[cb.cam_from_img(kps[b][m[:, 1]]), np.ones(len(m))]
+        Ex, Etx = xa @ E.T, xb @ E
+        num = np.sum(xb * Ex, 1) ** 2
+        den = Ex[:, 0] ** 2 + Ex[:, 1] ** 2 + Etx[:, 0] ** 2 + Etx[:, 1] ** 2
+        f = 0.5 * (ca.mean_focal_length() + cb.mean_focal_length())
+        total += int((num <= (max_error / f) ** 2 * np.maximum(den, 1e-300)).sum())
+    return total
+
+
+def prefer_start_values(calibrated: list, start: list, support: Callable[[pycolmap.Reconstruction], int],
+                        margin: float = START_VALUES_MARGIN) -> bool:
+    """Between two candidate model lists (largest first), whether the start-value one wins: more
+    registered images in its largest model, or as many and ``margin`` x the ``support``
+    (:func:`epipolar_support`); ties keep the calibrated one."""
+    if not start:
+        return False
+    if not calibrated:
+        return True
+    a, b = calibrated[0], start[0]
+    if a.num_reg_images() != b.num_reg_images():
+        return b.num_reg_images() > a.num_reg_images()
+    return support(b) > margin * support(a)
+
+
+def compare_start_values(models: dict, run: Callable, database: Path, start_db: Path, images: Path,
+                         start_tmp: Path, models_tmp: Path, opts, seed: int, calibration: dict) -> dict:
+    """calibrate="compare", after the mapping from calibrated focals (``models``, in ``database`` /
+    ``models_tmp``): map ``start_db`` (the database before calibration) into ``start_tmp`` too,
+    unless the calibrated model explains ``COMPARE_BELOW`` of the verified matches already; if
+    :func:`prefer_start_values`, its database and models take the others' place. Returns the models
+    kept and fills ``calibration`` ("used", "matches", "support")."""
+    pairs, kps = verified_inliers(start_db)  # as verified, before the calibration
+    total = int(sum(len(m) for _, _, m in pairs))
+    ranked_calib = rank_models(models.values())
+    support = {"view graph": epipolar_support(ranked_calib[0], pairs, kps) if ranked_calib else 0}
+    calibration.update(matches=total, support=support)
+    if support["view graph"] < COMPARE_BELOW * total:
+        start_tmp.mkdir()
+        pycolmap.set_random_seed(seed)
+        alt = run(start_db, images, start_tmp, opts)
+        ranked_start = rank_models(alt.values())
+        support["start values"] = epipolar_support(ranked_start[0], pairs, kps) if ranked_start else 0
+        by_model = {id(r[0]): support[k] for k, r in (("view graph", ranked_calib), ("start values", ranked_start))
+                    if r}
+        if prefer_start_values(ranked_calib, ranked_start, lambda rec: by_model[id(rec)]):
+            calibration["used"] = "start values"
+            os.replace(start_db, database)
+            replace_dir(start_tmp, models_tmp)
+            models = alt
+    logger.info("mapping: focals from the %s (support %s of %d verified matches)", calibration["used"], support,
+                total)
+    return models
+
+
 def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_mode: str = DEFAULTS["camera_mode"],
          mapper: str = DEFAULTS["mapper"], camera_model: str = DEFAULTS["camera_model"],
          min_model_size: int = DEFAULTS["min_model_size"], min_num_inliers: int = DEFAULTS["min_num_inliers"],
          ransac_max_error: float = DEFAULTS["ransac_max_error"], skip_geometric_verification: bool = False,
          num_threads: int = DEFAULTS["num_threads"], seed: int = DEFAULTS["seed"], options: Optional[dict] = None,
-         max_rotation_error: float = DEFAULTS["max_rotation_error"], calibrate: bool = DEFAULTS["calibrate"]
+         max_rotation_error: float = DEFAULTS["max_rotation_error"], calibrate: str = DEFAULTS["calibrate"]
          ) -> MappingResult:
     """Database, verification and mapping; returns the largest model (None if nothing registered).
 
     ``num_threads`` (<= 0: all cores) is used by the verification and by the mapper. ``mapper``:
     global (GLOMAP: rotation averaging, then global positioning) or incremental (COLMAP's). ``options``: {mapper name: option
     overrides}, dotted keys for nested ones (e.g. ``mapper_options["dense"]``); the overrides of
-    the mapper that runs are applied. ``calibrate``: before the global mapper, estimate the focal
-    lengths from the view graph, EXIF focals as start values (:func:`drop_focal_priors`,
-    :func:`calibrate_focals`).
+    the mapper that runs are applied. ``calibrate`` (``CALIBRATION_MODES``, global mapper only):
+    estimate the focal lengths from the view graph, EXIF focals as start values
+    (:func:`drop_focal_priors`, :func:`calibrate_focals`); "compare" may also map from the start
+    values and keep those (:func:`compare_start_values`).
     """
     sfm_dir = Path(sfm_dir)
     sfm_dir.mkdir(parents=True, exist_ok=True)
@@ -387,12 +495,16 @@ def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_
                "global": ("GlobalPipelineOptions", "global_mapping")}
     if mapper not in MAPPERS:
         raise ValueError(f"mapper must be one of {'|'.join(MAPPERS)}, not {mapper!r}")
+    if calibrate not in CALIBRATION_MODES:
+        raise ValueError(f"calibrate must be one of {'|'.join(CALIBRATION_MODES)}, not {calibrate!r}")
     check_same_run(features, matches_idx)
     times: dict[str, float] = {}
     t0 = time.perf_counter()
-    models_tmp = sfm_dir / "models.tmp"
-    shutil.rmtree(models_tmp, ignore_errors=True)  # what a killed run left
+    models_tmp, start_tmp = sfm_dir / "models.tmp", sfm_dir / "models.start.tmp"
+    for d in (models_tmp, start_tmp):
+        shutil.rmtree(d, ignore_errors=True)  # what a killed run left
     models_tmp.mkdir()
+    calibration: dict = {}
     with atomic_output(sfm_dir / "database.db") as database:
         database.unlink(missing_ok=True)
         image_ids = create_database(database, images, features, camera_mode, camera_model)
@@ -400,7 +512,7 @@ def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_
         options_cls, entry = mappers[mapper]
         if not hasattr(pycolmap, entry):
             raise RuntimeError(f"pycolmap {pycolmap.__version__} has no {entry}")
-        calibrating = mapper == "global" and calibrate
+        calibrating = mapper == "global" and calibrate != "never"
         if calibrating:
             drop_focal_priors(database)
         ver = import_matches(database, image_ids, matches_idx, min_num_inliers, ransac_max_error,
@@ -418,21 +530,33 @@ def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_
             opts.num_threads = num_threads
             opts.random_seed = seed
             set_options(opts, (options or {}).get(mapper, {}))
-            pycolmap.set_random_seed(seed)
-            if calibrating:
-                calibrate_focals(database, seed)
-            models = getattr(pycolmap, entry)(database, images, models_tmp, opts)
+            run = getattr(pycolmap, entry)
+            start_db = database.with_name(database.name + ".start")
+            try:
+                if calibrating:
+                    calibration = {"mode": calibrate, "used": "view graph"}
+                    if calibrate == "compare":
+                        shutil.copyfile(database, start_db)
+                    calibrate_focals(database, seed)
+                pycolmap.set_random_seed(seed)
+                models = run(database, images, models_tmp, opts)
+                if calibrating and calibrate == "compare":
+                    models = compare_start_values(models, run, database, start_db, images, start_tmp, models_tmp,
+                                                  opts, seed, calibration)
+            finally:
+                start_db.unlink(missing_ok=True)
+                shutil.rmtree(start_tmp, ignore_errors=True)
             times["mapping"] = time.perf_counter() - t0
     replace_dir(models_tmp, sfm_dir / "models")  # models of an earlier run must not outlive it
     if ver.num_verified == 0:
-        return MappingResult(None, image_ids, ver, 0, times, focal_priors=priors)
+        return MappingResult(None, image_ids, ver, 0, times, focal_priors=priors, calibration=calibration)
     if not models:
         logger.warning("mapping: pycolmap built no model")
-        return MappingResult(None, image_ids, ver, 0, times, focal_priors=priors)
+        return MappingResult(None, image_ids, ver, 0, times, focal_priors=priors, calibration=calibration)
     ranked = rank_models(models.values())
     ranked = [r for r in ranked if r.num_reg_images() >= min_model_size] or ranked[:1]
     best = ranked[0]
     logger.info("mapping: %d model(s) of %s images; the largest has %d/%d images, %d points", len(ranked),
                 "+".join(str(r.num_reg_images()) for r in ranked), best.num_reg_images(), len(image_ids),
                 best.num_points3D())
-    return MappingResult(best, image_ids, ver, len(ranked), times, ranked, priors)
+    return MappingResult(best, image_ids, ver, len(ranked), times, ranked, priors, calibration)

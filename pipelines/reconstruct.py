@@ -42,6 +42,7 @@ class ReconstructConfig:
     refine: str = tracks.DEFAULTS["refine"]
     min_pair_score: Optional[float] = None  # None: tracks.confs of the matches' kind
     mapper: str = mapping.DEFAULTS["mapper"]
+    calibrate: str = mapping.DEFAULTS["calibrate"]
     camera_mode: str = mapping.DEFAULTS["camera_mode"]
     num_threads: int = mapping.DEFAULTS["num_threads"]
     max_rotation_error: float = mapping.DEFAULTS["max_rotation_error"]
@@ -129,7 +130,8 @@ def map_matches(images: Path, outputs: Path, matches: Path, config: ReconstructC
     with Timer(times, "mapping"):
         out.mapping = mapping.main(outputs / "sfm", images, features, matches_idx, camera_mode=config.camera_mode,
                                    mapper=config.mapper, num_threads=config.num_threads, seed=config.seed,
-                                   options=options, max_rotation_error=config.max_rotation_error)
+                                   options=options, max_rotation_error=config.max_rotation_error,
+                                   calibrate=config.calibrate)
     times.update({f"mapping/{k}": v for k, v in out.mapping.seconds.items()})
     return out
 
@@ -137,7 +139,7 @@ def map_matches(images: Path, outputs: Path, matches: Path, config: ReconstructC
 def _report_config(config: ReconstructConfig) -> dict:
     """The settings recorded in report.json (in this order)."""
     keys = ("num_matched", "num_samples", "cell_size", "max_keypoints", "refine", "min_pair_score", "mapper",
-            "camera_mode", "max_rotation_error", "seed")
+            "calibrate", "camera_mode", "max_rotation_error", "seed")
     values = asdict(config)
     return {**matcher_config(config.matcher), "pairs": str(config.pairs), **{k: values[k] for k in keys}}
 
@@ -224,6 +226,7 @@ def main(images: Path, outputs: Path, config: Optional[ReconstructConfig] = None
     report["verification"] = {"pairs": ver.num_pairs, "verified": ver.num_verified, "mean_inliers": ver.mean_inliers,
                               "configs": ver.configs,
                               "rotation_outliers": [[a, b, round(r, 1)] for a, b, r in ver.rotation_outliers]}
+    report["calibration"] = res.calibration
     rec = res.reconstruction
     registered = {im.name for r in res.models for im in r.images.values() if im.has_pose}
     report["images_unregistered"] = sorted(set(scan.names) - registered)  # in no model

@@ -101,8 +101,93 @@ def test_global_mapper_calibrates_focals_with_exif_as_start(run, tmp_path, monke
     assert len(res.focal_priors) == 8 and all(p for _, p in res.focal_priors.values()) and seen == [0]
     assert res.reconstruction is not None and res.reconstruction.num_reg_images() >= 6
     res = mapping.main(tmp_path / "sfm2", SCENE / "images", out / "features.h5", out / "matches_idx.h5",
-                       camera_mode="per_image", num_threads=1, calibrate=False)
-    assert len(seen) == 1  # calibrate=False: the mapper gets the EXIF priors as they are
+                       camera_mode="per_image", num_threads=1, calibrate="never")
+    assert len(seen) == 1  # calibrate="never": the mapper gets the EXIF priors as they are
+    with pytest.raises(ValueError, match="calibrate must be one of"):
+        mapping.main(tmp_path / "sfm3", SCENE / "images", out / "features.h5", out / "matches_idx.h5",
+                     calibrate="yes")
+
+
+def _focals(database):
+    with pycolmap.Database.open(database) as db:
+        return sorted(round(c.mean_focal_length(), 3) for c in db.read_all_cameras())
+
+
+@pytest.mark.parametrize("start_wins", [False, True])
+def test_calibration_compare_maps_twice_and_keeps_the_chosen_start(run, tmp_path, monkeypatch, start_wins):
+    """calibrate="compare": one global mapping from the view-graph focals, one from the start values
+    when the first leaves enough matches unexplained; the database, models and report are those of
+    the candidate kept."""
+    out, _ = run
+    starts = []
+    real = pycolmap.global_mapping
+
+    def spy(database, images, path, opts):
+        starts.append(_focals(database))
+        return real(database, images, path, opts)
+
+    monkeypatch.setattr(pycolmap, "global_mapping", spy)
+    monkeypatch.setattr(mapping, "prefer_start_values", lambda *args: start_wins)
+    monkeypatch.setattr(mapping, "COMPARE_BELOW", 1.01)  # compare even when the calibrated model explains all
+    priors = mapping.main(tmp_path / "never", SCENE / "images", out / "features.h5", out / "matches_idx.h5",
+                          camera_mode="per_image", num_threads=1, calibrate="never").focal_priors
+    exif = sorted(round(f, 3) for f, _ in priors.values())
+    starts.clear()
+    res = mapping.main(tmp_path / "sfm", SCENE / "images", out / "features.h5", out / "matches_idx.h5",
+                       camera_mode="per_image", num_threads=1, calibrate="compare")
+    assert len(starts) == 2 and starts[1] == exif and starts[0] != exif  # calibrated first, then the start
+    assert res.calibration["used"] == ("start values" if start_wins else "view graph")
+    assert set(res.calibration["support"]) == {"view graph", "start values"}
+    assert all(0.5 * res.calibration["matches"] < n <= res.calibration["matches"]
+               for n in res.calibration["support"].values())
+    assert _focals(tmp_path / "sfm" / "database.db") == starts[1 if start_wins else 0]
+    assert sorted(p.name for p in (tmp_path / "sfm").iterdir()) == ["database.db", "models"]
+    assert res.reconstruction.num_reg_images() >= 6
+    if start_wins:
+        return
+    starts.clear()
+    monkeypatch.setattr(mapping, "COMPARE_BELOW", 0.5)  # the calibrated model explains more: no second mapping
+    res = mapping.main(tmp_path / "sfm2", SCENE / "images", out / "features.h5", out / "matches_idx.h5",
+                       camera_mode="per_image", num_threads=1, calibrate="compare")
+    assert len(starts) == 1 and res.calibration["used"] == "view graph"
+    assert list(res.calibration["support"]) == ["view graph"]
+
+
+def test_start_values_need_more_images_or_clearly_more_support(run):
+    """prefer_start_values: more registered images win; at equal counts the start values need
+    START_VALUES_MARGIN x the support; ties keep the calibrated model."""
+    out, _ = run
+    rec = pycolmap.Reconstruction(out / "sparse" / "0")
+    fewer = pycolmap.Reconstruction(rec)
+    fewer.deregister_frame(next(iter(fewer.reg_frame_ids())))
+    m = mapping.START_VALUES_MARGIN
+    support = {id(rec): 1000, id(fewer): 10**6}
+    assert not mapping.prefer_start_values([rec], [fewer], lambda r: support[id(r)])  # fewer images
+    assert mapping.prefer_start_values([fewer], [rec], lambda r: support[id(r)])
+    other = pycolmap.Reconstruction(rec)
+    for value, wins in ((1000, False), (int(1000 * m), False), (int(1000 * m) + 2, True)):
+        support[id(other)] = value
+        assert mapping.prefer_start_values([rec], [other], lambda r: support[id(r)]) is wins
+    assert mapping.prefer_start_values([], [rec], len) and not mapping.prefer_start_values([rec], [], len)
+
+
+def test_epipolar_support_counts_the_matches_a_model_explains(run):
+    """The mapped model explains nearly all verified inlier matches; turning one camera by a few
+    degrees loses that camera's pairs."""
+    out, _ = run
+    rec = pycolmap.Reconstruction(out / "sparse" / "0")
+    pairs, kps = mapping.verified_inliers(out / "sfm" / "database.db")
+    total = sum(len(m) for _, _, m in pairs)
+    good = mapping.epipolar_support(rec, pairs, kps, max_error=2.0)
+    assert 0.8 * total < good <= total
+    assert mapping.epipolar_support(rec, pairs, kps, max_error=0.25) < good  # a tighter error counts fewer
+    image = rec.images[next(iter(rec.reg_image_ids()))]
+    turn = pycolmap.Rigid3d(pycolmap.Rotation3d(np.array([0.0, 0.05, 0.0, 1.0]) / np.linalg.norm([0, 0.05, 0, 1])),
+                            np.zeros(3))  # ~6 deg about y
+    rec.frames[image.frame_id].set_cam_from_world(image.camera_id, turn * image.cam_from_world())
+    bad = mapping.epipolar_support(rec, pairs, kps, max_error=2.0)
+    own = sum(len(m) for a, b, m in pairs if image.name in (a, b))
+    assert bad <= good - 0.5 * own
 
 
 def test_global_mapper_without_exif_estimates_the_focals(run, tmp_path, monkeypatch):
@@ -172,8 +257,8 @@ def test_pairs_below_min_inliers_skip_ransac(run, tmp_path, monkeypatch):
 
 
 def test_quick_ransac_prefilter_drops_only_hopeless_pairs(run, tmp_path, monkeypatch):
-    """Every pair gets a cheap RANSAC first; only pairs it verifies get the full one, and real
-    pairs end as without the pre-filter."""
+    """Every pair gets a cheap RANSAC first; only pairs where it finds enough inliers get the full
+    one, weak pairs keep the cheap geometry, and strong pairs end as without the pre-filter."""
     out, _ = run
     calls = []
     real = pycolmap.estimate_two_view_geometry
@@ -183,16 +268,31 @@ def test_quick_ransac_prefilter_drops_only_hopeless_pairs(run, tmp_path, monkeyp
         calls.append((args[5].ransac.max_num_trials, len(tvg.inlier_matches)))
         return tvg
 
-    db_plain, db_quick = tmp_path / "plain.db", tmp_path / "quick.db"
-    ids = mapping.create_database(db_plain, SCENE / "images", out / "features.h5")
-    mapping.create_database(db_quick, SCENE / "images", out / "features.h5")
-    plain = mapping.import_matches(db_plain, ids, out / "matches_idx.h5", prefilter_trials=0)
+    def verify(name, low, trials):
+        db = tmp_path / name
+        ids = mapping.create_database(db, SCENE / "images", out / "features.h5")
+        st = mapping.import_matches(db, ids, out / "matches_idx.h5", min_num_inliers=low, prefilter_trials=trials,
+                                    max_rotation_error=0)
+        return st, _tvgs(db)
+
+    _, first = verify("first.db", 15, 0)
+    counts = sorted(len(m) for _, m in first.values())
+    low = counts[len(counts) // 2] * 2 // 3  # the weaker pairs fall below WEAK_PAIR_FACTOR x low
+    plain, plain_tvgs = verify("plain.db", low, 0)
     monkeypatch.setattr(mapping.pycolmap, "estimate_two_view_geometry", counting)
-    quick = mapping.import_matches(db_quick, ids, out / "matches_idx.h5", prefilter_trials=200)
+    quick, quick_tvgs = verify("quick.db", low, 200)
     assert calls and calls[0][0] == 200
+    cheap = [n for t, n in calls if t == 200]
     full = [c for c in calls if c[0] > 200]
-    assert len(full) == sum(n >= 15 for t, n in calls if t == 200)  # a full run only after a cheap success
-    assert (quick.num_verified, quick.configs) == (plain.num_verified, plain.configs)
+    strong = mapping.WEAK_PAIR_FACTOR * low
+    assert len(full) == sum(n >= strong for n in cheap)  # a full run only after a strong cheap look
+    assert 0 < len(full) < sum(n >= low for n in cheap)  # ... and weak pairs skipped it
+    for pair, (config, inliers) in quick_tvgs.items():
+        assert len(inliers) >= low
+    for pair, (config, inliers) in plain_tvgs.items():
+        if len(inliers) >= 2 * strong:  # strong pairs: as without the pre-filter
+            assert quick_tvgs[pair] == (config, inliers)
+    assert quick.num_verified >= plain.num_verified - (len(cheap) - sum(n >= low for n in cheap))
 
 
 def test_verification_threads_give_the_same_geometries(run, tmp_path):
