@@ -49,8 +49,9 @@ def test_track_correspondences_obey_the_true_epipolar_geometry(index):
         assert np.median(np.abs((np.roll(hb, 7, 0) * lines).sum(1)) / np.hypot(lines[:, 0], lines[:, 1])) > 5
 
 
-def test_track_pairs_keep_correspondences_through_crop_and_resize(index):
-    ds = TrackPairs(index, (112, 140), seed=1, augment=False, min_crop=0.6, max_points=64)
+@pytest.mark.parametrize("free_aspect", [False, True])
+def test_track_pairs_keep_correspondences_through_crop_and_resize(index, free_aspect):
+    ds = TrackPairs(index, (112, 140), seed=1, augment=False, min_crop=0.6, max_points=64, free_aspect=free_aspect)
     ix = ds.indexes[0]
     for n in range(4):
         s = ds.pair(n)
@@ -61,6 +62,19 @@ def test_track_pairs_keep_correspondences_through_crop_and_resize(index):
     a, b = ds.pair(3), ds.pair(3)
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert ix.images.is_dir()
+
+
+def test_random_crop_free_aspect_draws_each_side_apart():
+    from roma_sfm.train.multiview import random_crop
+
+    rng = np.random.default_rng(0)
+    kept = [random_crop(rng, (400, 300), 0.5) for _ in range(50)]
+    free = [random_crop(rng, (400, 300), 0.5, free_aspect=True) for _ in range(50)]
+    for x0, y0, w, h in kept + free:
+        assert 200 <= w <= 400 and 150 <= h <= 300 and x0 + w <= 400 and y0 + h <= 300
+    assert max(abs(w / h - 4 / 3) for _, _, w, h in kept) < 0.02  # the photo's aspect
+    aspects = [w / h for _, _, w, h in free]
+    assert min(aspects) < 1.0 and max(aspects) > 1.8
 
 
 def test_sparse_loss_is_the_dense_loss_sampled_at_the_points():
@@ -110,6 +124,9 @@ def test_mixed_batches_keep_sparse_samples_out_of_the_dense_certainty():
 def test_training_on_tracks(index, tmp_path):
     cfg = TrainConfig(model=TINY.to_dict(), train_roots=(str(SCENE / "images"),), val_root=None,
                       resolution=(56, 56), batch_size=2, steps=2, warmup_steps=1, num_workers=0, progress=False,
-                      out_dir=str(tmp_path / "run"), track_indexes=(str(index),), p_tracks=0.5, seed=4, threads=1)
+                      out_dir=str(tmp_path / "run"), track_indexes=(str(index),), p_tracks=0.5, seed=4, threads=1,
+                      tracks={"min_crop": 0.5, "free_aspect": True})
     res = train(cfg)
     assert res["finished"] and res["skipped_steps"] == 0 and np.isfinite(res["last_losses"]["total"])
+    with pytest.raises(TypeError):  # an unknown TrackPairs option is an error, not ignored
+        train(TrainConfig(**{**cfg.__dict__, "out_dir": str(tmp_path / "run2"), "tracks": {"min_crops": 0.5}}))

@@ -83,25 +83,32 @@ class TrackIndex:
         return self.xy[a][ia], self.xy[b][ib]
 
 
-def random_crop(rng: np.random.Generator, size: tuple[int, int], min_frac: float) -> tuple[int, int, int, int]:
-    """A window (x0, y0, w, h) of the image (W, H), each side a random fraction >= min_frac."""
+def random_crop(rng: np.random.Generator, size: tuple[int, int], min_frac: float, free_aspect: bool = False
+                ) -> tuple[int, int, int, int]:
+    """A window (x0, y0, w, h) of the image (W, H), each side a random fraction >= min_frac.
+
+    Both sides take one fraction (the photo's aspect) unless ``free_aspect``: then each side draws
+    its own, as in the cropped, rescaled photos of uncalibrated collections, which the matcher
+    stretches to its square input.
+    """
     W, H = size
     f = rng.uniform(min_frac, 1.0)
-    w, h = max(int(W * f), 8), max(int(H * f), 8)
+    g = rng.uniform(min_frac, 1.0) if free_aspect else f
+    w, h = max(int(W * f), 8), max(int(H * g), 8)
     return int(rng.integers(0, W - w + 1)), int(rng.integers(0, H - h + 1)), w, h
 
 
 class TrackPairs(Dataset):
     """Pairs of real photos with sparse GT from track indexes; sample i is a function of (seed, i).
 
-    Each view is a random crop (each side >= ``min_crop`` of the photo, for scale changes) resized to
-    ``size``; keypoints come normalised (``pixel_grid`` convention), padded to ``max_points`` with
+    Each view is a random crop (each side >= ``min_crop`` of the photo, for scale changes; sides drawn
+    apart with ``free_aspect``) resized to ``size``; keypoints come normalised (``pixel_grid`` convention), padded to ``max_points`` with
     ``kpts_valid`` False.
     """
 
     def __init__(self, indexes: Union[PathLike, Sequence[PathLike]], size: tuple[int, int] = (224, 224),
                  seed: int = 0, length: int = 10**8, max_points: int = 1024, min_crop: float = 0.5,
-                 min_points: int = 16, augment: bool = True):
+                 min_points: int = 16, augment: bool = True, free_aspect: bool = False):
         if isinstance(indexes, (str, os.PathLike)):
             indexes = [indexes]
         self.indexes = [TrackIndex(p) for p in indexes]
@@ -110,6 +117,7 @@ class TrackPairs(Dataset):
             raise ValueError(f"no linked pairs in {list(map(str, indexes))}")
         self.size, self.seed, self.length = tuple(size), seed, length
         self.max_points, self.min_crop, self.min_points, self.augment = max_points, min_crop, min_points, augment
+        self.free_aspect = free_aspect
         self._cache: dict[tuple[int, int], np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -125,7 +133,7 @@ class TrackPairs(Dataset):
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         H, W = self.size
         sx, sy = img.shape[1] / size_colmap[0], img.shape[0] / size_colmap[1]  # model size -> file size
-        x0, y0, cw, ch = random_crop(rng, (img.shape[1], img.shape[0]), self.min_crop)
+        x0, y0, cw, ch = random_crop(rng, (img.shape[1], img.shape[0]), self.min_crop, self.free_aspect)
         crop = cv2.resize(img[y0:y0 + ch, x0:x0 + cw], (W, H), interpolation=cv2.INTER_AREA)
         u = (xy[:, 0] * sx - x0) / cw  # in [0, 1] inside the crop
         v = (xy[:, 1] * sy - y0) / ch

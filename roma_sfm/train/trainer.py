@@ -78,6 +78,7 @@ class TrainConfig:
     # real photos with sparse GT from reconstructions (multiview.TrackPairs): p_tracks of all samples
     track_indexes: tuple[str, ...] = ()
     p_tracks: float = 0.0
+    tracks: dict = field(default_factory=dict)  # TrackPairs keyword overrides (min_crop, free_aspect, ...)
     val_root: Optional[str] = None  # photos of the validation pairs (None: no validation; resumed: as saved)
     val_pairs: int = 32  # fixed synthetic pairs (seeds val_seed + i) for PCK
     val_seed: int = 1_000_000
@@ -287,7 +288,7 @@ def _train(cfg: TrainConfig, on_step: Optional[Callable[[int, dict], None]]) -> 
     depth = DepthPairs(cfg.depth_index, cfg.resolution) if cfg.depth_index else None
     dataset = MixedPairs(base, depth, cfg.p_depth, cfg.seed)
     if cfg.track_indexes and cfg.p_tracks > 0:
-        tracks = TrackPairs(cfg.track_indexes, cfg.resolution, seed=cfg.seed + 3_333_333)
+        tracks = TrackPairs(cfg.track_indexes, cfg.resolution, seed=cfg.seed + 3_333_333, **cfg.tracks)
         dataset = MixedPairs(dataset, tracks, cfg.p_tracks, cfg.seed + 2)
     loader = DataLoader(dataset, batch_sampler=StepBatches(start, cfg.steps, cfg.batch_size),
                         num_workers=cfg.num_workers, collate_fn=collate, worker_init_fn=_worker_init,
