@@ -73,6 +73,8 @@ def test_reconstruct_sample_scene_with_sift(recon):
     rep = json.loads((out / "report.json").read_text())
     assert rep["status"] == "ok" and rep["images_given"] == 8 and rep["images_registered"] == 8
     assert rep["config"]["matcher"] == "sift" and rep["evaluation"]["auc@5"] > 90
+    assert rep["config"]["calibrate"] == "compare" and rep["calibration"]["used"] in ("view graph", "start values")
+    assert 0 < rep["calibration"]["support"]["view graph"] <= rep["calibration"]["matches"]
     for f in ("cameras", "images", "points3D"):
         assert (out / "sparse" / "0" / f"{f}.bin").is_file() and (out / "sparse" / "0" / f"{f}.txt").is_file()
     rec = pycolmap.Reconstruction(str(out / "sparse" / "0"))
@@ -93,7 +95,7 @@ def test_steps_chained_reproduce_the_model(recon, tmp_path):
         assert f.attrs["matcher"].startswith("sift") and len(f["0000.jpg"]) == 7
         g = f["0000.jpg/0001.jpg"]
         assert g["keypoints0"].dtype == np.float32 and g["keypoints0"].shape[1] == 2 and len(g["scores"]) > 100
-    res = invoke("map", IMAGES, "--matches", out / "matches.h5", "-o", out, "--num-threads", 1)
+    res = invoke("map", IMAGES, "--matches", out / "matches.h5", "-o", out, "--num-threads", 1, "--calibrate", "always")
     assert res.exit_code == 0, res.output
     assert (out / "features.h5").is_file() and (out / "sfm" / "database.db").is_file()
     assert pycolmap.Reconstruction(str(out / "sparse" / "0")).num_reg_images() == 8
