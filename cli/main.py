@@ -257,7 +257,8 @@ MAPPER_HELP = ("global (GLOMAP, after estimating the focal lengths from the view
                "(COLMAP's).")
 CALIBRATE_HELP = ("Global mapper: start from focal lengths estimated from the view graph ('always'), from EXIF "
                   "or 1.2 x the image size ('never'), or map from both and keep the model that registers more "
-                  "images or explains clearly more matches ('compare', twice the mapping time).")
+                  "images or explains clearly more matches ('compare'; the second mapping runs only when the first "
+                  "leaves over 5 % of what the pairs' own geometries explain unexplained).")
 RESOLUTION_HELP = ("RoMa resolution COARSE[:FINE], each N or HxW in multiples of 14: the coarse pass, then the "
                    "refiners again at FINE ('none': one pass). Default: the preset's, 448:672 for roma-tiny, "
                    "560:864 for the paper models.")

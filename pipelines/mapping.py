@@ -80,8 +80,10 @@ CALIBRATION_MODES = ("compare", "always", "never")
 START_VALUES_MARGIN = 1.02
 SUPPORT_ERROR = 1.0
 # ... and maps from the start values only if the calibrated model explains less than this share of
-# the verified inlier matches (nearly all explained: no candidate can be clearly better)
-COMPARE_BELOW = 0.9
+# the verified inlier matches that their own pair's two-view geometry explains at SUPPORT_ERROR
+# (nearly all explained: no candidate can be clearly better; relative to the two-view share, so
+# that matches less precise than 1 px, as dense ones are, do not trigger it by themselves)
+COMPARE_BELOW = 0.95
 CAMERA_MODES = ("auto", "single", "per_folder", "per_image")
 
 
@@ -108,7 +110,8 @@ class MappingResult:
     focal_priors: dict[int, tuple[float, bool]] = field(default_factory=dict)
     # how the focals were started: {"mode", "used": "view graph" | "start values", and with "compare"
     # "support": {"view graph": n, "start values": n if it was mapped} (epipolar_support of each
-    # candidate's largest model) of "matches" verified inlier matches}
+    # candidate's largest model) of "matches" verified inlier matches, "two-view" of which their own
+    # pair's geometry explains}
     calibration: dict = field(default_factory=dict)
 
 
@@ -399,6 +402,40 @@ def verified_inliers(database: Path) -> tuple[list[tuple[str, str, np.ndarray]],
     return pairs, kps
 
 
+def sampson_errors(F: np.ndarray, x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
+    """Squared Sampson distances (n,) of matches x0 <-> x1 (n, 2) under ``F`` (x1^T F x0 = 0)."""
+    x0h, x1h = np.c_[x0, np.ones(len(x0))], np.c_[x1, np.ones(len(x1))]
+    Fx, Ftx = x0h @ F.T, x1h @ F
+    den = Fx[:, 0] ** 2 + Fx[:, 1] ** 2 + Ftx[:, 0] ** 2 + Ftx[:, 1] ** 2
+    return np.sum(x1h * Fx, 1) ** 2 / np.maximum(den, 1e-300)
+
+
+def two_view_support(database: Path, max_error: float = SUPPORT_ERROR) -> int:
+    """How many verified inlier matches their own pair's two-view geometry explains: Sampson error
+    under the pair's F <= ``max_error`` px, or, for pairs verified by a homography alone, transfer
+    error under H. The most any one model of all cameras could explain, up to the matches'
+    precision."""
+    total = 0
+    with pycolmap.Database.open(database) as db:
+        kps = {im.image_id: np.asarray(db.read_keypoints(im.image_id)[:, :2], np.float64)
+               for im in db.read_all_images()}
+        for pid, tvg in zip(*db.read_two_view_geometries()):
+            m = np.asarray(tvg.inlier_matches)
+            if not len(m):
+                continue
+            a, b = pycolmap.pair_id_to_image_pair(pid)
+            x0, x1 = kps[a][m[:, 0]], kps[b][m[:, 1]]
+            if tvg.F is not None:
+                total += int((sampson_errors(np.asarray(tvg.F), x0, x1) <= max_error**2).sum())
+            elif tvg.H is not None:
+                y = np.c_[x0, np.ones(len(x0))] @ np.asarray(tvg.H).T
+                err = np.linalg.norm(y[:, :2] / y[:, 2:] - x1, axis=1)
+                total += int((err <= max_error).sum())
+            else:
+                total += len(m)
+    return total
+
+
 def epipolar_support(rec: pycolmap.Reconstruction, pairs: list, kps: dict, max_error: float = SUPPORT_ERROR
                      ) -> int:
     """How many of ``pairs``' matches (:func:`verified_inliers`) the model's poses and cameras
@@ -416,13 +453,9 @@ def epipolar_support(rec: pycolmap.Reconstruction, pairs: list, kps: dict, max_e
         t = np.asarray(rel.translation, np.float64)
         t = t / max(np.linalg.norm(t), 1e-12)
         E = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]]) @ rel.rotation.matrix()
-        xa = np.c_[ca.cam_from_img(kps[a][m[:, 0]]), np.ones(len(m))]
-        xb = np.c_[cb.cam_from_img(kps[b][m[:, 1]]), np.ones(len(m))]
-        Ex, Etx = xa @ E.T, xb @ E
-        num = np.sum(xb * Ex, 1) ** 2
-        den = Ex[:, 0] ** 2 + Ex[:, 1] ** 2 + Etx[:, 0] ** 2 + Etx[:, 1] ** 2
+        xa, xb = ca.cam_from_img(kps[a][m[:, 0]]), cb.cam_from_img(kps[b][m[:, 1]])
         f = 0.5 * (ca.mean_focal_length() + cb.mean_focal_length())
-        total += int((num <= (max_error / f) ** 2 * np.maximum(den, 1e-300)).sum())
+        total += int((sampson_errors(E, xa, xb) <= (max_error / f) ** 2).sum())
     return total
 
 
@@ -445,15 +478,16 @@ def compare_start_values(models: dict, run: Callable, database: Path, start_db: 
                          start_tmp: Path, models_tmp: Path, opts, seed: int, calibration: dict) -> dict:
     """calibrate="compare", after the mapping from calibrated focals (``models``, in ``database`` /
     ``models_tmp``): map ``start_db`` (the database before calibration) into ``start_tmp`` too,
-    unless the calibrated model explains ``COMPARE_BELOW`` of the verified matches already; if
-    :func:`prefer_start_values`, its database and models take the others' place. Returns the models
-    kept and fills ``calibration`` ("used", "matches", "support")."""
+    unless the calibrated model explains ``COMPARE_BELOW`` of what the pairs' own geometries explain
+    (:func:`two_view_support`); if :func:`prefer_start_values`, its database and models take the
+    others' place. Returns the models kept and fills ``calibration`` ("used", "matches",
+    "two-view", "support")."""
     pairs, kps = verified_inliers(start_db)  # as verified, before the calibration
     total = int(sum(len(m) for _, _, m in pairs))
     ranked_calib = rank_models(models.values())
     support = {"view graph": epipolar_support(ranked_calib[0], pairs, kps) if ranked_calib else 0}
-    calibration.update(matches=total, support=support)
-    if support["view graph"] < COMPARE_BELOW * total:
+    calibration.update(matches=total, support=support, **{"two-view": two_view_support(start_db)})
+    if support["view graph"] < COMPARE_BELOW * calibration["two-view"]:
         start_tmp.mkdir()
         pycolmap.set_random_seed(seed)
         alt = run(start_db, images, start_tmp, opts)
@@ -466,8 +500,8 @@ def compare_start_values(models: dict, run: Callable, database: Path, start_db: 
             os.replace(start_db, database)
             replace_dir(start_tmp, models_tmp)
             models = alt
-    logger.info("mapping: focals from the %s (support %s of %d verified matches)", calibration["used"], support,
-                total)
+    logger.info("mapping: focals from the %s (support %s of %d verified matches, %d explained by their own pair)",
+                calibration["used"], support, total, calibration["two-view"])
     return models
 
 

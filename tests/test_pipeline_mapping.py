@@ -1,5 +1,6 @@
 """End to end on the project's own sample scene with the SIFT matcher: every image registered."""
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -128,7 +129,7 @@ def test_calibration_compare_maps_twice_and_keeps_the_chosen_start(run, tmp_path
 
     monkeypatch.setattr(pycolmap, "global_mapping", spy)
     monkeypatch.setattr(mapping, "prefer_start_values", lambda *args: start_wins)
-    monkeypatch.setattr(mapping, "COMPARE_BELOW", 1.01)  # compare even when the calibrated model explains all
+    monkeypatch.setattr(mapping, "COMPARE_BELOW", 2.0)  # compare even when the calibrated model explains all
     priors = mapping.main(tmp_path / "never", SCENE / "images", out / "features.h5", out / "matches_idx.h5",
                           camera_mode="per_image", num_threads=1, calibrate="never").focal_priors
     exif = sorted(round(f, 3) for f, _ in priors.values())
@@ -140,6 +141,7 @@ def test_calibration_compare_maps_twice_and_keeps_the_chosen_start(run, tmp_path
     assert set(res.calibration["support"]) == {"view graph", "start values"}
     assert all(0.5 * res.calibration["matches"] < n <= res.calibration["matches"]
                for n in res.calibration["support"].values())
+    assert 0.5 * res.calibration["matches"] < res.calibration["two-view"] <= res.calibration["matches"]
     assert _focals(tmp_path / "sfm" / "database.db") == starts[1 if start_wins else 0]
     assert sorted(p.name for p in (tmp_path / "sfm").iterdir()) == ["database.db", "models"]
     assert res.reconstruction.num_reg_images() >= 6
@@ -314,3 +316,24 @@ def test_models_of_an_earlier_run_are_removed(run, tmp_path):
     res = mapping.main(tmp_path / "sfm", SCENE / "images", out / "features.h5", out / "matches_idx.h5",
                        min_num_inliers=10**6, num_threads=1)  # nothing verifies: no model
     assert res.reconstruction is None and not stale.exists() and (tmp_path / "sfm" / "models").is_dir()
+
+
+def test_two_view_support_counts_what_each_pair_explains(run, tmp_path):
+    """Each pair's own geometry explains nearly all of its verified inliers at a few px, fewer at a
+    tighter error; moving one image's keypoints breaks its pairs' geometries."""
+    out, _ = run
+    db = out / "sfm" / "database.db"
+    pairs, _ = mapping.verified_inliers(db)
+    total = sum(len(m) for _, _, m in pairs)
+    loose = mapping.two_view_support(db, max_error=4.0)
+    assert 0.9 * total < loose <= total
+    assert mapping.two_view_support(db, max_error=0.25) < mapping.two_view_support(db, max_error=1.0) <= loose
+    moved = tmp_path / "moved.db"
+    shutil.copy(db, moved)
+    with pycolmap.Database.open(moved) as d:
+        image = d.read_all_images()[0]
+        kp = d.read_keypoints(image.image_id)
+        kp[:, :2] = kp[:, :2] + np.random.default_rng(0).normal(0, 20, (len(kp), 2))
+        d.update_keypoints(image.image_id, kp)
+    own = sum(len(m) for a, b, m in pairs if image.name in (a, b))
+    assert mapping.two_view_support(moved, max_error=4.0) <= loose - 0.8 * own
