@@ -47,6 +47,8 @@ class RomaConfig:
     vit_pos_grid: int = 37  # pos_embed made for 518 px = 37x37 tokens
     conv_coarse_dims: tuple[int, ...] = ()  # for coarse_encoder == "conv": channels of the stride-16 layers
     coarse_dim: int = 1024  # channels the coarse encoder outputs
+    coarse_context_depth: int = 0  # for "conv": Transformer blocks over the coarse grid (global context)
+    coarse_context_heads: int = 8
     # fine encoder: VGG19-BN stages (convs per stage, channels) up to stride 8
     vgg_widths: tuple[int, int, int, int] = (64, 128, 256, 512)
     vgg_convs: tuple[int, int, int, int] = (2, 2, 4, 4)

@@ -227,3 +227,21 @@ def test_padded_matching_runs_on_mixed_aspects():
     assert (kb[:, 0] <= 50).all() and (kb[:, 1] <= 120).all()
     with pytest.raises(ValueError, match="fit must be"):
         random_matcher(micro_config(), device="cpu", fit="crop")
+
+
+@pytest.mark.parametrize("depth", [0, 1])
+def test_coarse_context_sees_the_whole_image(depth):
+    """With coarse context a coarse feature depends on pixels far outside the convolutions' window
+    (here the opposite corner of a 224 px image); without it, it does not."""
+    cfg = micro_config().replace(coarse_context_depth=depth, coarse_context_heads=2)
+    torch.manual_seed(0)
+    model = RoMa(cfg).eval()
+    for name, p in model.named_parameters():
+        if name.endswith(".gamma"):  # LayerScale starts near 0: open the blocks
+            p.data.fill_(1.0)
+    x = torch.randn(1, 3, 224, 224)
+    y = x.clone()
+    y[..., 168:, 168:] += 5.0
+    with torch.no_grad():
+        a, b = model.encode(x)[16][..., 0, 0], model.encode(y)[16][..., 0, 0]
+    assert (a - b).abs().max() > 1e-4 if depth else torch.equal(a, b)

@@ -144,3 +144,24 @@ def test_weights_metadata_names_the_training_data():
     full = training_data_summary({"p_scene": 0.6, "scene_roots": ["x/multiview"], "p_tracks": 0.2,
                                   "track_indexes": ["runs/lund.npz"]})
     assert "rendered 3-D scenes" in full and "multiview" in full and "(lund)" in full
+
+
+def test_init_from_a_smaller_model_grows_it(photos, tmp_path):
+    """Weights of a model without coarse context start a model with it: the old weights load,
+    only the new blocks keep their initialisation, and the grown model first behaves as the old one."""
+    from roma_sfm.models.roma import RoMa
+    from roma_sfm.train.trainer import init_weights
+
+    train(tiny_cfg(photos, tmp_path / "a", steps=1, val_root=None))
+    export_weights(str(tmp_path / "a" / "last.pt"), str(tmp_path / "a.safetensors"), dtype=torch.float32)
+    small, grown = RoMa(TINY).eval(), RoMa(TINY.replace(coarse_context_depth=1, coarse_context_heads=2)).eval()
+    assert init_weights(small, str(tmp_path / "a.safetensors")) == []
+    new = init_weights(grown, str(tmp_path / "a.safetensors"))
+    assert new and all(k.startswith("encoder.conv_coarse.context.") for k in new)
+    x = torch.randn(2, 3, 56, 84)
+    with torch.no_grad():
+        torch.testing.assert_close(grown.encode(x)[16], small.encode(x)[16], atol=1e-3, rtol=0)
+    # the other way round the file lacks nothing but holds weights the small model has no place for
+    torch.save(grown.state_dict(), tmp_path / "grown.pt")
+    with pytest.raises(ValueError, match="no place for"):
+        init_weights(RoMa(TINY), str(tmp_path / "grown.pt"))

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..presets import RomaConfig
-from .dinov2 import DinoVisionTransformer
+from .dinov2 import Block, DinoVisionTransformer
 
 
 class VGG19Pyramid(nn.Module):
@@ -39,13 +39,39 @@ class VGG19Pyramid(nn.Module):
         return feats
 
 
+class CoarseContext(nn.Module):
+    """Transformer blocks over the coarse grid: every coarse feature sees the whole image.
+
+    The convolutions alone see a fixed window, so one surface zoomed 3x gives unrelated features;
+    DINOv2 has global attention. A zero-initialised depthwise conv gives the tokens their position
+    (as a conditional positional encoding), and LayerScale starts each block near the identity, so
+    weights trained without these blocks load and match as before.
+    """
+
+    def __init__(self, dim: int, depth: int, heads: int):
+        super().__init__()
+        self.pos = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        nn.init.zeros_(self.pos.weight)
+        nn.init.zeros_(self.pos.bias)
+        self.blocks = nn.Sequential(*[Block(dim, heads, norm_eps=1e-5) for _ in range(depth)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B,C,h,w) -> (B,C,h,w)."""
+        x = x + self.pos(x)
+        b, c, h, w = x.shape
+        t = self.blocks(x.flatten(2).transpose(1, 2))
+        return t.transpose(1, 2).reshape(b, c, h, w)
+
+
 class ConvCoarseEncoder(nn.Module):
-    """Coarse features from the stride-8 map: strided convs, then resampled to the patch-14 grid.
+    """Coarse features from the stride-8 map: strided convs, then resampled to the patch-14 grid,
+    optionally followed by :class:`CoarseContext`.
 
     Stands in for DINOv2 where no pretrained ViT exists; trainable from scratch.
     """
 
-    def __init__(self, in_dim: int, dims: tuple[int, ...], out_dim: int):
+    def __init__(self, in_dim: int, dims: tuple[int, ...], out_dim: int, context_depth: int = 0,
+                 context_heads: int = 8):
         super().__init__()
         layers: list[nn.Module] = []
         c_in = in_dim
@@ -55,11 +81,12 @@ class ConvCoarseEncoder(nn.Module):
             c_in = c
         layers.append(nn.Conv2d(c_in, out_dim, 1))
         self.layers = nn.Sequential(*layers)
+        self.context = CoarseContext(out_dim, context_depth, context_heads) if context_depth else None
 
     def forward(self, f8: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """f8: (B,C,H/8,W/8) -> (B,out_dim,H/14,W/14)."""
-        x = self.layers(f8)
-        return F.interpolate(x, size=grid, mode="bilinear", align_corners=False)
+        x = F.interpolate(self.layers(f8), size=grid, mode="bilinear", align_corners=False)
+        return x if self.context is None else self.context(x)
 
 
 class Encoder(nn.Module):
@@ -74,7 +101,8 @@ class Encoder(nn.Module):
                                                 pos_grid=cfg.vit_pos_grid)
             self.dinov2.requires_grad_(False)  # frozen, as in the paper
         elif cfg.coarse_encoder == "conv":
-            self.conv_coarse = ConvCoarseEncoder(cfg.vgg_widths[3], cfg.conv_coarse_dims, cfg.coarse_dim)
+            self.conv_coarse = ConvCoarseEncoder(cfg.vgg_widths[3], cfg.conv_coarse_dims, cfg.coarse_dim,
+                                                 cfg.coarse_context_depth, cfg.coarse_context_heads)
         else:
             raise ValueError(f"unknown coarse encoder '{cfg.coarse_encoder}'")
 

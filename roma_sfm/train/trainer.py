@@ -124,6 +124,18 @@ class TrainConfig:
 # data order, schedule
 
 
+def init_weights(model: torch.nn.Module, path: str) -> list[str]:
+    """Load ``path`` into ``model``; the model may have grown (new modules keep their initialisation).
+
+    Returns the parameter names the file lacks. A name the model lacks or a shape mismatch is an
+    error: those weights were made for another model.
+    """
+    missing, unexpected = model.load_state_dict(load_weights(path), strict=False)
+    if unexpected:
+        raise ValueError(f"{path} holds weights this model has no place for: {', '.join(unexpected[:5])}")
+    return list(missing)
+
+
 class StepBatches(Sampler[list[int]]):
     """Batch t (t = start ... steps-1) = sample indices [t*B, (t+1)*B): the order is the step."""
 
@@ -247,7 +259,7 @@ def _train(cfg: TrainConfig, on_step: Optional[Callable[[int, dict], None]]) -> 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
-    start, elapsed = 0, 0.0
+    start, elapsed, grown = 0, 0.0, []
     last = out_dir / "last.pt"
     resumed = cfg.resume and last.exists()
     if resumed:
@@ -265,7 +277,7 @@ def _train(cfg: TrainConfig, on_step: Optional[Callable[[int, dict], None]]) -> 
         random.seed(cfg.seed)
         prior = no_prior()
         if cfg.init_from:
-            model.load_state_dict(load_weights(cfg.init_from))
+            grown = init_weights(model, cfg.init_from)
             prior = prior_training(cfg.init_from)
     remove_stale_tmp(out_dir)
     write_text_atomic(out_dir / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
@@ -305,6 +317,10 @@ def _train(cfg: TrainConfig, on_step: Optional[Callable[[int, dict], None]]) -> 
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     console = Console(stderr=True)
+    if grown:
+        modules = sorted({".".join(k.split(".")[:3]) for k in grown})
+        console.print(f"[yellow]{len(grown)} tensors not in {cfg.init_from} start from their initialisation:[/] "
+                      + ", ".join(modules), highlight=False)
     live = cfg.progress and console.is_terminal
     progress = Progress(TextColumn("[bold]{task.completed}/{task.total}"), BarColumn(), TimeRemainingColumn(),
                         TextColumn("{task.fields[info]}"), console=console, disable=not live)
