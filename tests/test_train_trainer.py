@@ -165,3 +165,21 @@ def test_init_from_a_smaller_model_grows_it(photos, tmp_path):
     torch.save(grown.state_dict(), tmp_path / "grown.pt")
     with pytest.raises(ValueError, match="no place for"):
         init_weights(RoMa(TINY), str(tmp_path / "grown.pt"))
+
+
+def test_lr_scale_gives_a_prefix_its_own_learning_rate():
+    """lr_scale: the parameters under a prefix train at their part's lr times the multiplier; the
+    others keep theirs; a prefix that names nothing is an error, not a silent no-op."""
+    from roma_sfm.models.roma import RoMa
+    from roma_sfm.train.trainer import build_optimizer
+
+    model = RoMa(TINY.replace(coarse_context_depth=1, coarse_context_heads=2))
+    cfg = TrainConfig(lr=1e-3, encoder_lr=2e-4, lr_scale={"encoder.conv_coarse.context": 10})
+    opt = build_optimizer(model, cfg)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    for n, p in model.named_parameters():
+        want = 2e-3 if n.startswith("encoder.conv_coarse.context") else 2e-4 if n.startswith("encoder.") else 1e-3
+        assert lr_of[id(p)] == pytest.approx(want), n
+    assert len(lr_of) == sum(1 for _ in model.parameters())
+    with pytest.raises(ValueError, match="no trainable parameter"):
+        build_optimizer(model, TrainConfig(lr_scale={"encoder.nothing": 2}))

@@ -91,6 +91,9 @@ class TrainConfig:
     batch_size: int = 4
     lr: float = 4e-4
     encoder_lr: Optional[float] = None  # None: same as lr (the encoders are trained from scratch)
+    # parameter-name prefix -> lr multiplier, e.g. {"encoder.conv_coarse.context": 10} for blocks new to
+    # a grown model (init_from), which start near the identity and must catch up in a short run
+    lr_scale: dict = field(default_factory=dict)
     weight_decay: float = 0.01
     warmup_steps: int = 500
     decay: str = "step"  # "step": x0.1 at 90 % of the steps; "cosine": to 0 at the end; "none"
@@ -210,10 +213,21 @@ def build_model(cfg: TrainConfig) -> RoMa:
 
 
 def build_optimizer(model: RoMa, cfg: TrainConfig) -> torch.optim.AdamW:
-    enc = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("encoder.")]
-    dec = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("encoder.")]
+    """AdamW with groups: decoder (lr), encoders (encoder_lr), then one group per ``lr_scale`` prefix
+    (its parameters at their part's lr times the multiplier)."""
     enc_lr = cfg.lr if cfg.encoder_lr is None else cfg.encoder_lr
-    return torch.optim.AdamW([{"params": dec, "lr": cfg.lr}, {"params": enc, "lr": enc_lr}],
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    for prefix in cfg.lr_scale:
+        if not any(n.startswith(prefix) for n, _ in named):
+            raise ValueError(f"lr_scale: no trainable parameter starts with '{prefix}'")
+    groups = {"decoder": [], "encoder": [], **{prefix: [] for prefix in cfg.lr_scale}}
+    for n, p in named:
+        scaled = [prefix for prefix in cfg.lr_scale if n.startswith(prefix)]
+        groups[max(scaled, key=len) if scaled else "encoder" if n.startswith("encoder.") else "decoder"].append(p)
+    base = {prefix: (enc_lr if prefix.startswith("encoder.") else cfg.lr) * float(mult)
+            for prefix, mult in cfg.lr_scale.items()}
+    lrs = {"decoder": cfg.lr, "encoder": enc_lr, **base}
+    return torch.optim.AdamW([{"params": ps, "lr": lrs[k]} for k, ps in groups.items()],
                              weight_decay=cfg.weight_decay)
 
 
