@@ -408,6 +408,7 @@ def _train_config(d: Path, steps: int) -> Path:
                 ((16, 8, 1), (8, 8, 1), (4, 4, 1), (2, 2, 0), (1, 2, 0))}
     model = get_preset("roma-tiny").replace(
         name="faults-tiny", vgg_widths=(4, 8, 8, 8), vgg_convs=(1, 1, 1, 1), conv_coarse_dims=(8,), coarse_dim=8,
+        coarse_context_depth=0,
         proj_dims={16: 8, 8: 8, 4: 4, 2: 2, 1: 2}, gp_dim=8, dec_dim=16, dec_depth=1, dec_heads=2, refiners=refiners)
     cfg = {"model": model.to_dict(), "train_roots": [str(d / "photos")], "val_root": None, "resolution": [56, 56],
            "batch_size": 2, "steps": steps, "warmup_steps": 2, "ckpt_every": 5, "log_every": 1, "num_workers": 0,

@@ -129,13 +129,14 @@ ROMA_OUTDOOR = RomaConfig(name="roma-outdoor", checkpoint_name="roma_outdoor.pth
 ROMA_INDOOR = RomaConfig(name="roma-indoor", checkpoint_name="roma_indoor.pth")
 
 # Compact CPU preset: same structure, narrow VGG, a convolutional coarse encoder on the stride-8
-# features (a ViT does not train from scratch on 2 CPU cores), small GP/Transformer, 4 hidden
-# blocks per refiner.
+# features with two Transformer blocks after it (a ViT does not train from scratch on 2 CPU cores),
+# small GP/Transformer, 1-3 hidden blocks per refiner.
 ROMA_TINY = RomaConfig(
     name="roma-tiny",
     coarse_encoder="conv",
     conv_coarse_dims=(128, 192, 192),
     coarse_dim=192,
+    coarse_context_depth=2,  # global context over the coarse grid (step 15 968 on)
     vgg_widths=(16, 32, 64, 128),
     vgg_convs=(1, 1, 2, 2),
     proj_dims={16: 128, 8: 96, 4: 48, 2: 24, 1: 8},

@@ -13,6 +13,7 @@ from roma_sfm.train.trainer import TrainConfig, config_from_args, export_weights
 
 TINY = get_preset("roma-tiny").replace(
     name="test-tiny", vgg_widths=(4, 8, 8, 8), vgg_convs=(1, 1, 1, 1), conv_coarse_dims=(8,), coarse_dim=8,
+    coarse_context_depth=0,
     proj_dims={16: 8, 8: 8, 4: 4, 2: 2, 1: 2}, gp_dim=8, dec_dim=16, dec_depth=1, dec_heads=2,
     refiners={16: RefinerConfig(8, 2, 1, hidden_blocks=1), 8: RefinerConfig(8, 2, 1, hidden_blocks=0),
               4: RefinerConfig(4, 2, 1, hidden_blocks=0), 2: RefinerConfig(2, 2, 0, hidden_blocks=0),
