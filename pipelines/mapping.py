@@ -486,7 +486,8 @@ def compare_start_values(models: dict, run: Callable, database: Path, start_db: 
     total = int(sum(len(m) for _, _, m in pairs))
     ranked_calib = rank_models(models.values())
     support = {"view graph": epipolar_support(ranked_calib[0], pairs, kps) if ranked_calib else 0}
-    calibration.update(matches=total, support=support, **{"two-view": two_view_support(start_db)})
+    calibration.update(matches=total, support=support)
+    calibration["two-view"] = two_view_support(start_db)
     if support["view graph"] < COMPARE_BELOW * calibration["two-view"]:
         start_tmp.mkdir()
         pycolmap.set_random_seed(seed)

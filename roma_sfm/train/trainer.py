@@ -123,10 +123,6 @@ class TrainConfig:
 # checkpoints
 
 
-# ------------------------------------------------------------------------------------------------
-# data order, schedule
-
-
 def init_weights(model: torch.nn.Module, path: str) -> list[str]:
     """Load ``path`` into ``model``; the model may have grown (new modules keep their initialisation).
 
@@ -137,6 +133,10 @@ def init_weights(model: torch.nn.Module, path: str) -> list[str]:
     if unexpected:
         raise ValueError(f"{path} holds weights this model has no place for: {', '.join(unexpected[:5])}")
     return list(missing)
+
+
+# ------------------------------------------------------------------------------------------------
+# data order, schedule
 
 
 class StepBatches(Sampler[list[int]]):
