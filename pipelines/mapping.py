@@ -45,8 +45,6 @@ from ..io import atomic_output
 from .utils import logger, replace_dir
 
 DEFAULT_FOCAL_FACTOR = 1.2
-# pairs whose cheap RANSAC look finds fewer inliers than this x min_num_inliers skip the full one
-WEAK_PAIR_FACTOR = 2
 
 # Mapper options over COLMAP's defaults, by matches kind and mapper; dotted keys reach nested
 # options. Dense tracks carry ~5x SIFT's observations per image, and BA dominates: one refinement
@@ -65,7 +63,7 @@ R = TypeVar("R")
 # the step's defaults (reconstruct and the CLI read them here)
 confs = {
     "default": {"mapper": "global", "camera_mode": "auto", "camera_model": "SIMPLE_RADIAL", "min_model_size": 3,
-                "min_num_inliers": 15, "ransac_max_error": 4.0, "max_rotation_error": 30.0, "num_threads": -1,
+                "min_num_inliers": 15, "ransac_max_error": 4.0, "ransac_max_trials": 1000, "max_rotation_error": 30.0, "num_threads": -1,
                 "seed": 0, "calibrate": "compare"},
 }
 DEFAULTS = confs["default"]
@@ -238,14 +236,16 @@ def _ordered_map(fn: Callable[[T], R], items: Iterable[T], num_threads: int) -> 
 def import_matches(database: Path, image_ids: dict[str, int], matches_idx: Path,
                    min_num_inliers: int = DEFAULTS["min_num_inliers"],
                    ransac_max_error: float = DEFAULTS["ransac_max_error"], skip_geometric_verification: bool = False,
-                   seed: int = DEFAULTS["seed"], num_threads: int = 1, prefilter_trials: int = 1000,
+                   seed: int = DEFAULTS["seed"], num_threads: int = 1,
+                   ransac_max_trials: int = DEFAULTS["ransac_max_trials"],
                    max_rotation_error: float = DEFAULTS["max_rotation_error"]) -> VerificationStats:
     """Write raw matches and verified two-view geometries of every pair into ``database``.
 
     Pairs with fewer than ``min_num_inliers`` matches cannot be verified and skip RANSAC (counted as
     DEGENERATE, as COLMAP would); the others are verified on ``num_threads`` threads (<= 0: all
-    cores) with the same result as on one: a RANSAC of ``prefilter_trials`` first, then the full one
-    unless that found fewer than ``WEAK_PAIR_FACTOR`` x ``min_num_inliers`` inliers. A verified pair whose relative rotation is more than
+    cores) with the same result as on one, by COLMAP's RANSAC capped at ``ransac_max_trials`` (<= 0:
+    COLMAP's cap, 10000, which is reached only by pairs with a low inlier ratio, where it costs ~10x and
+    hardly changes the inliers: docs/design/mapping.md). A verified pair whose relative rotation is more than
     ``max_rotation_error`` deg from the robust average over all pairs (``viewgraph``; 0 disables)
     keeps its matches but not its geometry, and is listed in ``rotation_outliers``.
     """
@@ -255,11 +255,8 @@ def import_matches(database: Path, image_ids: dict[str, int], matches_idx: Path,
     opts.min_num_inliers = min_num_inliers
     opts.ransac.max_error = ransac_max_error
     opts.ransac.random_seed = seed
-    quick = None
-    if prefilter_trials:
-        quick = pycolmap.TwoViewGeometryOptions()
-        quick.min_num_inliers, quick.ransac.max_error, quick.ransac.random_seed = min_num_inliers, ransac_max_error, seed
-        quick.ransac.max_num_trials = min(prefilter_trials, quick.ransac.max_num_trials)
+    if ransac_max_trials > 0:
+        opts.ransac.max_num_trials = ransac_max_trials
     inliers = []
     degenerate = pycolmap.TwoViewGeometryConfiguration.DEGENERATE
     with pycolmap.Database.open(database) as db:
@@ -278,13 +275,7 @@ def import_matches(database: Path, image_ids: dict[str, int], matches_idx: Path,
                 tvg = pycolmap.TwoViewGeometry()
                 tvg.config = degenerate
             else:
-                tvg = None
-                if quick is not None:  # cheap look first: most pairs that fail here fail the full RANSAC too
-                    tvg = pycolmap.estimate_two_view_geometry(cams[a], kps[a], cams[b], kps[b], idx, quick)
-                # a weak pair keeps the cheap look's geometry: its low inlier ratio would run the full
-                # RANSAC to its trial cap (~10x the cost) for an edge that stays weak at best
-                if tvg is None or len(tvg.inlier_matches) >= WEAK_PAIR_FACTOR * min_num_inliers:
-                    tvg = pycolmap.estimate_two_view_geometry(cams[a], kps[a], cams[b], kps[b], idx, opts)
+                tvg = pycolmap.estimate_two_view_geometry(cams[a], kps[a], cams[b], kps[b], idx, opts)
             return tvg
 
         threads = 1 if skip_geometric_verification else _resolve_threads(num_threads)
@@ -509,7 +500,8 @@ def compare_start_values(models: dict, run: Callable, database: Path, start_db: 
 def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_mode: str = DEFAULTS["camera_mode"],
          mapper: str = DEFAULTS["mapper"], camera_model: str = DEFAULTS["camera_model"],
          min_model_size: int = DEFAULTS["min_model_size"], min_num_inliers: int = DEFAULTS["min_num_inliers"],
-         ransac_max_error: float = DEFAULTS["ransac_max_error"], skip_geometric_verification: bool = False,
+         ransac_max_error: float = DEFAULTS["ransac_max_error"],
+         ransac_max_trials: int = DEFAULTS["ransac_max_trials"], skip_geometric_verification: bool = False,
          num_threads: int = DEFAULTS["num_threads"], seed: int = DEFAULTS["seed"], options: Optional[dict] = None,
          max_rotation_error: float = DEFAULTS["max_rotation_error"], calibrate: str = DEFAULTS["calibrate"]
          ) -> MappingResult:
@@ -552,7 +544,7 @@ def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_
             drop_focal_priors(database)
         ver = import_matches(database, image_ids, matches_idx, min_num_inliers, ransac_max_error,
                              skip_geometric_verification, seed, num_threads=num_threads,
-                             max_rotation_error=max_rotation_error)
+                             ransac_max_trials=ransac_max_trials, max_rotation_error=max_rotation_error)
         times["verification"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         models: dict = {}
