@@ -63,8 +63,8 @@ R = TypeVar("R")
 # the step's defaults (reconstruct and the CLI read them here)
 confs = {
     "default": {"mapper": "global", "camera_mode": "auto", "camera_model": "SIMPLE_RADIAL", "min_model_size": 3,
-                "min_num_inliers": 15, "ransac_max_error": 4.0, "ransac_max_trials": 1000, "max_rotation_error": 30.0, "num_threads": -1,
-                "seed": 0, "calibrate": "compare"},
+                "min_num_inliers": 15, "ransac_max_error": 4.0, "ransac_max_trials": 1000, "max_rotation_error": 30.0,
+                "num_threads": -1, "seed": 0, "calibrate": "compare"},
 }
 DEFAULTS = confs["default"]
 MAPPERS = ("incremental", "global")
@@ -244,8 +244,8 @@ def import_matches(database: Path, image_ids: dict[str, int], matches_idx: Path,
     Pairs with fewer than ``min_num_inliers`` matches cannot be verified and skip RANSAC (counted as
     DEGENERATE, as COLMAP would); the others are verified on ``num_threads`` threads (<= 0: all
     cores) with the same result as on one, by COLMAP's RANSAC capped at ``ransac_max_trials`` (<= 0:
-    COLMAP's cap, 10000, which is reached only by pairs with a low inlier ratio, where it costs ~10x and
-    hardly changes the inliers: docs/design/mapping.md). A verified pair whose relative rotation is more than
+    COLMAP's cap, 10000, which only pairs with a low inlier ratio reach, at ~10x the cost, for hardly
+    any more inliers: docs/design/mapping.md). A verified pair whose relative rotation is more than
     ``max_rotation_error`` deg from the robust average over all pairs (``viewgraph``; 0 disables)
     keeps its matches but not its geometry, and is listed in ``rotation_outliers``.
     """
