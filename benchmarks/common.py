@@ -6,6 +6,7 @@
   a ``.safetensors`` checkpoint, ``sift`` (our SiftMatcher as in the pipeline: RootSIFT, contrast
   0.02, ratio 0.8, mutual check) or ``sift-opencv`` (plain OpenCV SIFT: 8000 features, OpenCV
   defaults, ratio test 0.8 and no mutual check; the peer of the data README's reference numbers).
+  A RoMa spec may end in ``@COARSE[:FINE]``, the CLI's ``--resolution`` (e.g. ``roma@448:none``).
 - ``TimedMatcher``: (path A, path B) -> (kpts A, kpts B) in pixels of the originals, COLMAP
   convention (corner at 0, pixel centres at +0.5), and the seconds spent matching. Dense matchers
   are sampled (``num_samples``, balanced); a sparse matcher gives all its matches.
@@ -26,7 +27,8 @@ DATA = Path(os.environ.get("ROMA_SFM_SHARED", ROOT.parent / "shared")) / "data"
 
 MATCHER_HELP = ("matchers to compare: 'roma' (the shipped model), a preset name, a .safetensors checkpoint, "
                 "'sift' (our SiftMatcher, as in the pipeline) or 'sift-opencv' (plain OpenCV SIFT, 8000 "
-                "features, ratio 0.8, no mutual check)")
+                "features, ratio 0.8, no mutual check); a RoMa spec may end in @RES, the CLI's --resolution "
+                "(e.g. roma@448:none for one pass)")
 
 
 def add_common_args(ap: argparse.ArgumentParser) -> None:
@@ -56,8 +58,11 @@ def label(spec: str) -> str:
 
 
 def build_matcher(spec: str, device: str = "auto") -> Any:
-    from roma_sfm.pipelines.matchers import SiftMatcher, get_matcher
+    from roma_sfm.pipelines.matchers import SiftMatcher, get_matcher, resolve
 
+    name, at, res = str(spec).partition("@")
+    if at:  # the CLI's --resolution, e.g. roma@448:none
+        return get_matcher(resolve(name, res, device).matcher, device=device)
     if str(spec).lower() == "sift-opencv":
         # cv2.SIFT_create(8000) with OpenCV's defaults + Lowe's ratio test, exact L2 neighbours
         return SiftMatcher(max_features=8000, ratio=0.8, mutual=False, rootsift=False, contrast_threshold=0.04)

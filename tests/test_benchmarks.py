@@ -162,3 +162,16 @@ def test_pair_gate_rule_sits_in_the_middle_of_the_gap():
     # negatives that score like the positives: no gap, the best balanced accuracy wins
     t2 = gate.choose(np.full(10, 0.3), np.r_[np.zeros(50), np.full(50, 0.5)])
     assert 0.0 < t2 <= 0.3
+
+
+def test_matcher_spec_takes_the_cli_resolution():
+    # 'roma@COARSE[:FINE]' loads the matcher as `--resolution COARSE[:FINE]` would
+    from roma_sfm.pipelines.matchers import MatcherSpecError
+
+    one = common.build_matcher("roma-tiny@224:none", "cpu")
+    assert one.coarse_res == (224, 224) and one.upsample_res is None
+    two = common.build_matcher("roma-tiny@224:336", "cpu")
+    assert two.coarse_res == (224, 224) and two.upsample_res == (336, 336)
+    assert common.label("roma@448:none") == "roma@448:none"
+    with pytest.raises(MatcherSpecError):
+        common.build_matcher("roma-tiny@225", "cpu")
