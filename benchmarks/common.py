@@ -57,12 +57,20 @@ def label(spec: str) -> str:
     return Path(s).name if (os.sep in s or s.endswith(".safetensors")) else s
 
 
-def build_matcher(spec: str, device: str = "auto") -> Any:
-    from roma_sfm.pipelines.matchers import SiftMatcher, get_matcher, resolve
+def with_resolution(spec: str, device: str = "auto") -> Any:
+    """``NAME@RES`` -> the matcher the CLI loads for ``--matcher NAME --resolution RES``; any other
+    spec is returned unchanged."""
+    from roma_sfm.pipelines.matchers import resolve
 
     name, at, res = str(spec).partition("@")
-    if at:  # the CLI's --resolution, e.g. roma@448:none
-        return get_matcher(resolve(name, res, device).matcher, device=device)
+    return resolve(name, res, device).matcher if at else spec
+
+
+def build_matcher(spec: str, device: str = "auto") -> Any:
+    from roma_sfm.pipelines.matchers import SiftMatcher, get_matcher
+
+    if "@" in str(spec):
+        return get_matcher(with_resolution(spec, device), device=device)
     if str(spec).lower() == "sift-opencv":
         # cv2.SIFT_create(8000) with OpenCV's defaults + Lowe's ratio test, exact L2 neighbours
         return SiftMatcher(max_features=8000, ratio=0.8, mutual=False, rootsift=False, contrast_threshold=0.04)

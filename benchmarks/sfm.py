@@ -37,7 +37,7 @@ import pycolmap
 from roma_sfm.pipelines import evaluate, export, reconstruct
 from roma_sfm.pipelines.mapping import rank_models
 
-from common import build_matcher
+from common import with_resolution
 from readme import TARGET, write_table
 from uncalibrated import DEFAULT_VARIANTS, VARIANTS, make_variant
 
@@ -53,9 +53,8 @@ COLUMNS = ["method", "registered", "AUC@3", "AUC@5", "AUC@10", "pairs kept / ver
 def run_ours(images: Path, gt: Optional[Path], out: Path, matcher: str, num_threads: int, **kwargs) -> dict:
     """Our pipeline on ``images`` (scored against ``gt`` unless None); ``models``: every model's images."""
     t0 = time.perf_counter()
-    rep = reconstruct.main(images, out, matcher=build_matcher(matcher) if "@" in matcher else matcher,
-                           gt_poses=gt, overwrite=True, progress=False,
-                           num_threads=num_threads, **kwargs)
+    rep = reconstruct.main(images, out, matcher=with_resolution(matcher), gt_poses=gt, overwrite=True,
+                           progress=False, num_threads=num_threads, **kwargs)
     ev = rep.get("evaluation") or (evaluate.evaluate_reconstruction(None, gt) if gt is not None else None)
     ver = rep.get("verification", {})
     n_pairs = rep.get("match", {}).get("pairs_matched", 0) + rep.get("match", {}).get("pairs_resumed", 0)
@@ -223,7 +222,8 @@ def main(argv=None) -> int:
     parser.add_argument("--scenes", nargs="+", default=SCENES)
     parser.add_argument("--variants", nargs="+", default=["original", *DEFAULT_VARIANTS],
                         choices=["original", *VARIANTS], help="original images, and uncalibrated.py's variants")
-    parser.add_argument("--matcher", nargs="+", default=["sift"], help="sift | roma | preset | checkpoint, RoMa with an optional @RES (roma@448:none)")
+    parser.add_argument("--matcher", nargs="+", default=["sift"], 
+                        help="sift | roma | preset | checkpoint; RoMa may end in @RES, e.g. roma@448:none")
     parser.add_argument("--peers", nargs="*", default=list(PEERS), choices=list(PEERS),
                         help="SIFT pipelines run on one pycolmap database (none: only ours)")
     parser.add_argument("--no-colmap", action="store_true", help="no peers (same as --peers with no value)")

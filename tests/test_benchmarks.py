@@ -173,5 +173,6 @@ def test_matcher_spec_takes_the_cli_resolution():
     two = common.build_matcher("roma-tiny@224:336", "cpu")
     assert two.coarse_res == (224, 224) and two.upsample_res == (336, 336)
     assert common.label("roma@448:none") == "roma@448:none"
+    assert common.with_resolution("sift") == "sift"  # no @: the spec goes to the pipeline as is
     with pytest.raises(MatcherSpecError):
         common.build_matcher("roma-tiny@225", "cpu")
