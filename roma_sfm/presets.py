@@ -49,6 +49,9 @@ class RomaConfig:
     coarse_dim: int = 1024  # channels the coarse encoder outputs
     coarse_context_depth: int = 0  # for "conv": Transformer blocks over the coarse grid (global context)
     coarse_context_heads: int = 8
+    # for "conv": downsampling factors of extra views of the image whose coarse features are added
+    # (scale-space pooling for large zoom between the two images); () = the full view only
+    coarse_extra_scales: tuple[int, ...] = ()
     # fine encoder: VGG19-BN stages (convs per stage, channels) up to stride 8
     vgg_widths: tuple[int, int, int, int] = (64, 128, 256, 512)
     vgg_convs: tuple[int, int, int, int] = (2, 2, 4, 4)
@@ -93,6 +96,8 @@ class RomaConfig:
         for s, r in self.refiners.items():
             if r.feat_dim != self.proj_dims[s]:
                 raise ValueError(f"{self.name}: refiner {s} feat_dim != proj_dims[{s}]")
+        if self.coarse_extra_scales and self.coarse_encoder != "conv":
+            raise ValueError(f"{self.name}: coarse_extra_scales needs the conv coarse encoder")
         if self.coarse_res[0] % 14 or self.coarse_res[1] % 14:  # the upsample pass has no ViT
             raise ValueError(f"{self.name}: coarse_res must be multiples of 14, got {self.coarse_res}")
 

@@ -245,3 +245,24 @@ def test_coarse_context_sees_the_whole_image(depth):
     with torch.no_grad():
         a, b = model.encode(x)[16][..., 0, 0], model.encode(y)[16][..., 0, 0]
     assert (a - b).abs().max() > 1e-4 if depth else torch.equal(a, b)
+
+
+@pytest.mark.parametrize("scales", [(), (2, 4)])
+def test_coarse_extra_scales_see_further(scales):
+    """Coarse features of downsampled views (scale-space pooling) widen what a coarse feature sees:
+    with them a change in the far corner reaches the feature at (0, 0); without them it does not."""
+    torch.manual_seed(0)
+    model = RoMa(micro_config(coarse_extra_scales=scales)).eval()
+    for mix in model.encoder.conv_coarse.scale_mix:  # zero at the start: open them
+        torch.nn.init.normal_(mix.proj.weight)
+    x = torch.randn(1, 3, 224, 224)
+    y = x.clone()
+    y[..., 112:, 112:] += 5.0
+    with torch.no_grad():
+        a, b = model.encode(x)[16][..., 0, 0], model.encode(y)[16][..., 0, 0]
+    assert (a - b).abs().max() > 1e-4 if scales else torch.equal(a, b)
+
+
+def test_coarse_extra_scales_need_the_conv_encoder():
+    with pytest.raises(ValueError, match="coarse_extra_scales"):
+        micro_config(coarse_encoder="dinov2", coarse_dim=1024, coarse_extra_scales=(2,))

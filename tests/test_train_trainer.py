@@ -163,6 +163,12 @@ def test_init_from_a_smaller_model_grows_it(photos, tmp_path):
     x = torch.randn(2, 3, 56, 84)
     with torch.no_grad():
         torch.testing.assert_close(grown.encode(x)[16], small.encode(x)[16], atol=1e-3, rtol=0)
+    # extra coarse scales grow it the same way: only their mixing convs are new, and start at zero
+    multi = RoMa(TINY.replace(coarse_extra_scales=(2,))).eval()
+    new = init_weights(multi, str(tmp_path / "a.safetensors"))
+    assert new and all(k.startswith("encoder.conv_coarse.scale_mix.") for k in new)
+    with torch.no_grad():
+        torch.testing.assert_close(multi.encode(x)[16], small.encode(x)[16], atol=1e-6, rtol=0)
     # the other way round the file lacks nothing but holds weights the small model has no place for
     torch.save(grown.state_dict(), tmp_path / "grown.pt")
     with pytest.raises(ValueError, match="no place for"):

@@ -71,7 +71,7 @@ class ConvCoarseEncoder(nn.Module):
     """
 
     def __init__(self, in_dim: int, dims: tuple[int, ...], out_dim: int, context_depth: int = 0,
-                 context_heads: int = 8):
+                 context_heads: int = 8, num_extra_scales: int = 0):
         super().__init__()
         layers: list[nn.Module] = []
         c_in = in_dim
@@ -81,12 +81,39 @@ class ConvCoarseEncoder(nn.Module):
             c_in = c
         layers.append(nn.Conv2d(c_in, out_dim, 1))
         self.layers = nn.Sequential(*layers)
+        self.scale_mix = nn.ModuleList(ScaleMix(out_dim) for _ in range(num_extra_scales))
         self.context = CoarseContext(out_dim, context_depth, context_heads) if context_depth else None
 
-    def forward(self, f8: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """f8: (B,C,H/8,W/8) -> (B,out_dim,H/14,W/14)."""
+    def forward(self, f8: torch.Tensor, grid: tuple[int, int], extra: tuple[torch.Tensor, ...] = ()
+                ) -> torch.Tensor:
+        """f8: (B,C,H/8,W/8) -> (B,out_dim,H/14,W/14).
+
+        ``extra``: the stride-8 maps of downsampled copies of the image, one per ``scale_mix``;
+        their coarse features (same layers) are added through it.
+        """
         x = F.interpolate(self.layers(f8), size=grid, mode="bilinear", align_corners=False)
+        for mix, f in zip(self.scale_mix, extra, strict=True):
+            x = x + mix(F.interpolate(self.layers(f), size=grid, mode="bilinear", align_corners=False))
         return x if self.context is None else self.context(x)
+
+
+class ScaleMix(nn.Module):
+    """A zero-initialised 1x1 conv that adds the coarse features of a downsampled view.
+
+    The same layers describe the image at several scales, so a surface seen 2x larger in the other
+    image meets its own description one octave down (scale-space pooling, as in DSP-SIFT). Zero at
+    the start, so weights trained without it load and match as before.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.proj = nn.Conv2d(dim, dim, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B,C,h,w) -> (B,C,h,w)."""
+        return self.proj(x)
 
 
 class Encoder(nn.Module):
@@ -102,7 +129,8 @@ class Encoder(nn.Module):
             self.dinov2.requires_grad_(False)  # frozen, as in the paper
         elif cfg.coarse_encoder == "conv":
             self.conv_coarse = ConvCoarseEncoder(cfg.vgg_widths[3], cfg.conv_coarse_dims, cfg.coarse_dim,
-                                                 cfg.coarse_context_depth, cfg.coarse_context_heads)
+                                                 cfg.coarse_context_depth, cfg.coarse_context_heads,
+                                                 len(cfg.coarse_extra_scales))
         else:
             raise ValueError(f"unknown coarse encoder '{cfg.coarse_encoder}'")
 
@@ -117,5 +145,12 @@ class Encoder(nn.Module):
                     self.dinov2.eval()  # frozen: never in train mode
                     feats[16] = self.dinov2(x)
             else:
-                feats[16] = self.conv_coarse(feats[8], grid)
+                extra = tuple(self.cnn(downsample(x, k).contiguous(memory_format=torch.channels_last))[8]
+                              for k in self.cfg.coarse_extra_scales)
+                feats[16] = self.conv_coarse(feats[8], grid, extra)
         return feats
+
+
+def downsample(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """(B,C,H,W) -> (B,C,H/factor,W/factor), area-averaged (no aliasing)."""
+    return F.interpolate(x, size=(max(x.shape[-2] // factor, 8), max(x.shape[-1] // factor, 8)), mode="area")
