@@ -22,7 +22,7 @@ from PIL import Image
 
 from .io import IMAGENET_MEAN, IMAGENET_STD, ImageLike, as_rgb
 from .models.roma import RoMa, finalize
-from .presets import BALANCED, CACHE_MB, DECODE_WORKERS, DEVICE, FIT, NUM_SAMPLES, RomaConfig, get_preset
+from .presets import BALANCED, CACHE_MB, DECODE_WORKERS, DEVICE, FIT, NUM_SAMPLES, ZOOM, RomaConfig, get_preset
 from .models.fuse import fuse_batchnorm
 from .sampling import grid_density
 from .weights import load_model, weights_fingerprint
@@ -166,7 +166,8 @@ class MatchResult:
         s = F.grid_sample(field[None].float(), g, mode="bilinear", align_corners=False, padding_mode="border")[0, :, 0]
         wb, hb = self.size_B
         kb = torch.stack((wb / 2 * (s[0] + 1), hb / 2 * (s[1] + 1)), dim=-1)
-        return kb.numpy().astype(np.float32), s[2].numpy().astype(np.float32)
+        cert = s[2].masked_fill((g[0, 0].abs() > 1).any(dim=-1), 0.0)  # outside the warp's grid (a zoomed crop)
+        return kb.numpy().astype(np.float32), cert.numpy().astype(np.float32)
 
 
 class Matcher:
@@ -180,7 +181,7 @@ class Matcher:
     def __init__(self, model: RoMa, device: Union[str, torch.device] = DEVICE,
                  coarse_res: Optional[tuple[int, int]] = None, upsample_res: Optional[tuple[int, int]] = None,
                  symmetric: Optional[bool] = None, metadata: Optional[dict] = None, fuse: bool = False,
-                 fit: str = FIT):
+                 fit: str = FIT, zoom: float = ZOOM):
         cfg = model.cfg
         self.cfg = cfg
         self.device = resolve_device(device)
@@ -196,6 +197,9 @@ class Matcher:
         if fit not in FITS:
             raise ValueError(f"fit must be one of {FITS}, not {fit!r}")
         self.fit = fit
+        if zoom and not zoom > 1:
+            raise ValueError(f"zoom must be 0 (off) or above 1, not {zoom}")
+        self.zoom = float(zoom)
         self.metadata = metadata or {}
         self.amp_dtype = None
         if self.device.type == "cuda":
@@ -289,7 +293,53 @@ class Matcher:
 
     def match(self, a: ImageLike, b: ImageLike) -> MatchResult:
         """Match two images (paths, PIL images or arrays of any size, aspect, bit depth)."""
-        return self._match_rgb([(as_rgb(a), as_rgb(b))])[0]
+        rgb_A, rgb_B = as_rgb(a), as_rgb(b)
+        return self.zoom_in(self._match_rgb([(rgb_A, rgb_B)])[0], rgb_A, rgb_B)
+
+    @torch.inference_mode()
+    def zoom_in(self, res: MatchResult, rgb_A: np.ndarray, rgb_B: np.ndarray,
+                cache: Optional["FeatureCache"] = None, keys: tuple[Optional[str], Optional[str]] = (None, None)
+                ) -> MatchResult:
+        """Match again on the covisible crop when one image shows the other's content at least
+        ``zoom`` times larger (as the matcher sees them); ``res`` itself otherwise.
+
+        The scale comes from ``res``'s certain matches; the smaller-scale image is cropped to the
+        box they cover, so the second match sees both at about one scale and with more pixels on
+        the shared part. The result's coordinates are those of the full images. The uncropped
+        image's features come from ``cache`` under its key when they are there.
+        """
+        if not self.zoom or res.symmetric:
+            return res
+        crop = zoom_crop(res, self.zoom, self.upsample_res or self.coarse_res, self.fit)
+        if crop is None:
+            return res
+        side, (x0, y0, x1, y1) = crop
+        rgb = rgb_A if side == 0 else rgb_B
+        h, w = rgb.shape[:2]
+        px = (round((x0 + 1) / 2 * w), round((y0 + 1) / 2 * h), round((x1 + 1) / 2 * w), round((y1 + 1) / 2 * h))
+        box = (2 * px[0] / w - 1, 2 * px[1] / h - 1, 2 * px[2] / w - 1, 2 * px[3] / h - 1)  # on whole pixels
+        part = np.ascontiguousarray(rgb[px[1]:px[3], px[0]:px[2]])
+        rgbs = [(part, rgb_B) if side == 0 else (rgb_A, part)]
+        cache = cache if cache is not None else FeatureCache(0)
+        keys = (None, keys[1]) if side == 0 else (keys[0], None)
+
+        def pyramids(hr: bool) -> tuple[dict, dict]:
+            return tuple(self._features(rgbs[0][i], keys[i], cache, hr) for i in (0, 1))
+
+        sub = self._results(*self._decode(*pyramids(False), self.coarse_res, lambda: pyramids(True)), rgbs)[0]
+        lo = torch.tensor(box[:2], dtype=sub.warp.dtype)
+        span = torch.tensor((box[2] - box[0], box[3] - box[1]), dtype=sub.warp.dtype)
+        warp = sub.warp.clone()
+        cols = slice(0, 2) if side == 0 else slice(2, 4)
+        warp[..., cols] = lo + (warp[..., cols] + 1) / 2 * span
+        box_A = sub.box_A
+        if side == 0:  # A's full extent in the grid of the crop's warp
+            g0 = [2 * (-1 - box[i]) / span[i].item() - 1 for i in (0, 1)]
+            g1 = [2 * (1 - box[i]) / span[i].item() - 1 for i in (0, 1)]
+            bx0, by0, bx1, by1 = sub.box_A
+            box_A = tuple(b0 + (g + 1) / 2 * (b1 - b0) for g, b0, b1 in
+                          ((g0[0], bx0, bx1), (g0[1], by0, by1), (g1[0], bx0, bx1), (g1[1], by0, by1)))
+        return MatchResult(warp, sub.certainty, res.size_A, res.size_B, res.sample_threshold, False, box_A)
 
     @torch.inference_mode()
     def _features(self, rgb: np.ndarray, key: Optional[str], cache: "FeatureCache", hr: bool) -> dict:
@@ -340,7 +390,8 @@ class Matcher:
 
             warp, cert = self._decode(stack(0, False), stack(1, False), self.coarse_res,
                                       lambda: (stack(0, True), stack(1, True)))
-            return self._results(warp, cert, rgbs)
+            return [self.zoom_in(r, a, b, cache, (key(p[0]), key(p[1])))
+                    for r, (a, b), p in zip(self._results(warp, cert, rgbs), rgbs, batch)]
 
         with ThreadPoolExecutor(max(1, num_workers)) as pool:
             pending = None
@@ -351,6 +402,52 @@ class Matcher:
                 pending = future
             if pending is not None:
                 yield from run(pending[0], [f.result() for f in pending[1]])
+
+
+ZOOM_MIN_CERTAINTY = 0.5  # matches this certain measure the scale and the covisible box
+ZOOM_MARGIN = 0.1  # the crop box grows by this share of its side on each side
+
+
+def zoom_crop(res: MatchResult, zoom: float, size: tuple[int, int], fit: str = FIT
+              ) -> Optional[tuple[int, tuple[float, float, float, float]]]:
+    """Which image to crop, and where, for :meth:`Matcher.zoom_in`: ``(side, (x0, y0, x1, y1))``
+    with side 0 (A) or 1 (B) and the box normalised in that image; None when the two images'
+    content has about one scale in the matcher's input ``size`` (ratio below ``zoom``) or too few
+    matches are certain to tell.
+
+    The scale is the median ratio of distances between random pairs of certain matches, in input
+    pixels; the box spans the 2nd-98th percentiles of the cropped side's certain matches.
+    """
+    w = res.warp.shape[1] // 2 if res.symmetric else res.warp.shape[1]
+    warp = res.warp[:, :w].reshape(-1, 4).float()
+    cert = res.certainty[:, :w].reshape(-1).float()
+    good = warp[cert >= ZOOM_MIN_CERTAINTY]
+    if len(good) < 0.01 * len(warp) or len(good) < 64:
+        return None
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.randint(len(good), (2, 4096), generator=gen)
+    (ha, wa), (hb, wb) = (content_size((res.size_A[1], res.size_A[0]), size, fit),
+                          content_size((res.size_B[1], res.size_B[0]), size, fit))
+    unit = torch.tensor((wa / 2, ha / 2, wb / 2, hb / 2))  # input pixels per normalised unit
+    d = (good[idx[0]] - good[idx[1]]) * unit
+    da, db = d[:, :2].norm(dim=-1), d[:, 2:].norm(dim=-1)
+    ok = (da > 4) & (db > 4)
+    if int(ok.sum()) < 64:
+        return None
+    scale = float((db[ok] / da[ok]).median())  # B's content over A's
+    if scale >= zoom:
+        side = 0  # B shows A's part larger: crop A to it
+    elif scale <= 1 / zoom:
+        side = 1
+    else:
+        return None
+    pts = good[:, 2 * side: 2 * side + 2]
+    lo, hi = torch.quantile(pts, 0.02, dim=0), torch.quantile(pts, 0.98, dim=0)
+    pad = ZOOM_MARGIN * (hi - lo)
+    lo, hi = (lo - pad).clamp(-1, 1), (hi + pad).clamp(-1, 1)
+    if bool(((hi - lo) < 0.1).any()):
+        return None
+    return side, (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1]))
 
 
 class FeatureCache:
@@ -383,7 +480,7 @@ class FeatureCache:
 def load_matcher(name_or_path: Optional[Union[str, os.PathLike]] = None, weights=None, dinov2_weights=None,
                  coarse_res: Optional[Union[int, tuple[int, int]]] = None,
                  upsample_res: Optional[Union[int, tuple[int, int]]] = None, symmetric: Optional[bool] = None,
-                 device: Union[str, torch.device] = DEVICE, fit: str = FIT) -> Matcher:
+                 device: Union[str, torch.device] = DEVICE, fit: str = FIT, zoom: float = ZOOM) -> Matcher:
     """Load a matcher.
 
     ``name_or_path``: None (the project's shipped model), a preset name (``roma-outdoor`` /
@@ -392,10 +489,11 @@ def load_matcher(name_or_path: Optional[Union[str, os.PathLike]] = None, weights
     ``.pth``. ``coarse_res`` and ``symmetric`` default to the preset's. ``upsample_res``: None runs
     the single pass at ``coarse_res``; True uses the preset's second-pass size (864 for the paper
     model); an int or (h, w) sets it. ``fit``: "stretch" resizes every image to the input size, "pad" keeps
-    its aspect (letterbox, :func:`to_tensor`).
+    its aspect (letterbox, :func:`to_tensor`). ``zoom``: match again on the covisible crop when one
+    image shows the other's content this many times larger (:meth:`Matcher.zoom_in`; 0: never).
     """
     model, meta = load_model(name_or_path, weights, dinov2_weights)
-    return Matcher(model, device, _pair(coarse_res), upsample_res, symmetric, meta, fuse=True, fit=fit)
+    return Matcher(model, device, _pair(coarse_res), upsample_res, symmetric, meta, fuse=True, fit=fit, zoom=zoom)
 
 
 def random_matcher(preset: Union[str, RomaConfig], device=DEVICE, seed: int = 0, **kw) -> Matcher:

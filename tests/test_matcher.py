@@ -266,3 +266,77 @@ def test_coarse_extra_scales_see_further(scales):
 def test_coarse_extra_scales_need_the_conv_encoder():
     with pytest.raises(ValueError, match="coarse_extra_scales"):
         micro_config(coarse_encoder="dinov2", coarse_dim=1024, coarse_extra_scales=(2,))
+
+
+def zoomed_result(h: int = 40, w: int = 40, z: float = 2.0, a_is_small: bool = True) -> MatchResult:
+    """A known warp: B shows A's central 1/z (a_is_small) or A shows B's (otherwise)."""
+    g = pixel_grid(h, w)
+    warp = torch.cat((g, g * z), -1) if a_is_small else torch.cat((g, g / z), -1)
+    cert = (warp.abs() <= 1).all(dim=-1).float()
+    return MatchResult(warp.clamp(-1, 1), cert, (400, 300), (400, 300))
+
+
+@pytest.mark.parametrize("a_is_small", [True, False])
+def test_zoom_crop_finds_the_covisible_box(a_is_small):
+    from roma_sfm.matcher import zoom_crop
+
+    side, box = zoom_crop(zoomed_result(a_is_small=a_is_small), 1.5, (448, 448))
+    assert side == (0 if a_is_small else 1)
+    # the central half of the cropped image, grown by the margin, within a grid cell
+    assert np.allclose(box, (-0.6, -0.6, 0.6, 0.6), atol=0.06)
+    assert zoom_crop(zoomed_result(a_is_small=a_is_small), 2.5, (448, 448)) is None  # below the ratio
+    g = pixel_grid(40, 40)
+    assert zoom_crop(MatchResult(torch.cat((g, g), -1), torch.ones(40, 40), (400, 300), (400, 300)),
+                     1.5, (448, 448)) is None  # one scale
+
+
+@pytest.mark.parametrize("a_is_small", [True, False])
+def test_zoom_in_matches_the_crop_in_full_image_coordinates(a_is_small):
+    """The re-match runs on the crop; its matches land inside the crop of the full image, and a
+    lookup outside the crop of A has no certainty."""
+    rng = np.random.default_rng(0)
+    a, b = ((rng.random((300, 400, 3)) * 255).astype(np.uint8) for _ in range(2))
+    m = random_matcher(micro_config(), device="cpu", seed=3, zoom=1.5)
+    res = m.zoom_in(zoomed_result(a_is_small=a_is_small), a, b)
+    ka, kb, _ = res.sample(num=500, balanced=False)
+    assert len(ka) > 100 and res.size_A == (400, 300)
+    cropped, other = (ka, kb) if a_is_small else (kb, ka)
+    assert (cropped[:, 0] > 400 * 0.2 - 1).all() and (cropped[:, 0] < 400 * 0.8 + 1).all()
+    assert (cropped[:, 1] > 300 * 0.2 - 1).all() and (cropped[:, 1] < 300 * 0.8 + 1).all()
+    assert (other >= 0).all() and (other[:, 0] <= 400).all() and (other[:, 1] <= 300).all()
+    if not a_is_small:  # A is not cropped: its grid covers all of it
+        assert ka[:, 0].min() < 100 and ka[:, 0].max() > 300
+    if a_is_small:
+        kb2, c = res.lookup(np.array([[10.0, 10.0], [200.0, 150.0]], np.float32))
+        assert c[0] == 0 and c[1] > 0
+        # a lookup inside the crop agrees with the warp it was sampled from
+        kb3, _ = res.lookup(ka[:5])
+        assert np.allclose(kb3, kb[:5], atol=3.0)
+    off = random_matcher(micro_config(), device="cpu", seed=3)
+    assert off.zoom_in(zoomed_result(a_is_small=a_is_small), a, b).warp.shape == (40, 40, 4)  # unchanged
+    with pytest.raises(ValueError, match="zoom"):
+        random_matcher(micro_config(), device="cpu", zoom=0.5)
+
+
+@pytest.mark.parametrize("side", [0, 1])
+def test_zoom_in_gives_the_same_matches_in_match_many(monkeypatch, tmp_path, side):
+    """match_many re-matches a zoomed pair with the uncropped image's cached features; the result
+    equals match()'s, which encodes both afresh."""
+    import roma_sfm.matcher as matcher_module
+
+    monkeypatch.setattr(matcher_module, "zoom_crop", lambda *a, **k: (side, (-0.5, -0.25, 0.5, 0.75)))
+    rng = np.random.default_rng(2)
+    for i in range(2):
+        Image.fromarray((rng.random((60, 80, 3)) * 255).astype(np.uint8)).save(tmp_path / f"{i}.png")
+    m = random_matcher(micro_config(), device="cpu", seed=4, zoom=1.5)
+    pair = (tmp_path / "0.png", tmp_path / "1.png")
+    many = list(m.match_many([pair, pair], batch_size=1))
+    single = m.match(*pair)
+    for r in many:
+        assert torch.allclose(single.warp, r.warp, atol=1e-5) and torch.allclose(single.certainty, r.certainty, atol=1e-5)
+    # the cropped side's coordinates stay in its box (snapped to whole pixels: 1 px = 2/60 in y)
+    cols = slice(0, 2) if side == 0 else slice(2, 4)
+    lo, hi, px = torch.tensor([-0.5, -0.25]), torch.tensor([0.5, 0.75]), torch.tensor([2 / 80, 2 / 60])
+    assert ((single.warp[..., cols] >= lo - px) & (single.warp[..., cols] <= hi + px)).all()
+    if side == 0:  # A's grid spans the crop
+        assert single.warp[..., 0].min() < -0.45 and single.warp[..., 1].max() > 0.7
