@@ -6,7 +6,8 @@
   a ``.safetensors`` checkpoint, ``sift`` (our SiftMatcher as in the pipeline: RootSIFT, contrast
   0.02, ratio 0.8, mutual check) or ``sift-opencv`` (plain OpenCV SIFT: 8000 features, OpenCV
   defaults, ratio test 0.8 and no mutual check; the peer of the data README's reference numbers).
-  A RoMa spec may end in ``@COARSE[:FINE]``, the CLI's ``--resolution`` (e.g. ``roma@448:none``).
+  A RoMa spec may end in ``@COARSE[:FINE]``, the CLI's ``--resolution`` (e.g. ``roma@448:none``),
+  and then in ``~ZOOM``, the CLI's ``--zoom`` (e.g. ``roma~0`` never re-matches a zoomed pair).
 - ``TimedMatcher``: (path A, path B) -> (kpts A, kpts B) in pixels of the originals, COLMAP
   convention (corner at 0, pixel centres at +0.5), and the seconds spent matching. Dense matchers
   are sampled (``num_samples``, balanced); a sparse matcher gives all its matches.
@@ -28,7 +29,7 @@ DATA = Path(os.environ.get("ROMA_SFM_SHARED", ROOT.parent / "shared")) / "data"
 MATCHER_HELP = ("matchers to compare: 'roma' (the shipped model), a preset name, a .safetensors checkpoint, "
                 "'sift' (our SiftMatcher, as in the pipeline) or 'sift-opencv' (plain OpenCV SIFT, 8000 "
                 "features, ratio 0.8, no mutual check); a RoMa spec may end in @RES, the CLI's --resolution "
-                "(e.g. roma@448:none for one pass)")
+                "(e.g. roma@448:none for one pass), then in ~ZOOM, the CLI's --zoom (e.g. roma~0)")
 
 
 def add_common_args(ap: argparse.ArgumentParser) -> None:
@@ -58,18 +59,21 @@ def label(spec: str) -> str:
 
 
 def with_resolution(spec: str, device: str = "auto") -> Any:
-    """``NAME@RES`` -> the matcher the CLI loads for ``--matcher NAME --resolution RES``; any other
-    spec is returned unchanged."""
+    """``NAME[@RES][~ZOOM]`` -> the matcher the CLI loads for ``--matcher NAME --resolution RES
+    --zoom ZOOM``; a spec with neither is returned unchanged."""
     from roma_sfm.pipelines.matchers import resolve
 
-    name, at, res = str(spec).partition("@")
-    return resolve(name, res, device).matcher if at else spec
+    rest, tilde, zoom = str(spec).partition("~")
+    name, at, res = rest.partition("@")
+    if not (at or tilde):
+        return spec
+    return resolve(name, res if at else None, device, float(zoom) if tilde else None).matcher
 
 
 def build_matcher(spec: str, device: str = "auto") -> Any:
     from roma_sfm.pipelines.matchers import SiftMatcher, get_matcher
 
-    if "@" in str(spec):
+    if "@" in str(spec) or "~" in str(spec):
         return get_matcher(with_resolution(spec, device), device=device)
     if str(spec).lower() == "sift-opencv":
         # cv2.SIFT_create(8000) with OpenCV's defaults + Lowe's ratio test, exact L2 neighbours

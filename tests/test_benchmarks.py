@@ -174,5 +174,9 @@ def test_matcher_spec_takes_the_cli_resolution():
     assert two.coarse_res == (224, 224) and two.upsample_res == (336, 336)
     assert common.label("roma@448:none") == "roma@448:none"
     assert common.with_resolution("sift") == "sift"  # no @: the spec goes to the pipeline as is
+    # '~ZOOM' as `--zoom ZOOM`, alone or after a resolution
+    assert common.build_matcher("roma-tiny~1.5", "cpu").zoom == 1.5
+    z = common.build_matcher("roma-tiny@224:none~0", "cpu")
+    assert z.zoom == 0 and z.coarse_res == (224, 224)
     with pytest.raises(MatcherSpecError):
         common.build_matcher("roma-tiny@225", "cpu")

@@ -202,6 +202,31 @@ def test_resolution_coarse_and_fine_pass(tmp_path):
                       "--matcher", ckpt, "--resolution", bad).exit_code == 2, bad
 
 
+def test_zoom_option_is_signed_into_the_matches(tmp_path):
+    """--zoom sets the RoMa matcher's covisible re-match ratio; it is part of the matches' signature
+    (another zoom means other matches), and a ratio of 1 or below (but not 0) is a usage error."""
+    import torch
+
+    from conftest import micro_config
+    from roma_sfm import save_checkpoint
+    from roma_sfm.models.roma import RoMa
+    from roma_sfm.presets import ZOOM
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "micro.safetensors", RoMa(micro_config()).eval())
+    (tmp_path / "pairs.txt").write_text("0000.jpg 0001.jpg\n")
+    for zoom, want in ((None, ZOOM), ("0", 0.0), ("2.5", 2.5)):
+        out = tmp_path / f"{zoom}.h5"
+        res = invoke("match", IMAGES, "--pairs", tmp_path / "pairs.txt", "-o", out, "--matcher", ckpt,
+                     "--num-samples", 50, "--device", "cpu", *(("--zoom", zoom) if zoom else ()))
+        assert res.exit_code == 0, res.output
+        with h5py.File(out, "r") as f:
+            assert json.loads(f.attrs["matcher_signature"])["zoom"] == want, zoom
+    bad = invoke("match", IMAGES, "--pairs", tmp_path / "pairs.txt", "-o", tmp_path / "bad.h5",
+                 "--matcher", ckpt, "--zoom", "0.8")
+    assert bad.exit_code == 2 and not (tmp_path / "bad.h5").exists()
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help(command):
     res = invoke(command, "--help")

@@ -52,12 +52,13 @@ class Resolved:
     notes: list[str] = field(default_factory=list)
 
 
-def resolve(spec: Optional[str], resolution: Optional[str] = None, device: str = DEVICE) -> Resolved:
-    """The matcher of the ``--matcher`` / ``--resolution`` options.
+def resolve(spec: Optional[str], resolution: Optional[str] = None, device: str = DEVICE,
+            zoom: Optional[float] = None) -> Resolved:
+    """The matcher of the ``--matcher`` / ``--resolution`` / ``--zoom`` options.
 
     No spec: 'roma' when the shipped weights are recommended, else 'sift' with a note saying why.
-    A resolution loads the RoMa matcher at once (ignored for SIFT, with a note). Raises
-    :class:`MatcherSpecError` for a name that is no matcher or weights that are missing.
+    A resolution or a zoom loads the RoMa matcher at once (ignored for SIFT, with a note). Raises
+    :class:`MatcherSpecError` for a name that is no matcher, weights that are missing or a bad zoom.
     """
     from ...presets import PRESETS
     from ...weights import default_checkpoint, shipped_model_recommended
@@ -75,10 +76,13 @@ def resolve(spec: Optional[str], resolution: Optional[str] = None, device: str =
             why = ("is still in training (it does not beat SIFT yet, see MODEL_CARD.md)" if default_checkpoint().is_file()
                    else f"({default_checkpoint()}) are not installed")
             notes.append(f"the shipped RoMa weights {why}: matching with SIFT (choose with --matcher)")
+    if zoom is not None and zoom and not zoom > 1:
+        raise MatcherSpecError(f"--zoom must be 0 (off) or above 1, not {zoom:g}", "--zoom")
     low = spec.lower()
     if low in sift.confs:
-        if res is not None:
-            notes.append("--resolution applies to RoMa matchers only; ignored for SIFT")
+        for option, value in (("--resolution", res), ("--zoom", zoom)):
+            if value is not None:
+                notes.append(f"{option} applies to RoMa matchers only; ignored for SIFT")
         return Resolved(low, notes)
     if low == "roma":
         if not default_checkpoint().is_file():
@@ -88,6 +92,7 @@ def resolve(spec: Optional[str], resolution: Optional[str] = None, device: str =
     elif spec not in PRESETS and not Path(spec).is_file():
         raise MatcherSpecError(f"'{spec}' is not 'roma', 'sift', a preset ({', '.join(PRESETS)}) or an "
                                "existing checkpoint file", "--matcher")
-    if res is None:
+    if res is None and zoom is None:
         return Resolved(spec, notes)
-    return Resolved(get_matcher(spec, device=device, **res), notes)
+    kw = {**(res or {}), **({} if zoom is None else {"zoom": zoom})}
+    return Resolved(get_matcher(spec, device=device, **kw), notes)
