@@ -15,7 +15,7 @@ DECODE_WORKERS = 2  # threads decoding images ahead of the model
 DEVICE = "auto"  # CUDA with autocast when present, else CPU
 BALANCED = True  # sample matches spread over the image (KDE-balanced), not only the most certain
 CACHE_MB = 512  # memory for per-image encoder features reused across pairs
-ZOOM = 0.0  # re-match on the covisible crop when one image shows the other's content this much larger (0: off)
+ZOOM = 1.6  # re-match on the covisible crop when one image shows the other's content this much larger (0: off)
 FIT = "stretch"  # how an image fills the matcher's input: "stretch" (resize to it) or "pad" (keep aspect, letterbox)
 
 
