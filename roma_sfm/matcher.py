@@ -197,9 +197,7 @@ class Matcher:
         if fit not in FITS:
             raise ValueError(f"fit must be one of {FITS}, not {fit!r}")
         self.fit = fit
-        if zoom and not zoom > 1:
-            raise ValueError(f"zoom must be 0 (off) or above 1, not {zoom}")
-        self.zoom = float(zoom)
+        self.zoom = check_zoom(zoom)
         self.metadata = metadata or {}
         self.amp_dtype = None
         if self.device.type == "cuda":
@@ -402,6 +400,13 @@ class Matcher:
                 pending = future
             if pending is not None:
                 yield from run(pending[0], [f.result() for f in pending[1]])
+
+
+def check_zoom(zoom: float) -> float:
+    """``zoom`` as a float; ValueError unless it is 0 (off) or above 1."""
+    if zoom and not zoom > 1:
+        raise ValueError(f"zoom must be 0 (off) or above 1, not {zoom:g}")
+    return float(zoom)
 
 
 ZOOM_MIN_CERTAINTY = 0.5  # matches this certain measure the scale and the covisible box

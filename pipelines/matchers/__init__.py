@@ -60,6 +60,7 @@ def resolve(spec: Optional[str], resolution: Optional[str] = None, device: str =
     A resolution or a zoom loads the RoMa matcher at once (ignored for SIFT, with a note). Raises
     :class:`MatcherSpecError` for a name that is no matcher, weights that are missing or a bad zoom.
     """
+    from ...matcher import check_zoom
     from ...presets import PRESETS
     from ...weights import default_checkpoint, shipped_model_recommended
 
@@ -76,8 +77,10 @@ def resolve(spec: Optional[str], resolution: Optional[str] = None, device: str =
             why = ("is still in training (it does not beat SIFT yet, see MODEL_CARD.md)" if default_checkpoint().is_file()
                    else f"({default_checkpoint()}) are not installed")
             notes.append(f"the shipped RoMa weights {why}: matching with SIFT (choose with --matcher)")
-    if zoom is not None and zoom and not zoom > 1:
-        raise MatcherSpecError(f"--zoom must be 0 (off) or above 1, not {zoom:g}", "--zoom")
+    try:
+        zoom = None if zoom is None else check_zoom(zoom)
+    except ValueError as e:
+        raise MatcherSpecError(str(e), "--zoom") from None
     low = spec.lower()
     if low in sift.confs:
         for option, value in (("--resolution", res), ("--zoom", zoom)):
