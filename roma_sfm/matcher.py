@@ -331,12 +331,10 @@ class Matcher:
         cols = slice(0, 2) if side == 0 else slice(2, 4)
         warp[..., cols] = lo + (warp[..., cols] + 1) / 2 * span
         box_A = sub.box_A
-        if side == 0:  # A's full extent in the grid of the crop's warp
-            g0 = [2 * (-1 - box[i]) / span[i].item() - 1 for i in (0, 1)]
-            g1 = [2 * (1 - box[i]) / span[i].item() - 1 for i in (0, 1)]
-            bx0, by0, bx1, by1 = sub.box_A
-            box_A = tuple(b0 + (g + 1) / 2 * (b1 - b0) for g, b0, b1 in
-                          ((g0[0], bx0, bx1), (g0[1], by0, by1), (g1[0], bx0, bx1), (g1[1], by0, by1)))
+        if side == 0:  # A's corners (-1, 1) in the crop's coordinates, then in the grid of its warp
+            b_lo, b_hi = torch.tensor(sub.box_A[:2]), torch.tensor(sub.box_A[2:])
+            corners = [2 * (c - lo.double()) / span.double() - 1 for c in (-1.0, 1.0)]
+            box_A = tuple(torch.cat([b_lo + (c + 1) / 2 * (b_hi - b_lo) for c in corners]).tolist())
         return MatchResult(warp, sub.certainty, res.size_A, res.size_B, res.sample_threshold, False, box_A)
 
     @torch.inference_mode()
