@@ -21,8 +21,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .io import IMAGENET_MEAN, IMAGENET_STD, ImageLike, as_rgb
+from .models.gp import pixel_grid
 from .models.roma import RoMa, finalize
-from .presets import BALANCED, CACHE_MB, DECODE_WORKERS, DEVICE, FIT, NUM_SAMPLES, ZOOM, RomaConfig, get_preset
+from .presets import (BALANCED, CACHE_MB, DECODE_WORKERS, DEVICE, FIT, NUM_SAMPLES, ZOOM, ZOOM_ROUNDS, ZOOM_SUPPORT,
+                      RomaConfig, get_preset)
 from .models.fuse import fuse_batchnorm
 from .sampling import grid_density
 from .weights import load_model, weights_fingerprint
@@ -89,7 +91,9 @@ def to_tensor(rgb: np.ndarray, size: tuple[int, int], fit: str = FIT) -> torch.T
     if (ch, cw) != tuple(size):
         top, left = (size[0] - ch) // 2, (size[1] - cw) // 2
         t = F.pad(t, (left, size[1] - cw - left, top, size[0] - ch - top))
-    return t
+    # plain (C,H,W) layout: the HWC strides of the decoded image would make the encoder's
+    # channels-last outputs fall back to the slower default layout (~20 % of a match's time)
+    return t.contiguous()
 
 
 def uncrop_warp(warp: torch.Tensor, cert: torch.Tensor, box_A: Sequence[float], box_B: Sequence[float]
@@ -262,11 +266,6 @@ class Matcher:
                                   coarse_certainty=coarse_cert, symmetric=self.symmetric)
         return warp.float(), cert.float()
 
-    def _prepare(self, rgb: np.ndarray) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        lo = to_tensor(rgb, self.coarse_res, self.fit)
-        hi = to_tensor(rgb, self.upsample_res, self.fit) if self.upsample_res else None
-        return lo, hi
-
     def _results(self, warp: torch.Tensor, cert: torch.Tensor,
                  pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[MatchResult]:
         warp, cert = warp.cpu(), cert.cpu()
@@ -279,36 +278,46 @@ class Matcher:
                                        self.cfg.sample_threshold, self.symmetric, box_A))
         return results
 
-    def _match_rgb(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[MatchResult]:
-        prepared = [(self._prepare(a), self._prepare(b)) for a, b in pairs]
-        A = torch.stack([p[0][0] for p in prepared])
-        B = torch.stack([p[1][0] for p in prepared])
-        A_hr = B_hr = None
-        if self.upsample_res:
-            A_hr = torch.stack([p[0][1] for p in prepared])
-            B_hr = torch.stack([p[1][1] for p in prepared])
-        return self._results(*self.match_tensors(A, B, A_hr, B_hr), pairs)
+    @torch.inference_mode()
+    def _match_pairs(self, rgbs: Sequence[tuple[np.ndarray, np.ndarray]],
+                     keys: Sequence[tuple[Optional[str], Optional[str]]], cache: "FeatureCache") -> list[MatchResult]:
+        """Match a batch of decoded pairs; each image's features come from ``cache`` under its key."""
+        def stack(side: int, hr: bool) -> dict:
+            feats = [self._features(rgb[side], key[side], cache, hr) for rgb, key in zip(rgbs, keys)]
+            return {s: torch.cat([f[s] for f in feats]) for s in feats[0]}
+
+        warp, cert = self._decode(stack(0, False), stack(1, False), self.coarse_res,
+                                  lambda: (stack(0, True), stack(1, True)))
+        return [self.zoom_in(r, a, b, cache, key) for r, (a, b), key in zip(self._results(warp, cert, rgbs), rgbs, keys)]
 
     def match(self, a: ImageLike, b: ImageLike) -> MatchResult:
         """Match two images (paths, PIL images or arrays of any size, aspect, bit depth)."""
-        rgb_A, rgb_B = as_rgb(a), as_rgb(b)
-        return self.zoom_in(self._match_rgb([(rgb_A, rgb_B)])[0], rgb_A, rgb_B)
+        pair = (as_rgb(a), as_rgb(b))
+        return self._match_pairs([pair], [("A", "B")], FeatureCache(int(CACHE_MB * 2**20)))[0]
 
     @torch.inference_mode()
     def zoom_in(self, res: MatchResult, rgb_A: np.ndarray, rgb_B: np.ndarray,
-                cache: Optional["FeatureCache"] = None, keys: tuple[Optional[str], Optional[str]] = (None, None)
-                ) -> MatchResult:
+                cache: Optional["FeatureCache"] = None, keys: tuple[Optional[str], Optional[str]] = (None, None),
+                rounds: int = ZOOM_ROUNDS, search: bool = True) -> MatchResult:
         """Match again on the covisible crop when one image shows the other's content at least
         ``zoom`` times larger (as the matcher sees them); ``res`` itself otherwise.
 
         The scale comes from ``res``'s certain matches; the smaller-scale image is cropped to the
         box they cover, so the second match sees both at about one scale and with more pixels on
         the shared part. The result's coordinates are those of the full images. The uncropped
-        image's features come from ``cache`` under its key when they are there.
+        image's features come from ``cache`` under its key when they are there. When ``res`` has
+        too few certain matches to measure a scale, the box comes from :meth:`_scale_search`
+        (unless ``search`` is False), and its re-match is kept only if it finds enough certain
+        matches itself. A re-match that still shows a zoom is cropped again, up to ``rounds``.
         """
-        if not self.zoom or res.symmetric:
+        if not self.zoom or res.symmetric or rounds < 1:
             return res
-        crop = zoom_crop(res, self.zoom, self.upsample_res or self.coarse_res, self.fit)
+        cache = cache if cache is not None else FeatureCache(0)
+        size = self.upsample_res or self.coarse_res
+        crop = zoom_crop(res, self.zoom, size, self.fit)
+        searched = search and crop is None and bool(self.support_factors) and zoom_scale(res, size, self.fit) is None
+        if searched:  # the match found too little: a zoom beyond what it bridges?
+            crop = self._scale_search(rgb_A, rgb_B, cache, keys)
         if crop is None:
             return res
         side, (x0, y0, x1, y1) = crop
@@ -318,13 +327,16 @@ class Matcher:
         box = (2 * px[0] / w - 1, 2 * px[1] / h - 1, 2 * px[2] / w - 1, 2 * px[3] / h - 1)  # on whole pixels
         part = np.ascontiguousarray(rgb[px[1]:px[3], px[0]:px[2]])
         rgbs = [(part, rgb_B) if side == 0 else (rgb_A, part)]
-        cache = cache if cache is not None else FeatureCache(0)
         keys = (None, keys[1]) if side == 0 else (keys[0], None)
 
         def pyramids(hr: bool) -> tuple[dict, dict]:
             return tuple(self._features(rgbs[0][i], keys[i], cache, hr) for i in (0, 1))
 
         sub = self._results(*self._decode(*pyramids(False), self.coarse_res, lambda: pyramids(True)), rgbs)[0]
+        if searched and zoom_scale(sub, size, self.fit) is None:
+            return res  # the crop did not make the pair matchable: not a zoom
+        if rounds > 1:  # still zoomed (a first crop from coarse matches is loose): crop the crop
+            sub = self.zoom_in(sub, *rgbs[0], cache, keys, rounds - 1, search=False)
         lo = torch.tensor(box[:2], dtype=sub.warp.dtype)
         span = torch.tensor((box[2] - box[0], box[3] - box[1]), dtype=sub.warp.dtype)
         warp = sub.warp.clone()
@@ -336,6 +348,58 @@ class Matcher:
             corners = [2 * (c - lo.double()) / span.double() - 1 for c in (-1.0, 1.0)]
             box_A = tuple(torch.cat([b_lo + (c + 1) / 2 * (b_hi - b_lo) for c in corners]).tolist())
         return MatchResult(warp, sub.certainty, res.size_A, res.size_B, res.sample_threshold, False, box_A)
+
+    @property
+    def support_factors(self) -> tuple[int, ...]:
+        """Downsampling factors of the scale support: on with the zoom, for one-direction matching."""
+        return ZOOM_SUPPORT if self.zoom and not self.symmetric else ()
+
+    @torch.inference_mode()
+    def _support(self, rgbs: Sequence[np.ndarray], keys: Sequence[Optional[str]], cache: "FeatureCache"
+                ) -> list[torch.Tensor]:
+        """Scale support of a batch of images: per factor of :attr:`support_factors`, the coarse
+        features (N,C,h,w) of the images downsampled by it. The scale search's coarse match offers
+        them to the GP beside the full-size features, so a part shown 2-3x smaller in the other
+        image still meets a description of its own scale (the coarse features are not scale
+        invariant)."""
+        if not self.support_factors:
+            return []
+        per_image = []
+        for rgb, key in zip(rgbs, keys):
+            feats = cache.get((key, "support")) if key is not None else None
+            if feats is None:
+                with self._autocast():
+                    feats = {k: self.model.encode(to_tensor(rgb, size, self.fit)[None].to(self.device))[16]
+                             for k, size in zip(self.support_factors, support_sizes(self.coarse_res, self.support_factors))}
+                if key is not None:
+                    cache.put((key, "support"), feats)
+            per_image.append(feats)
+        return [torch.cat([f[k] for f in per_image]) for k in self.support_factors]
+
+    def _scale_search(self, rgb_A: np.ndarray, rgb_B: np.ndarray, cache: "FeatureCache",
+                      keys: tuple[Optional[str], Optional[str]]) -> Optional[tuple[int, tuple[float, ...]]]:
+        """The crop of :func:`zoom_crop` from coarse matches with scale support, when the full match
+        found too few certain matches to measure a scale (a zoom beyond what the coarse features
+        bridge): A to B with B's support first, then B to A with A's support."""
+        rgbs = (rgb_A, rgb_B)
+        for side in (0, 1):
+            x, y = side, 1 - side  # match image x to image y, y's scale support
+            f_x, f_y = (self._features(rgbs[i], keys[i], cache, False) for i in (x, y))
+            with self._autocast():
+                out = self.model.decode(f_x, f_y, False, math.sqrt(self.coarse_res[0] * self.coarse_res[1]) / 560,
+                                        support_B=self._support([rgbs[y]], [keys[y]], cache), coarse_only=True)[16]
+            flow = out["flow"][0].float().permute(1, 2, 0).cpu()
+            cert = out["certainty"][0, 0].float().sigmoid().cpu().masked_fill((flow.abs() > 1).any(dim=-1), 0.0)
+            warp = torch.cat((pixel_grid(*flow.shape[:2]), flow.clamp(-1, 1)), dim=-1)
+            box_x, box_y = (content_box(rgbs[i].shape[:2], self.coarse_res, self.fit) for i in (x, y))
+            if self.fit != "stretch":
+                warp, cert = uncrop_warp(warp, cert, box_x, box_y)
+            coarse = MatchResult(warp, cert, (rgbs[x].shape[1], rgbs[x].shape[0]), (rgbs[y].shape[1], rgbs[y].shape[0]),
+                                 self.cfg.sample_threshold, False, box_x)
+            crop = zoom_crop(coarse, self.zoom, self.coarse_res, self.fit)
+            if crop is not None:  # its side 0 is x, 1 is y
+                return (x, y)[crop[0]], crop[1]
+        return None
 
     @torch.inference_mode()
     def _features(self, rgb: np.ndarray, key: Optional[str], cache: "FeatureCache", hr: bool) -> dict:
@@ -378,16 +442,8 @@ class Matcher:
             if batch:
                 yield batch
 
-        @torch.inference_mode()
         def run(batch, rgbs) -> list[MatchResult]:
-            def stack(side: int, hr: bool) -> dict:
-                feats = [self._features(rgb[side], key(p[side]), cache, hr) for p, rgb in zip(batch, rgbs)]
-                return {s: torch.cat([f[s] for f in feats]) for s in feats[0]}
-
-            warp, cert = self._decode(stack(0, False), stack(1, False), self.coarse_res,
-                                      lambda: (stack(0, True), stack(1, True)))
-            return [self.zoom_in(r, a, b, cache, (key(p[0]), key(p[1])))
-                    for r, (a, b), p in zip(self._results(warp, cert, rgbs), rgbs, batch)]
+            return self._match_pairs(rgbs, [(key(p[0]), key(p[1])) for p in batch], cache)
 
         with ThreadPoolExecutor(max(1, num_workers)) as pool:
             pending = None
@@ -407,25 +463,29 @@ def check_zoom(zoom: float) -> float:
     return float(zoom)
 
 
+def support_sizes(coarse_res: tuple[int, int], factors: Sequence[int]) -> list[tuple[int, int]]:
+    """Input sizes (h, w) of the scale support: ``coarse_res`` divided by each factor, on
+    multiples of 14 (the coarse grid)."""
+    return [tuple(max(14, round(r / k / 14) * 14) for r in coarse_res) for k in factors]
+
+
 ZOOM_MIN_CERTAINTY = 0.5  # matches this certain measure the scale and the covisible box
 ZOOM_MARGIN = 0.1  # the crop box grows by this share of its side on each side
 
 
-def zoom_crop(res: MatchResult, zoom: float, size: tuple[int, int], fit: str = FIT
-              ) -> Optional[tuple[int, tuple[float, float, float, float]]]:
-    """Which image to crop, and where, for :meth:`Matcher.zoom_in`: ``(side, (x0, y0, x1, y1))``
-    with side 0 (A) or 1 (B) and the box normalised in that image; None when the two images'
-    content has about one scale in the matcher's input ``size`` (ratio below ``zoom``) or too few
-    matches are certain to tell.
-
-    The scale is the median ratio of distances between random pairs of certain matches, in input
-    pixels; the box spans the 2nd-98th percentiles of the cropped side's certain matches.
-    """
+def _certain_matches(res: MatchResult) -> tuple[torch.Tensor, int]:
+    """The A->B matches (M,4) of certainty >= ZOOM_MIN_CERTAINTY, and how many matches there are."""
     w = res.warp.shape[1] // 2 if res.symmetric else res.warp.shape[1]
     warp = res.warp[:, :w].reshape(-1, 4).float()
-    cert = res.certainty[:, :w].reshape(-1).float()
-    good = warp[cert >= ZOOM_MIN_CERTAINTY]
-    if len(good) < 0.01 * len(warp) or len(good) < 64:
+    return warp[res.certainty[:, :w].reshape(-1).float() >= ZOOM_MIN_CERTAINTY], len(warp)
+
+
+def zoom_scale(res: MatchResult, size: tuple[int, int], fit: str = FIT) -> Optional[float]:
+    """How much larger B shows the content the two images share than A does, in the matcher's
+    input ``size``: the median ratio of distances between random pairs of certain matches (input
+    pixels). None when too few matches are certain to tell."""
+    good, total = _certain_matches(res)
+    if len(good) < 0.01 * total or len(good) < 64:
         return None
     gen = torch.Generator().manual_seed(0)
     idx = torch.randint(len(good), (2, 4096), generator=gen)
@@ -437,14 +497,26 @@ def zoom_crop(res: MatchResult, zoom: float, size: tuple[int, int], fit: str = F
     ok = (da > 4) & (db > 4)
     if int(ok.sum()) < 64:
         return None
-    scale = float((db[ok] / da[ok]).median())  # B's content over A's
+    return float((db[ok] / da[ok]).median())
+
+
+def zoom_crop(res: MatchResult, zoom: float, size: tuple[int, int], fit: str = FIT
+              ) -> Optional[tuple[int, tuple[float, float, float, float]]]:
+    """Which image to crop, and where, for :meth:`Matcher.zoom_in`: ``(side, (x0, y0, x1, y1))``
+    with side 0 (A) or 1 (B) and the box normalised in that image; None when the two images'
+    content has about one scale (:func:`zoom_scale` below ``zoom``) or too few matches are certain
+    to tell. The box spans the 2nd-98th percentiles of the cropped side's certain matches.
+    """
+    scale = zoom_scale(res, size, fit)
+    if scale is None:
+        return None
     if scale >= zoom:
         side = 0  # B shows A's part larger: crop A to it
     elif scale <= 1 / zoom:
         side = 1
     else:
         return None
-    pts = good[:, 2 * side: 2 * side + 2]
+    pts = _certain_matches(res)[0][:, 2 * side: 2 * side + 2]
     lo, hi = torch.quantile(pts, 0.02, dim=0), torch.quantile(pts, 0.98, dim=0)
     pad = ZOOM_MARGIN * (hi - lo)
     lo, hi = (lo - pad).clamp(-1, 1), (hi + pad).clamp(-1, 1)

@@ -16,6 +16,8 @@ DEVICE = "auto"  # CUDA with autocast when present, else CPU
 BALANCED = True  # sample matches spread over the image (KDE-balanced), not only the most certain
 CACHE_MB = 512  # memory for per-image encoder features reused across pairs
 ZOOM = 1.6  # re-match on the covisible crop when one image shows the other's content this much larger (0: off)
+ZOOM_ROUNDS = 2  # with the zoom on, re-matches of one pair at most, each on a crop of the last
+ZOOM_SUPPORT = (2, 3)  # with the zoom on, a failed match searches these downsampling factors of each image
 FIT = "stretch"  # how an image fills the matcher's input: "stretch" (resize to it) or "pad" (keep aspect, letterbox)
 
 

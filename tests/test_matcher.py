@@ -324,7 +324,10 @@ def test_zoom_in_gives_the_same_matches_in_match_many(monkeypatch, tmp_path, sid
     equals match()'s, which encodes both afresh."""
     import roma_sfm.matcher as matcher_module
 
-    monkeypatch.setattr(matcher_module, "zoom_crop", lambda *a, **k: (side, (-0.5, -0.25, 0.5, 0.75)))
+    def crop_once(res, *a, **k):  # the full images only, not again the crop
+        return (side, (-0.5, -0.25, 0.5, 0.75)) if res.size_A == res.size_B == (80, 60) else None
+
+    monkeypatch.setattr(matcher_module, "zoom_crop", crop_once)
     rng = np.random.default_rng(2)
     for i in range(2):
         Image.fromarray((rng.random((60, 80, 3)) * 255).astype(np.uint8)).save(tmp_path / f"{i}.png")
@@ -340,3 +343,97 @@ def test_zoom_in_gives_the_same_matches_in_match_many(monkeypatch, tmp_path, sid
     assert ((single.warp[..., cols] >= lo - px) & (single.warp[..., cols] <= hi + px)).all()
     if side == 0:  # A's grid spans the crop
         assert single.warp[..., 0].min() < -0.45 and single.warp[..., 1].max() > 0.7
+
+
+def test_gp_extra_support_lends_its_own_coordinates():
+    """A feature of A that only the extra support (B at another scale) describes gets that
+    support's coordinates from the posterior; without it, none."""
+    from roma_sfm.models.gp import GP
+
+    torch.manual_seed(0)
+    gp = GP(gp_dim=16, temperature=0.05)
+    eye = torch.eye(6)
+    y = eye[:4].T.reshape(1, 6, 2, 2)  # B: four features on a 2x2 grid
+    extra = eye[4].reshape(1, 6, 1, 1)  # B downsampled: one feature at the image centre
+    x = eye[4].reshape(1, 6, 1, 1)  # A shows the downsampled view's content
+    with torch.no_grad():
+        target = gp.embed_coords(1, 1, 1, "cpu").flatten()
+        with_extra = gp(x, y, [extra]).flatten()
+        without = gp(x, y).flatten()
+    # one support point that matches exactly: its embedding, shrunk by the GP's noise term
+    assert torch.allclose(with_extra, target / (1 + gp.noise), atol=0.02)
+    assert without.abs().max() < 0.05 * target.abs().max()
+
+
+def test_coarse_only_decoding_stops_at_the_coarse_scale():
+    model = RoMa(micro_config()).eval()
+    A, B = rand_images()
+    with torch.no_grad():
+        f_A, f_B = model.encode(A), model.encode(B)
+        out = model.decode(f_A, f_B, coarse_only=True)
+        full = model.decode(f_A, f_B)
+    assert set(out) == {16}
+    assert torch.allclose(out[16]["flow"], full[16]["flow"], atol=1e-6)
+
+
+def test_to_tensor_gives_the_plain_layout():
+    """Decoded images are HWC; the model input must not keep those strides (they make the
+    encoder's outputs lose the channels-last layout the refiners are fast on)."""
+    from roma_sfm.matcher import to_tensor
+
+    rgb = (np.random.default_rng(0).random((50, 70, 3)) * 255).astype(np.uint8)
+    for fit in ("stretch", "pad"):
+        assert to_tensor(rgb, (56, 56), fit).is_contiguous()
+
+
+@pytest.mark.parametrize("found_by", [0, 1])
+@pytest.mark.parametrize("crop_side", [0, 1])
+def test_scale_search_when_the_match_finds_too_little(monkeypatch, found_by, crop_side):
+    """A match with too few certain matches to measure a scale triggers the scale search: coarse
+    matches A->B, then B->A, each with the other image's scale support; the first that finds a
+    zoom gives the crop, on the image it names, and the pair is matched again on it."""
+    import roma_sfm.matcher as matcher_module
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.random((300, 400, 3)) * 255).astype(np.uint8), (rng.random((240, 320, 3)) * 255).astype(np.uint8)
+    first = MatchResult(identity_result(30, 40, (400, 300)).warp, torch.zeros(30, 40), (400, 300), (320, 240))
+    seen = []
+    m = random_matcher(micro_config(), device="cpu", seed=5, zoom=1.5)
+
+    def fake_crop(res, zoom, size, fit="stretch"):
+        if res is first or res.warp.shape[0] != m.coarse_res[0] // 14:  # only the search's coarse matches
+            return None
+        direction = 0 if res.size_A == (400, 300) else 1  # x = A for A->B
+        seen.append(direction)
+        return (crop_side, (-0.5, -0.5, 0.5, 0.5)) if direction == found_by else None
+
+    monkeypatch.setattr(matcher_module, "zoom_crop", fake_crop)
+    monkeypatch.setattr(matcher_module, "zoom_scale", lambda res, *a, **k: None if res is first else 1.0)
+    out = m.zoom_in(first, a, b)
+    assert seen == [0, 1][:found_by + 1]
+    cropped = (found_by, 1 - found_by)[crop_side]  # the search's side 0 is its x
+    ka, kb, _ = out.sample(num=300, balanced=False)
+    pts, (w, h) = (ka, (400, 300)) if cropped == 0 else (kb, (320, 240))
+    assert len(pts) > 50
+    assert (pts[:, 0] > 0.25 * w - 1).all() and (pts[:, 0] < 0.75 * w + 1).all()
+    assert (pts[:, 1] > 0.25 * h - 1).all() and (pts[:, 1] < 0.75 * h + 1).all()
+    # a re-match that still finds too little is dropped: the pair keeps its first match
+    monkeypatch.setattr(matcher_module, "zoom_scale", lambda res, *a, **k: None)
+    assert m.zoom_in(first, a, b) is first
+    assert random_matcher(micro_config(), device="cpu", seed=5, zoom=0).zoom_in(first, a, b) is first
+
+
+@pytest.mark.parametrize("rounds", [1, 2])
+def test_zoom_in_crops_again_while_still_zoomed(monkeypatch, rounds):
+    """A re-match that still shows a zoom is cropped again (a crop of the crop), up to ``rounds``."""
+    import roma_sfm.matcher as matcher_module
+
+    monkeypatch.setattr(matcher_module, "zoom_crop", lambda res, *a, **k: (0, (-0.5, -0.5, 0.5, 0.5)))
+    rng = np.random.default_rng(1)
+    a, b = ((rng.random((300, 400, 3)) * 255).astype(np.uint8) for _ in range(2))
+    m = random_matcher(micro_config(), device="cpu", seed=6, zoom=1.5)
+    ka, _, _ = m.zoom_in(identity_result(30, 40, (400, 300)), a, b, rounds=rounds).sample(num=300, balanced=False)
+    half = 0.5 ** rounds  # the central half of A, then the central half of that
+    assert len(ka) > 50
+    assert (abs(ka[:, 0] - 200) <= 200 * half + 1).all() and (abs(ka[:, 1] - 150) <= 150 * half + 1).all()
+    assert abs(ka[:, 0] - 200).max() > 200 * half * 0.8  # and it spans that crop

@@ -1,7 +1,7 @@
 """RoMa's coarse-to-fine decoder: projections, GP, Transformer anchors, refiners."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +31,8 @@ class Decoder(nn.Module):
         self.scales = sorted(cfg.refiners, reverse=True)  # 16, 8, 4, 2, 1
 
     def forward(self, f_A: Pyramid, f_B: Pyramid, scale_factor: float = 1.0,
-                flow: Optional[torch.Tensor] = None, certainty: Optional[torch.Tensor] = None
+                flow: Optional[torch.Tensor] = None, certainty: Optional[torch.Tensor] = None,
+                support_B: Sequence[torch.Tensor] = (), coarse_only: bool = False
                 ) -> dict[int, dict[str, torch.Tensor]]:
         """Feature pyramids of A and B -> per-scale outputs.
 
@@ -39,7 +40,9 @@ class Decoder(nn.Module):
         (the finest output of a first pass) only the refiners 8, 4, 2, 1 run (second pass).
         Every scale returns ``flow`` (B,2,h,w), normalised (x,y) in B, and ``certainty`` (B,1,h,w),
         the accumulated logit; the coarse scale also returns ``gm_cls`` / ``gm_certainty`` and every
-        refined scale ``flow_pre_delta``, for the losses.
+        refined scale ``flow_pre_delta``, for the losses. ``support_B``: coarse (stride-16)
+        features of B at other scales, extra GP support (:class:`GP`). ``coarse_only``: stop after
+        the coarse scale.
         """
         second_pass = flow is not None
         scales = [s for s in self.scales if s != 16] if second_pass else self.scales
@@ -53,7 +56,7 @@ class Decoder(nn.Module):
             out[s] = {}
             fa, fb = self.proj[str(s)](f_A[s]), self.proj[str(s)](f_B[s])
             if s == 16:
-                posterior = self.gps["16"](fa, fb)
+                posterior = self.gps["16"](fa, fb, [self.proj["16"](t) for t in support_B])
                 cls, certainty = self.embedding_decoder(posterior, fa)
                 flow = to_warp(cls).permute(0, 3, 1, 2).detach()
                 out[s].update(gm_cls=cls, gm_certainty=certainty)
@@ -63,6 +66,8 @@ class Decoder(nn.Module):
                                            delta[:, 1] / (self.cfg.refine_init * h1)), dim=1)
             certainty = certainty + delta_cert
             out[s].update(flow=flow, certainty=certainty)
+            if coarse_only:
+                break
             if i + 1 < len(scales):  # stages are detached: each refiner learns from its own loss
                 size = f_A[scales[i + 1]].shape[-2:]
                 flow = F.interpolate(flow, size=size, mode="bilinear", align_corners=False).detach()

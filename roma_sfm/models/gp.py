@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -33,20 +34,25 @@ class GP(nn.Module):
         coords = pixel_grid(h, w, device).permute(2, 0, 1)[None].expand(b, 2, h, w)
         return torch.cos(8 * math.pi * self.pos_conv(coords))
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """x: (B,C,h1,w1) features of A, y: (B,C,h2,w2) of B -> posterior mean (B,D,h1,w1)."""
-        with torch.autocast(device_type=x.device.type, enabled=False):  # the solve needs fp32
-            return self._posterior(x.float(), y.float())
+    def forward(self, x: torch.Tensor, y: torch.Tensor, extra: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+        """x: (B,C,h1,w1) features of A, y: (B,C,h2,w2) of B -> posterior mean (B,D,h1,w1).
 
-    def _posterior(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        ``extra``: more support, (B,C,h,w) features of B itself at other scales (e.g. of B
+        downsampled), each on its own grid over the same image, so a part of A that appears
+        smaller than in B still meets a description of its own scale.
+        """
+        with torch.autocast(device_type=x.device.type, enabled=False):  # the solve needs fp32
+            return self._posterior(x.float(), [t.float() for t in (y, *extra)])
+
+    def _posterior(self, x: torch.Tensor, ys: list[torch.Tensor]) -> torch.Tensor:
         b, _, h1, w1 = x.shape
-        _, _, h2, w2 = y.shape
-        f = self.embed_coords(b, h2, w2, x.device).flatten(2).transpose(1, 2)  # (B, M, D)
+        f = torch.cat([self.embed_coords(b, *t.shape[-2:], x.device).flatten(2).transpose(1, 2)
+                       for t in ys], dim=1)  # (B, M, D)
         x = x.flatten(2).transpose(1, 2)
-        y = y.flatten(2).transpose(1, 2)
+        y = torch.cat([t.flatten(2).transpose(1, 2) for t in ys], dim=1)
         k_yy = cosine_kernel(y, y, self.temperature)
         k_xy = cosine_kernel(x, y, self.temperature)
-        k_yy = k_yy + self.noise * torch.eye(h2 * w2, device=x.device, dtype=k_yy.dtype)
+        k_yy = k_yy + self.noise * torch.eye(y.shape[1], device=x.device, dtype=k_yy.dtype)
         # K_yy + sigma I is symmetric positive definite: a Cholesky solve, stabler than an inverse
         chol = torch.linalg.cholesky(k_yy)
         mu = k_xy @ torch.cholesky_solve(f, chol)

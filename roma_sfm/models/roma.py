@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -45,15 +45,22 @@ class RoMa(nn.Module):
         return self.encoder(x, coarse=coarse)
 
     def decode(self, f_A: dict[int, torch.Tensor], f_B: dict[int, torch.Tensor], symmetric: bool = False,
-               scale_factor: float = 1.0, first_pass: Optional[dict] = None) -> dict[int, dict[str, torch.Tensor]]:
-        """Pyramids of A and B (as from :meth:`encode`, batch B each) -> coarse-to-fine outputs."""
+               scale_factor: float = 1.0, first_pass: Optional[dict] = None, support_B: Sequence[torch.Tensor] = (),
+               coarse_only: bool = False) -> dict[int, dict[str, torch.Tensor]]:
+        """Pyramids of A and B (as from :meth:`encode`, batch B each) -> coarse-to-fine outputs.
+
+        ``support_B`` (one direction only): B's coarse features at other scales, extra GP support;
+        ``coarse_only``: stop after the coarse scale (see :class:`~.decoder.Decoder`).
+        """
+        if symmetric and support_B:
+            raise ValueError("scale support is for one-direction matching")
         if symmetric:
             f_A, f_B = ({s: torch.cat((f_A[s], f_B[s])) for s in f_A},
                         {s: torch.cat((f_B[s], f_A[s])) for s in f_A})
         kw = {}
         if first_pass is not None:
             kw = dict(flow=first_pass["flow"], certainty=first_pass["certainty"])
-        return self.decoder(f_A, f_B, scale_factor=scale_factor, **kw)
+        return self.decoder(f_A, f_B, scale_factor=scale_factor, support_B=support_B, coarse_only=coarse_only, **kw)
 
 
 def finalize(corresps: dict, size: tuple[int, int], attenuate: bool = True,
