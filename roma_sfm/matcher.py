@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .io import IMAGENET_MEAN, IMAGENET_STD, ImageLike, as_rgb
-from .models.gp import pixel_grid
 from .models.roma import RoMa, finalize
 from .presets import (BALANCED, CACHE_MB, DECODE_WORKERS, DEVICE, FIT, NUM_SAMPLES, ZOOM, ZOOM_ROUNDS, ZOOM_SUPPORT,
                       RomaConfig, get_preset)
@@ -266,10 +265,11 @@ class Matcher:
                                   coarse_certainty=coarse_cert, symmetric=self.symmetric)
         return warp.float(), cert.float()
 
-    def _results(self, warp: torch.Tensor, cert: torch.Tensor,
-                 pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[MatchResult]:
+    def _results(self, warp: torch.Tensor, cert: torch.Tensor, pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+                 size: Optional[tuple[int, int]] = None) -> list[MatchResult]:
+        """Warps of input size ``size`` (default: the final pass's) -> results in the images' coordinates."""
         warp, cert = warp.cpu(), cert.cpu()
-        size = self.upsample_res or self.coarse_res
+        size = size or self.upsample_res or self.coarse_res
         results = []
         for i, (a, b) in enumerate(pairs):
             box_A, box_B = content_box(a.shape[:2], size, self.fit), content_box(b.shape[:2], size, self.fit)
@@ -382,20 +382,15 @@ class Matcher:
         found too few certain matches to measure a scale (a zoom beyond what the coarse features
         bridge): A to B with B's support first, then B to A with A's support."""
         rgbs = (rgb_A, rgb_B)
+        feats = [self._features(rgbs[i], keys[i], cache, False) for i in (0, 1)]
         for side in (0, 1):
             x, y = side, 1 - side  # match image x to image y, y's scale support
-            f_x, f_y = (self._features(rgbs[i], keys[i], cache, False) for i in (x, y))
             with self._autocast():
-                out = self.model.decode(f_x, f_y, False, math.sqrt(self.coarse_res[0] * self.coarse_res[1]) / 560,
-                                        support_B=self._support([rgbs[y]], [keys[y]], cache), coarse_only=True)[16]
-            flow = out["flow"][0].float().permute(1, 2, 0).cpu()
-            cert = out["certainty"][0, 0].float().sigmoid().cpu().masked_fill((flow.abs() > 1).any(dim=-1), 0.0)
-            warp = torch.cat((pixel_grid(*flow.shape[:2]), flow.clamp(-1, 1)), dim=-1)
-            box_x, box_y = (content_box(rgbs[i].shape[:2], self.coarse_res, self.fit) for i in (x, y))
-            if self.fit != "stretch":
-                warp, cert = uncrop_warp(warp, cert, box_x, box_y)
-            coarse = MatchResult(warp, cert, (rgbs[x].shape[1], rgbs[x].shape[0]), (rgbs[y].shape[1], rgbs[y].shape[0]),
-                                 self.cfg.sample_threshold, False, box_x)
+                out = self.model.decode(feats[x], feats[y], False, math.sqrt(self.coarse_res[0] * self.coarse_res[1]) / 560,
+                                        support_B=self._support([rgbs[y]], [keys[y]], cache), coarse_only=True)
+            grid = out[16]["flow"].shape[-2:]
+            warp, cert = finalize(out, grid, attenuate=False)
+            coarse = self._results(warp, cert, [(rgbs[x], rgbs[y])], self.coarse_res)[0]
             crop = zoom_crop(coarse, self.zoom, self.coarse_res, self.fit)
             if crop is not None:  # its side 0 is x, 1 is y
                 return (x, y)[crop[0]], crop[1]

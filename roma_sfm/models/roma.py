@@ -70,11 +70,11 @@ def finalize(corresps: dict, size: tuple[int, int], attenuate: bool = True,
 
     Certainty = sigmoid(finest logit - 0.5 * min(coarse logit, 0)); pixels whose warp leaves
     [-1,1] get certainty 0 and the warp is clamped. Symmetric: (B,H,2W,4), left half A->B,
-    right half B->A.
+    right half B->A. The finest scale present is used (the coarse one of a ``coarse_only`` decode).
     """
     h, w = size
-    flow = corresps[1]["flow"]
-    logit = corresps[1]["certainty"]
+    flow = corresps[min(corresps)]["flow"]
+    logit = corresps[min(corresps)]["certainty"]
     if flow.shape[-2:] != (h, w):
         flow = F.interpolate(flow, size=(h, w), mode="bilinear", align_corners=False)
         logit = F.interpolate(logit, size=(h, w), mode="bilinear", align_corners=False)
