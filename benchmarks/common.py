@@ -7,7 +7,8 @@
   0.02, ratio 0.8, mutual check) or ``sift-opencv`` (plain OpenCV SIFT: 8000 features, OpenCV
   defaults, ratio test 0.8 and no mutual check; the peer of the data README's reference numbers).
   A RoMa spec may end in ``@COARSE[:FINE]``, the CLI's ``--resolution`` (e.g. ``roma@448:none``),
-  and then in ``~ZOOM``, the CLI's ``--zoom`` (e.g. ``roma~0`` never re-matches a zoomed pair).
+  then in ``~ZOOM``, the CLI's ``--zoom`` (e.g. ``roma~0`` never re-matches a zoomed pair), and
+  then in ``+PRECISION``, the CLI's ``--precision`` (e.g. ``roma+bf16``).
 - ``TimedMatcher``: (path A, path B) -> (kpts A, kpts B) in pixels of the originals, COLMAP
   convention (corner at 0, pixel centres at +0.5), and the seconds spent matching. Dense matchers
   are sampled (``num_samples``, balanced); a sparse matcher gives all its matches.
@@ -29,7 +30,8 @@ DATA = Path(os.environ.get("ROMA_SFM_SHARED", ROOT.parent / "shared")) / "data"
 MATCHER_HELP = ("matchers to compare: 'roma' (the shipped model), a preset name, a .safetensors checkpoint, "
                 "'sift' (our SiftMatcher, as in the pipeline) or 'sift-opencv' (plain OpenCV SIFT, 8000 "
                 "features, ratio 0.8, no mutual check); a RoMa spec may end in @RES, the CLI's --resolution "
-                "(e.g. roma@448:none for one pass), then in ~ZOOM, the CLI's --zoom (e.g. roma~0)")
+                "(e.g. roma@448:none for one pass), then in ~ZOOM, the CLI's --zoom (e.g. roma~0), then in "
+                "+PRECISION, the CLI's --precision (e.g. roma+bf16)")
 
 
 def add_common_args(ap: argparse.ArgumentParser) -> None:
@@ -59,21 +61,23 @@ def label(spec: str) -> str:
 
 
 def with_resolution(spec: str, device: str = "auto") -> Any:
-    """``NAME[@RES][~ZOOM]`` -> the matcher the CLI loads for ``--matcher NAME --resolution RES
-    --zoom ZOOM``; a spec with neither is returned unchanged."""
+    """``NAME[@RES][~ZOOM][+PRECISION]`` -> the matcher the CLI loads for ``--matcher NAME
+    --resolution RES --zoom ZOOM --precision PRECISION``; a spec with none of them is returned unchanged."""
     from roma_sfm.pipelines.matchers import resolve
 
-    rest, tilde, zoom = str(spec).partition("~")
+    rest, plus, precision = str(spec).partition("+")
+    rest, tilde, zoom = rest.partition("~")
     name, at, res = rest.partition("@")
-    if not (at or tilde):
+    if not (at or tilde or plus):
         return spec
-    return resolve(name, res if at else None, device, float(zoom) if tilde else None).matcher
+    return resolve(name, res if at else None, device, float(zoom) if tilde else None,
+                   precision if plus else None).matcher
 
 
 def build_matcher(spec: str, device: str = "auto") -> Any:
     from roma_sfm.pipelines.matchers import SiftMatcher, get_matcher
 
-    if "@" in str(spec) or "~" in str(spec):
+    if any(c in str(spec) for c in "@~+"):
         return get_matcher(with_resolution(spec, device), device=device)
     if str(spec).lower() == "sift-opencv":
         # cv2.SIFT_create(8000) with OpenCV's defaults + Lowe's ratio test, exact L2 neighbours

@@ -132,10 +132,10 @@ def _guard(verbose: bool):
 
 
 def _resolve_matcher(spec: Optional[str], resolution: Optional[str], device: str,
-                     zoom: Optional[float] = None) -> Any:
+                     zoom: Optional[float] = None, precision: Optional[str] = None) -> Any:
     """The --matcher value for the pipeline (``matchers.resolve``), its notes printed."""
     try:
-        resolved = matchers.resolve(spec, resolution, device, zoom)
+        resolved = matchers.resolve(spec, resolution, device, zoom, precision)
     except matchers.MatcherSpecError as e:
         raise typer.BadParameter(str(e), param_hint=e.option) from None
     for note in resolved.notes:
@@ -265,6 +265,8 @@ RESOLUTION_HELP = ("RoMa resolution COARSE[:FINE], each N or HxW in multiples of
                    "560:864 for the paper models.")
 ZOOM_HELP = ("RoMa: match a pair again on the part both images show when one shows it at least this many "
              "times larger than the other (0: never). Default: roma_sfm.presets.ZOOM.")
+PRECISION_HELP = ("RoMa arithmetic: auto (autocast on CUDA, float32 on CPU), fp32, or bf16 (bfloat16 also on CPU: "
+                  "faster on CPUs with bf16 units, slightly less accurate; docs/benchmarks.md).")
 DEVICE_HELP = "Torch device for RoMa: auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ..."
 NUM_SAMPLES_HELP = "Matches sampled per pair from RoMa's dense warp (SIFT keeps at most this many)."
 RAY_HELP = ("Match on a Ray cluster: `--ray` alone starts a local one, `--ray HOST:PORT` (or `auto`) joins a "
@@ -320,6 +322,7 @@ def reconstruct(
     num_matched: int = typer.Option(DEFAULTS.num_matched, "--num-matched", min=1, help="Retrieval: pairs per image."),
     resolution: Optional[str] = typer.Option(None, "--resolution", show_default=False, help=RESOLUTION_HELP),
     zoom: Optional[float] = typer.Option(None, "--zoom", min=0.0, show_default=False, help=ZOOM_HELP),
+    precision: Optional[str] = typer.Option(None, "--precision", show_default=False, help=PRECISION_HELP),
     device: str = typer.Option(DEFAULTS.device, "--device", help=DEVICE_HELP),
     mapper: Mapper = typer.Option(Mapper(DEFAULTS.mapper), "--mapper", help=MAPPER_HELP),
     calibrate: Calibrate = typer.Option(Calibrate(DEFAULTS.calibrate), "--calibrate", help=CALIBRATE_HELP),
@@ -360,7 +363,7 @@ def reconstruct(
     _check_pairs(pairs)
     gt = _gt(poses_gt)
     with _guard(verbose):
-        m = _resolve_matcher(matcher, resolution, device, zoom)
+        m = _resolve_matcher(matcher, resolution, device, zoom, precision)
         console.print(f"reconstructing [bold]{escape(str(images))}[/] -> [bold]{escape(str(out))}[/] "
                       f"(matcher: {escape(matchers.matcher_name(m))})")
         config = reconstruct_.ReconstructConfig(
@@ -414,6 +417,7 @@ def match_cmd(
     matcher: Optional[str] = typer.Option(None, "--matcher", "-m", show_default=False, help=MATCHER_HELP),
     resolution: Optional[str] = typer.Option(None, "--resolution", show_default=False, help=RESOLUTION_HELP),
     zoom: Optional[float] = typer.Option(None, "--zoom", min=0.0, show_default=False, help=ZOOM_HELP),
+    precision: Optional[str] = typer.Option(None, "--precision", show_default=False, help=PRECISION_HELP),
     device: str = typer.Option(DEFAULTS.device, "--device", help=DEVICE_HELP),
     num_samples: int = typer.Option(DEFAULTS.num_samples, "--num-samples", min=1, help=NUM_SAMPLES_HELP),
     batch_size: int = typer.Option(DEFAULTS.batch_size, "--batch-size", min=1, help="RoMa: pairs per forward pass."),
@@ -440,7 +444,7 @@ def match_cmd(
 
     out = output or default_output(images) / "matches.h5"
     with _guard(verbose), output_lock(out.parent):
-        m = matchers.get_matcher(_resolve_matcher(matcher, resolution, device, zoom), device=device)  # load errors first
+        m = matchers.get_matcher(_resolve_matcher(matcher, resolution, device, zoom, precision), device=device)  # load errors first
         if pairs is not None and retrieval is not None:
             _fail("give --pairs or --retrieval, not both", code=2)
         if pairs is None:
@@ -569,6 +573,7 @@ def viz(
                                 "name or a checkpoint file."),
     resolution: Optional[str] = typer.Option(None, "--resolution", show_default=False, help=RESOLUTION_HELP),
     zoom: Optional[float] = typer.Option(None, "--zoom", min=0.0, show_default=False, help=ZOOM_HELP),
+    precision: Optional[str] = typer.Option(None, "--precision", show_default=False, help=PRECISION_HELP),
     device: str = typer.Option(DEFAULTS.device, "--device", help=DEVICE_HELP),
     num_samples: Optional[int] = typer.Option(None, "--num-samples", min=8, show_default=False,
                                               help="Matches sampled from the warp (default: "
@@ -585,7 +590,7 @@ def viz(
         raise typer.BadParameter("viz draws RoMa's dense warp: give a RoMa model", param_hint="--matcher")
     out = output or Path(f"viz_{image_a.stem}__{image_b.stem}.png")
     with _guard(verbose):
-        fig = figures.pair_figure(_resolve_matcher(matcher, resolution, device, zoom), image_a, image_b, out, device=device,
+        fig = figures.pair_figure(_resolve_matcher(matcher, resolution, device, zoom, precision), image_a, image_b, out, device=device,
                                   **({"num_samples": num_samples} if num_samples else {}))
     console.print(_kv_table("roma-sfm viz", [
         ("matches sampled", str(fig.matches)),

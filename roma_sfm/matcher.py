@@ -22,8 +22,8 @@ from PIL import Image
 
 from .io import IMAGENET_MEAN, IMAGENET_STD, ImageLike, as_rgb
 from .models.roma import RoMa, finalize
-from .presets import (BALANCED, CACHE_MB, DECODE_WORKERS, DEVICE, FIT, NUM_SAMPLES, ZOOM, ZOOM_ROUNDS, ZOOM_SUPPORT,
-                      RomaConfig, get_preset)
+from .presets import (BALANCED, CACHE_MB, DECODE_WORKERS, DEVICE, FIT, NUM_SAMPLES, PRECISION, PRECISIONS, ZOOM,
+                      ZOOM_ROUNDS, ZOOM_SUPPORT, RomaConfig, get_preset)
 from .models.fuse import fuse_batchnorm
 from .sampling import grid_density
 from .weights import load_model, weights_fingerprint
@@ -51,6 +51,18 @@ def torch_threads(n: Optional[int]) -> Iterator[None]:
 
 
 FITS = ("stretch", "pad")
+
+
+def autocast_dtype(device: torch.device, precision: str = PRECISION) -> Optional[torch.dtype]:
+    """The autocast dtype of a ``precision`` (:data:`~roma_sfm.presets.PRECISIONS`) on ``device``;
+    None: float32. "auto" autocasts on CUDA only (bfloat16 where supported, else float16)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto" and device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
 
 
 def content_size(hw: tuple[int, int], size: tuple[int, int], fit: str = FIT) -> tuple[int, int]:
@@ -184,7 +196,7 @@ class Matcher:
     def __init__(self, model: RoMa, device: Union[str, torch.device] = DEVICE,
                  coarse_res: Optional[tuple[int, int]] = None, upsample_res: Optional[tuple[int, int]] = None,
                  symmetric: Optional[bool] = None, metadata: Optional[dict] = None, fuse: bool = False,
-                 fit: str = FIT, zoom: float = ZOOM):
+                 fit: str = FIT, zoom: float = ZOOM, precision: str = PRECISION):
         cfg = model.cfg
         self.cfg = cfg
         self.device = resolve_device(device)
@@ -202,13 +214,16 @@ class Matcher:
         self.fit = fit
         self.zoom = check_zoom(zoom)
         self.metadata = metadata or {}
-        self.amp_dtype = None
-        if self.device.type == "cuda":
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.amp_dtype = autocast_dtype(self.device, precision)
 
     @property
     def name(self) -> str:
         return self.cfg.name
+
+    @property
+    def precision(self) -> str:
+        """The arithmetic the matches come from: "fp32", "bf16" or "fp16" (part of their signature)."""
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -550,7 +565,8 @@ class FeatureCache:
 def load_matcher(name_or_path: Optional[Union[str, os.PathLike]] = None, weights=None, dinov2_weights=None,
                  coarse_res: Optional[Union[int, tuple[int, int]]] = None,
                  upsample_res: Optional[Union[int, tuple[int, int]]] = None, symmetric: Optional[bool] = None,
-                 device: Union[str, torch.device] = DEVICE, fit: str = FIT, zoom: float = ZOOM) -> Matcher:
+                 device: Union[str, torch.device] = DEVICE, fit: str = FIT, zoom: float = ZOOM,
+                 precision: str = PRECISION) -> Matcher:
     """Load a matcher.
 
     ``name_or_path``: None (the project's shipped model), a preset name (``roma-outdoor`` /
@@ -561,9 +577,11 @@ def load_matcher(name_or_path: Optional[Union[str, os.PathLike]] = None, weights
     model); an int or (h, w) sets it. ``fit``: "stretch" resizes every image to the input size, "pad" keeps
     its aspect (letterbox, :func:`to_tensor`). ``zoom``: match again on the covisible crop when one
     image shows the other's content this many times larger (:meth:`Matcher.zoom_in`; 0: never).
+    ``precision``: "auto" (autocast on CUDA), "fp32" or "bf16" (autocast on any device, :func:`autocast_dtype`).
     """
     model, meta = load_model(name_or_path, weights, dinov2_weights)
-    return Matcher(model, device, _pair(coarse_res), upsample_res, symmetric, meta, fuse=True, fit=fit, zoom=zoom)
+    return Matcher(model, device, _pair(coarse_res), upsample_res, symmetric, meta, fuse=True, fit=fit, zoom=zoom,
+                   precision=precision)
 
 
 def random_matcher(preset: Union[str, RomaConfig], device=DEVICE, seed: int = 0, **kw) -> Matcher:

@@ -18,6 +18,10 @@ CACHE_MB = 512  # memory for per-image encoder features reused across pairs
 ZOOM = 1.6  # re-match on the covisible crop when one image shows the other's content this much larger (0: off)
 ZOOM_ROUNDS = 2  # with the zoom on, re-matches of one pair at most, each on a crop of the last
 ZOOM_SUPPORT = (2, 3)  # with the zoom on, a failed match searches these downsampling factors of each image
+# arithmetic of the matcher: "auto" (CUDA: bfloat16/float16 autocast; CPU: float32), "fp32" (float32
+# everywhere), "bf16" (bfloat16 autocast also on CPUs, faster on CPUs with bf16 units, slightly less accurate)
+PRECISION = "auto"
+PRECISIONS = ("auto", "fp32", "bf16")
 FIT = "stretch"  # how an image fills the matcher's input: "stretch" (resize to it) or "pad" (keep aspect, letterbox)
 
 

@@ -178,5 +178,12 @@ def test_matcher_spec_takes_the_cli_resolution():
     assert common.build_matcher("roma-tiny~1.5", "cpu").zoom == 1.5
     z = common.build_matcher("roma-tiny@224:none~0", "cpu")
     assert z.zoom == 0 and z.coarse_res == (224, 224)
+    # '+PRECISION' as `--precision PRECISION`, last
+    assert common.build_matcher("roma-tiny+bf16", "cpu").precision == "bf16"
+    p = common.build_matcher("roma-tiny@224:none~0+bf16", "cpu")
+    assert (p.precision, p.zoom, p.upsample_res) == ("bf16", 0, None)
+    assert common.build_matcher("roma-tiny~0", "cpu").precision == "fp32"
     with pytest.raises(MatcherSpecError):
         common.build_matcher("roma-tiny@225", "cpu")
+    with pytest.raises(MatcherSpecError, match="precision"):
+        common.build_matcher("roma-tiny+fp8", "cpu")

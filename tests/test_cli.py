@@ -227,6 +227,30 @@ def test_zoom_option_is_signed_into_the_matches(tmp_path):
     assert bad.exit_code == 2 and not (tmp_path / "bad.h5").exists()
 
 
+def test_precision_option_is_signed_into_the_matches(tmp_path):
+    """--precision bf16 matches under bfloat16 autocast also on the CPU; the arithmetic is part of
+    the matches' signature (the default on a CPU is float32), and an unknown name is a usage error."""
+    import torch
+
+    from conftest import micro_config
+    from roma_sfm import save_checkpoint
+    from roma_sfm.models.roma import RoMa
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "micro.safetensors", RoMa(micro_config()).eval())
+    (tmp_path / "pairs.txt").write_text("0000.jpg 0001.jpg\n")
+    for precision, want in ((None, "fp32"), ("fp32", "fp32"), ("bf16", "bf16")):
+        out = tmp_path / f"{precision}.h5"
+        res = invoke("match", IMAGES, "--pairs", tmp_path / "pairs.txt", "-o", out, "--matcher", ckpt,
+                     "--num-samples", 50, "--device", "cpu", *(("--precision", precision) if precision else ()))
+        assert res.exit_code == 0, res.output
+        with h5py.File(out, "r") as f:
+            assert json.loads(f.attrs["matcher_signature"])["precision"] == want, precision
+    bad = invoke("match", IMAGES, "--pairs", tmp_path / "pairs.txt", "-o", tmp_path / "bad.h5",
+                 "--matcher", ckpt, "--precision", "fp8")
+    assert bad.exit_code == 2 and "--precision" in bad.output and not (tmp_path / "bad.h5").exists()
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help(command):
     res = invoke(command, "--help")

@@ -61,6 +61,34 @@ def test_fused_batchnorm_gives_the_same_matches():
     assert fuse_batchnorm(model) == 0
 
 
+def test_precision_picks_the_autocast_dtype():
+    from roma_sfm.matcher import autocast_dtype
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert autocast_dtype(cpu, "auto") is None and autocast_dtype(cpu, "fp32") is None
+    assert autocast_dtype(cpu, "bf16") is torch.bfloat16 and autocast_dtype(cuda, "bf16") is torch.bfloat16
+    assert autocast_dtype(cuda, "fp32") is None
+    with pytest.raises(ValueError, match="precision"):
+        autocast_dtype(cpu, "fp8")
+
+
+def test_bf16_matches_follow_the_fp32_ones():
+    """bfloat16 autocast on the CPU changes the arithmetic, not the result: the warps agree to a
+    fraction of a pixel of the 112 x 140 output where the float32 matcher is certain."""
+    torch.manual_seed(0)
+    model = RoMa(micro_config(upsample_res=(112, 140))).eval()
+    A, B = rand_images()
+    fp32 = Matcher(model, "cpu", upsample_res=True)
+    bf16 = Matcher(model, "cpu", upsample_res=True, precision="bf16")
+    assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
+    w0, c0 = fp32.match_tensors(A, B)
+    w1, c1 = bf16.match_tensors(A, B)
+    assert w1.dtype == c1.dtype == torch.float32
+    assert not torch.equal(w0, w1)  # the autocast did run
+    px = (w0 - w1)[..., 2:].abs() * torch.tensor([70.0, 56.0])
+    assert px.median() < 0.5 and (c0 - c1).abs().mean() < 0.05
+
+
 def test_symmetric_is_both_directions_in_one_batch():
     cfg = micro_config()
     one = random_matcher(cfg, device="cpu", seed=3)

@@ -53,15 +53,16 @@ class Resolved:
 
 
 def resolve(spec: Optional[str], resolution: Optional[str] = None, device: str = DEVICE,
-            zoom: Optional[float] = None) -> Resolved:
-    """The matcher of the ``--matcher`` / ``--resolution`` / ``--zoom`` options.
+            zoom: Optional[float] = None, precision: Optional[str] = None) -> Resolved:
+    """The matcher of the ``--matcher`` / ``--resolution`` / ``--zoom`` / ``--precision`` options.
 
     No spec: 'roma' when the shipped weights are recommended, else 'sift' with a note saying why.
-    A resolution or a zoom loads the RoMa matcher at once (ignored for SIFT, with a note). Raises
-    :class:`MatcherSpecError` for a name that is no matcher, weights that are missing or a bad zoom.
+    A resolution, a zoom or a precision loads the RoMa matcher at once (ignored for SIFT, with a
+    note). Raises :class:`MatcherSpecError` for a name that is no matcher, weights that are missing,
+    a bad zoom or an unknown precision.
     """
     from ...matcher import check_zoom
-    from ...presets import PRESETS
+    from ...presets import PRECISIONS, PRESETS
     from ...weights import default_checkpoint, shipped_model_recommended
 
     try:
@@ -81,9 +82,11 @@ def resolve(spec: Optional[str], resolution: Optional[str] = None, device: str =
         zoom = None if zoom is None else check_zoom(zoom)
     except ValueError as e:
         raise MatcherSpecError(str(e), "--zoom") from None
+    if precision is not None and precision not in PRECISIONS:
+        raise MatcherSpecError(f"'{precision}' is not a precision ({', '.join(PRECISIONS)})", "--precision")
     low = spec.lower()
     if low in sift.confs:
-        for option, value in (("--resolution", res), ("--zoom", zoom)):
+        for option, value in (("--resolution", res), ("--zoom", zoom), ("--precision", precision)):
             if value is not None:
                 notes.append(f"{option} applies to RoMa matchers only; ignored for SIFT")
         return Resolved(low, notes)
@@ -95,7 +98,7 @@ def resolve(spec: Optional[str], resolution: Optional[str] = None, device: str =
     elif spec not in PRESETS and not Path(spec).is_file():
         raise MatcherSpecError(f"'{spec}' is not 'roma', 'sift', a preset ({', '.join(PRESETS)}) or an "
                                "existing checkpoint file", "--matcher")
-    if res is None and zoom is None:
+    kw = {**(res or {}), **{k: v for k, v in (("zoom", zoom), ("precision", precision)) if v is not None}}
+    if not kw:
         return Resolved(spec, notes)
-    kw = {**(res or {}), **({} if zoom is None else {"zoom": zoom})}
     return Resolved(get_matcher(spec, device=device, **kw), notes)
