@@ -124,6 +124,28 @@ def test_config_from_args(tmp_path):
     assert cfg.batch_size == TrainConfig().batch_size
 
 
+def test_bf16_precision_trains_on_the_cpu(photos, tmp_path, monkeypatch):
+    """precision "bf16" runs the forward under bfloat16 autocast on the CPU (the matcher's
+    vocabulary); the losses stay finite and the weights stay float32."""
+    import roma_sfm.train.trainer as trainer
+
+    seen = []
+    real = torch.autocast
+
+    def spy(device_type, dtype=None, enabled=True, **kw):
+        seen.append((device_type, dtype, enabled))
+        return real(device_type, dtype=dtype, enabled=enabled, **kw)
+
+    monkeypatch.setattr(trainer.torch, "autocast", spy)
+    res = train(tiny_cfg(photos, tmp_path / "bf16", precision="bf16", steps=2, val_every=0, val_root=None))
+    assert res["finished"] and res["skipped_steps"] == 0 and np.isfinite(res["last_losses"]["total"])
+    assert ("cpu", torch.bfloat16, True) in seen
+    assert all(v.dtype == torch.float32 for v in load(tmp_path / "bf16" / "last.pt")["model"].values()
+               if v.is_floating_point())
+    with pytest.raises(ValueError, match="precision"):
+        train(tiny_cfg(photos, tmp_path / "bad", precision="fp8", steps=1))
+
+
 def test_bad_resolution_is_rejected(photos, tmp_path):
     with pytest.raises(ValueError, match="multiples of 56"):
         train(tiny_cfg(photos, tmp_path / "r", resolution=(70, 70)))

@@ -48,9 +48,9 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ..lock import writes_into
-from ..matcher import resolve_device, torch_threads
+from ..matcher import autocast_dtype, resolve_device, torch_threads
 from ..models.roma import RoMa
-from ..presets import DEVICE, RomaConfig, get_preset
+from ..presets import DEVICE, PRECISION, RomaConfig, get_preset
 from .checkpoints import (atomic_save, export_weights, load_weights, get_rng_state, no_prior, prior_training,
                           remove_stale_tmp, set_rng_state, write_text_atomic)
 from .data import DepthPairs, MixedPairs, SynthConfig, SyntheticPairs, collate
@@ -107,7 +107,9 @@ class TrainConfig:
     num_workers: int = 1
     threads: int = 0  # torch intra-op threads, 0 = torch's default
     device: str = DEVICE  # "auto" = cuda if available, else cpu
-    amp: bool = True  # autocast (bf16, else fp16 + grad scaler) on CUDA only
+    # autocast, in the matcher's vocabulary (roma_sfm.presets.PRECISIONS): "auto" = on CUDA only (bf16,
+    # else fp16 + grad scaler), "bf16" = also on the CPU (oneDNN's bf16 kernels), "fp32" = never
+    precision: str = PRECISION
     init_from: Optional[str] = None  # weights to start from (fresh optimizer); ignored when resuming
     resume: bool = True  # continue from out_dir/last.pt when it exists
     progress: bool = True
@@ -263,15 +265,15 @@ def _train(cfg: TrainConfig, on_step: Optional[Callable[[int, dict], None]]) -> 
     if H % 56 or W % 56:
         raise ValueError(f"resolution must be multiples of 56 (patch 14 and stride 8), got {cfg.resolution}")
     device = resolve_device(cfg.device)
-    use_amp = cfg.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    amp_dtype = autocast_dtype(device, cfg.precision)
+    use_amp = amp_dtype is not None
     loss_cfg = LossConfig(**cfg.loss)
 
     model = build_model(cfg).to(device)
     model.train()
     opt = build_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     start, elapsed, grown = 0, 0.0, []
     last = out_dir / "last.pt"
