@@ -1,5 +1,6 @@
 """Trainer: exact resume after an interruption, checkpoints, schedule, logs, init_from, CLI."""
 import csv
+import json
 import os
 import signal
 
@@ -122,6 +123,11 @@ def test_config_from_args(tmp_path):
     assert cfg.steps == 7 and cfg.resolution == (112, 168) and cfg.resume is False and cfg.lr == 1e-3
     assert cfg.train_roots == ("a", "b") and cfg.loss == {"c": 0.001} and cfg.init_from == "w.pt"
     assert cfg.batch_size == TrainConfig().batch_size
+    # a train_config.json of an older run still loads: its "amp" became "precision"
+    old = tmp_path / "train_config.json"
+    for amp, want in ((False, "fp32"), (True, TrainConfig().precision)):
+        old.write_text(json.dumps({"steps": 3, "amp": amp}))
+        assert config_from_args(["--config", str(old)]).precision == want
 
 
 def test_bf16_precision_trains_on_the_cpu(photos, tmp_path, monkeypatch):

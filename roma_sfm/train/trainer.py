@@ -447,6 +447,9 @@ def _parser() -> argparse.ArgumentParser:
 def config_from_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
     args = _parser().parse_args(argv)
     values = json.loads(Path(args.config).read_text()) if args.config else {}
+    if "amp" in values:  # the field before ``precision`` (train_config.json of older runs)
+        amp = values.pop("amp")
+        values.setdefault("precision", PRECISION if amp else "fp32")
     for f in dataclasses.fields(TrainConfig):
         v = getattr(args, f.name)
         if v is not None:
