@@ -202,9 +202,16 @@ def test_resolution_coarse_and_fine_pass(tmp_path):
                       "--matcher", ckpt, "--resolution", bad).exit_code == 2, bad
 
 
-def test_zoom_option_is_signed_into_the_matches(tmp_path):
-    """--zoom sets the RoMa matcher's covisible re-match ratio; it is part of the matches' signature
-    (another zoom means other matches), and a ratio of 1 or below (but not 0) is a usage error."""
+@pytest.mark.parametrize("option, cases, bad", [
+    # --zoom: the RoMa matcher's covisible re-match ratio (another zoom means other matches); a
+    # ratio of 1 or below (but not 0) is a usage error
+    ("--zoom", ((None, "preset"), ("0", 0.0), ("2.5", 2.5)), "0.8"),
+    # --precision: bf16 autocasts also on the CPU, where the default is float32
+    ("--precision", ((None, "fp32"), ("fp32", "fp32"), ("bf16", "bf16")), "fp8"),
+])
+def test_matcher_option_is_signed_into_the_matches(tmp_path, option, cases, bad):
+    """A RoMa option of `match` changes the matches, so it is part of their signature; a bad value
+    is a usage error that names the option and writes nothing."""
     import torch
 
     from conftest import micro_config
@@ -215,40 +222,17 @@ def test_zoom_option_is_signed_into_the_matches(tmp_path):
     torch.manual_seed(0)
     ckpt = save_checkpoint(tmp_path / "micro.safetensors", RoMa(micro_config()).eval())
     (tmp_path / "pairs.txt").write_text("0000.jpg 0001.jpg\n")
-    for zoom, want in ((None, ZOOM), ("0", 0.0), ("2.5", 2.5)):
-        out = tmp_path / f"{zoom}.h5"
+    key = option.lstrip("-")
+    for value, want in cases:
+        out = tmp_path / f"{value}.h5"
         res = invoke("match", IMAGES, "--pairs", tmp_path / "pairs.txt", "-o", out, "--matcher", ckpt,
-                     "--num-samples", 50, "--device", "cpu", *(("--zoom", zoom) if zoom else ()))
+                     "--num-samples", 50, "--device", "cpu", *((option, value) if value else ()))
         assert res.exit_code == 0, res.output
         with h5py.File(out, "r") as f:
-            assert json.loads(f.attrs["matcher_signature"])["zoom"] == want, zoom
-    bad = invoke("match", IMAGES, "--pairs", tmp_path / "pairs.txt", "-o", tmp_path / "bad.h5",
-                 "--matcher", ckpt, "--zoom", "0.8")
-    assert bad.exit_code == 2 and not (tmp_path / "bad.h5").exists()
-
-
-def test_precision_option_is_signed_into_the_matches(tmp_path):
-    """--precision bf16 matches under bfloat16 autocast also on the CPU; the arithmetic is part of
-    the matches' signature (the default on a CPU is float32), and an unknown name is a usage error."""
-    import torch
-
-    from conftest import micro_config
-    from roma_sfm import save_checkpoint
-    from roma_sfm.models.roma import RoMa
-
-    torch.manual_seed(0)
-    ckpt = save_checkpoint(tmp_path / "micro.safetensors", RoMa(micro_config()).eval())
-    (tmp_path / "pairs.txt").write_text("0000.jpg 0001.jpg\n")
-    for precision, want in ((None, "fp32"), ("fp32", "fp32"), ("bf16", "bf16")):
-        out = tmp_path / f"{precision}.h5"
-        res = invoke("match", IMAGES, "--pairs", tmp_path / "pairs.txt", "-o", out, "--matcher", ckpt,
-                     "--num-samples", 50, "--device", "cpu", *(("--precision", precision) if precision else ()))
-        assert res.exit_code == 0, res.output
-        with h5py.File(out, "r") as f:
-            assert json.loads(f.attrs["matcher_signature"])["precision"] == want, precision
-    bad = invoke("match", IMAGES, "--pairs", tmp_path / "pairs.txt", "-o", tmp_path / "bad.h5",
-                 "--matcher", ckpt, "--precision", "fp8")
-    assert bad.exit_code == 2 and "--precision" in bad.output and not (tmp_path / "bad.h5").exists()
+            assert json.loads(f.attrs["matcher_signature"])[key] == (ZOOM if want == "preset" else want), value
+    res = invoke("match", IMAGES, "--pairs", tmp_path / "pairs.txt", "-o", tmp_path / "bad.h5",
+                 "--matcher", ckpt, option, bad)
+    assert res.exit_code == 2 and option in res.output and not (tmp_path / "bad.h5").exists()
 
 
 @pytest.mark.parametrize("command", COMMANDS)
