@@ -56,9 +56,7 @@ FITS = ("stretch", "pad")
 def autocast_dtype(device: torch.device, precision: str = PRECISION) -> Optional[torch.dtype]:
     """The autocast dtype of a ``precision`` (:data:`~roma_sfm.presets.PRECISIONS`) on ``device``;
     None: float32. "auto" autocasts on CUDA only (bfloat16 where supported, else float16)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
-    if precision == "bf16":
+    if check_precision(precision) == "bf16":
         return torch.bfloat16
     if precision == "auto" and device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -464,6 +462,13 @@ class Matcher:
                 pending = future
             if pending is not None:
                 yield from run(pending[0], [f.result() for f in pending[1]])
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` as given; ValueError unless it is one of :data:`~roma_sfm.presets.PRECISIONS`."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    return precision
 
 
 def check_zoom(zoom: float) -> float:

@@ -61,8 +61,8 @@ def resolve(spec: Optional[str], resolution: Optional[str] = None, device: str =
     note). Raises :class:`MatcherSpecError` for a name that is no matcher, weights that are missing,
     a bad zoom or an unknown precision.
     """
-    from ...matcher import check_zoom
-    from ...presets import PRECISIONS, PRESETS
+    from ...matcher import check_precision, check_zoom
+    from ...presets import PRESETS
     from ...weights import default_checkpoint, shipped_model_recommended
 
     try:
@@ -82,8 +82,10 @@ def resolve(spec: Optional[str], resolution: Optional[str] = None, device: str =
         zoom = None if zoom is None else check_zoom(zoom)
     except ValueError as e:
         raise MatcherSpecError(str(e), "--zoom") from None
-    if precision is not None and precision not in PRECISIONS:
-        raise MatcherSpecError(f"'{precision}' is not a precision ({', '.join(PRECISIONS)})", "--precision")
+    try:
+        precision = None if precision is None else check_precision(precision)
+    except ValueError as e:
+        raise MatcherSpecError(str(e), "--precision") from None
     low = spec.lower()
     if low in sift.confs:
         for option, value in (("--resolution", res), ("--zoom", zoom), ("--precision", precision)):
