@@ -61,6 +61,43 @@ def test_sift_matcher_colmap_convention(scene):
     assert np.median(err) < 0.5
 
 
+@pytest.mark.parametrize("conf", ["sift", "sift-opencv", "sift-colmap"])
+def test_sift_keypoints_follow_upscaling(scene, conf):
+    """Every SIFT backend gives COLMAP-convention keypoints: in an image upscaled 2x (cv2.resize keeps
+    the corners), a keypoint at x is found at 2x. OpenCV's keypoints need 0.25 px, not 0.5, to get there."""
+    import cv2
+    from scipy.spatial import cKDTree
+
+    root, _ = scene
+    img = cv2.imread(str(root / "images" / "000.png"))
+    big = cv2.resize(img, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)
+    m = matchers.get_matcher(conf)
+    k1, d1, size1 = m.extract(img)
+    k2, _, size2 = m.extract(big)
+    assert k1.dtype == np.float32 and d1.shape == (len(k1), 128) and size2 == (2 * size1[0], 2 * size1[1])
+    dist, idx = cKDTree(k2).query(2 * k1)
+    near = dist < 1.5
+    assert near.sum() > 30
+    offset = np.median(k2[idx[near]] - 2 * k1[near], axis=0)
+    assert np.all(np.abs(offset) < 0.08), offset
+
+
+def test_sift_colmap_backend(scene):
+    """COLMAP's extractor through pycolmap: unit descriptors, matches that follow the true H, picklable."""
+    import pickle
+
+    root, Hs = scene
+    m = matchers.get_matcher("sift-colmap")
+    assert m.settings["extractor"] == "colmap" and "extractor=colmap" in m.name
+    _, desc, _ = m.extract(root / "images" / "000.png")
+    np.testing.assert_allclose(np.linalg.norm(desc, axis=1), 1.0, atol=1e-4)
+    res = pickle.loads(pickle.dumps(m)).match(root / "images" / "000.png", root / "images" / "001.png")
+    err = np.linalg.norm(transfer(Hs["000.png"], Hs["001.png"], res.kpts_A.astype(float)) - res.kpts_B, axis=1)
+    assert len(err) > 50 and np.median(err) < 0.5
+    with pytest.raises(ValueError, match="extractor"):
+        matchers.SiftMatcher(extractor="vlfeat")
+
+
 def test_resume(scene, tmp_path):
     root, Hs = scene
     pairs = list(combinations(sorted(Hs), 2))

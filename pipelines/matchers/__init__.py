@@ -19,11 +19,11 @@ __all__ = ["Matcher", "MatcherSpecError", "Resolved", "SiftMatcher", "SparseMatc
            "match_stream", "matcher_config", "matcher_kind", "matcher_name", "matcher_signature", "resolve",
            "signature_diff"]
 
-SIFT_KEYS = ("max_features", "ratio", "mutual", "rootsift", "contrast_threshold", "cache_size")
+SIFT_KEYS = ("max_features", "ratio", "mutual", "rootsift", "contrast_threshold", "extractor", "cache_size")
 
 
 def get_matcher(spec: Union[str, Path, Any] = "sift", device: str = DEVICE, **kwargs) -> Any:
-    """'sift' / 'sift-opencv' -> :class:`SiftMatcher` of ``sift.confs``; 'roma', a preset name or a
+    """'sift' / 'sift-opencv' / 'sift-colmap' -> :class:`SiftMatcher` of ``sift.confs``; 'roma', a preset name or a
     checkpoint path -> :func:`roma.load`; an object with ``.match(a, b)`` is returned as is."""
     if not isinstance(spec, (str, Path)):
         if not hasattr(spec, "match"):

@@ -1,8 +1,10 @@
-"""SIFT as a :class:`~.base.Matcher`: OpenCV SIFT, nearest-neighbour ratio test and mutual check.
+"""SIFT as a :class:`~.base.Matcher`: SIFT features, nearest-neighbour ratio test and mutual check.
 
 The classical baseline, and the matcher used when the shipped RoMa weights are not recommended.
-``confs`` holds its two settings: ``sift`` follows COLMAP (RootSIFT, contrast threshold 0.02 = OpenCV
-0.04 / 3 layers ~ COLMAP's peak threshold x 2), ``sift-opencv`` OpenCV's own defaults.
+``confs`` holds its settings: ``sift`` is OpenCV's detector with COLMAP's choices (RootSIFT,
+contrast threshold 0.02 = OpenCV 0.04 / 3 layers ~ COLMAP's peak threshold x 2), ``sift-opencv``
+OpenCV's own defaults, ``sift-colmap`` COLMAP's own extractor (through pycolmap) with its
+defaults. Every setting matches the descriptors the same way (:func:`ratio_matches`).
 """
 from __future__ import annotations
 
@@ -18,10 +20,16 @@ from ...io import as_rgb
 from ...presets import BALANCED, NUM_SAMPLES
 
 confs = {
-    "sift": {"max_features": 8000, "ratio": 0.8, "mutual": True, "rootsift": True, "contrast_threshold": 0.02},
+    "sift": {"max_features": 8000, "ratio": 0.8, "mutual": True, "rootsift": True, "contrast_threshold": 0.02,
+             "extractor": "opencv"},
     "sift-opencv": {"max_features": 8000, "ratio": 0.8, "mutual": True, "rootsift": False,
-                    "contrast_threshold": 0.04},
+                    "contrast_threshold": 0.04, "extractor": "opencv"},
+    # COLMAP's defaults: 8192 features, peak threshold 0.02 / 3 layers, L1-root normalisation
+    "sift-colmap": {"max_features": 8192, "ratio": 0.8, "mutual": True, "rootsift": True,
+                    "contrast_threshold": 0.02, "extractor": "colmap"},
 }
+EXTRACTORS = ("opencv", "colmap")
+OPENCV_OFFSET = 0.25  # OpenCV keypoint -> COLMAP convention (see detect)
 DEFAULTS = confs["sift"]
 FEATURE_CACHE_SIZE = 64  # images whose features are kept (LRU)
 
@@ -90,11 +98,50 @@ def ratio_matches(da: np.ndarray, db: np.ndarray, ratio: float, mutual: bool = T
     return i, j, r[i]
 
 
+def make_extractor(extractor: str, max_features: int, contrast_threshold: float, rootsift: bool) -> Any:
+    """The SIFT detector of one backend: an OpenCV ``SIFT`` or a pycolmap ``FeatureExtractor``.
+
+    ``contrast_threshold`` is OpenCV's (spread over 3 layers); COLMAP's peak threshold is the same
+    value per layer, and ``rootsift`` chooses its L1-root normalisation (else L2).
+    """
+    if extractor == "opencv":
+        return cv2.SIFT_create(nfeatures=max_features, contrastThreshold=contrast_threshold)
+    if extractor == "colmap":
+        import pycolmap
+
+        opts = pycolmap.FeatureExtractionOptions()
+        opts.num_threads = 1
+        opts.sift.max_num_features = max_features
+        opts.sift.peak_threshold = contrast_threshold / 3
+        opts.sift.normalization = (pycolmap.Normalization.L1_ROOT if rootsift else pycolmap.Normalization.L2)
+        return pycolmap.FeatureExtractor.create(opts, device=pycolmap.Device.cpu)
+    raise ValueError(f"SIFT extractor {extractor!r} is not one of {', '.join(EXTRACTORS)}")
+
+
+def detect(detector: Any, extractor: str, gray: np.ndarray, rootsift: bool) -> tuple[np.ndarray, np.ndarray]:
+    """gray (H, W) uint8 -> keypoints (n, 2) float32 in the COLMAP convention, descriptors (n, 128) float32."""
+    if extractor == "colmap":  # COLMAP's keypoints (its convention) and descriptors (normalised, as uint8)
+        kpts, desc = detector.extract_from_uint8_array(np.ascontiguousarray(gray))
+        xy = np.array([(k.x, k.y) for k in kpts], np.float32).reshape(-1, 2)
+        desc = np.asarray(desc.data, np.float32).reshape(-1, 128)
+        return xy, desc / np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-8)
+    kps, desc = detector.detectAndCompute(gray, None)
+    if desc is None:
+        desc = np.zeros((0, 128), np.float32)
+    if rootsift and len(desc):
+        desc = np.sqrt(desc / (desc.sum(1, keepdims=True) + 1e-8))
+    # OpenCV puts pixel centres at integers, COLMAP at +0.5; but its first octave (the image upscaled 2x)
+    # maps pixel i back to i / 2 instead of i / 2 - 0.25, so every keypoint lies 0.25 px too far
+    xy = np.array([k.pt for k in kps], np.float32).reshape(-1, 2) + OPENCV_OFFSET
+    return xy, desc.astype(np.float32)
+
+
 class SiftMatcher:
-    """OpenCV SIFT + nearest neighbour ratio test + mutual check (the classical baseline).
+    """SIFT + nearest neighbour ratio test + mutual check (the classical baseline).
 
     Defaults follow COLMAP's SIFT rather than OpenCV's: RootSIFT descriptors and a contrast
-    threshold of 0.02 (see ``confs``); ``get_matcher("sift-opencv")`` gives OpenCV's defaults.
+    threshold of 0.02 (see ``confs``); ``get_matcher("sift-opencv")`` gives OpenCV's defaults and
+    ``get_matcher("sift-colmap")`` COLMAP's own extractor.
 
     Features are cached per image path (LRU) so that each image is described once per run.
     """
@@ -103,33 +150,34 @@ class SiftMatcher:
 
     def __init__(self, max_features: int = DEFAULTS["max_features"], ratio: float = DEFAULTS["ratio"],
                  mutual: bool = DEFAULTS["mutual"], rootsift: bool = DEFAULTS["rootsift"],
-                 contrast_threshold: float = DEFAULTS["contrast_threshold"], cache_size: int = FEATURE_CACHE_SIZE):
+                 contrast_threshold: float = DEFAULTS["contrast_threshold"],
+                 extractor: str = DEFAULTS["extractor"], cache_size: int = FEATURE_CACHE_SIZE):
         self.max_features, self.ratio, self.mutual, self.rootsift = max_features, ratio, mutual, rootsift
+        self.contrast_threshold, self.extractor = float(contrast_threshold), extractor
         self.cache: OrderedDict[str, tuple[np.ndarray, np.ndarray, tuple[int, int]]] = OrderedDict()
         self.cache_size = cache_size
-        self.sift = cv2.SIFT_create(nfeatures=max_features, contrastThreshold=contrast_threshold)
+        self.detector = self.make_detector()
 
-    def __getstate__(self) -> dict:  # picklable (e.g. for Ray workers): cv2 objects are not
-        state = {k: v for k, v in self.__dict__.items() if k not in ("sift", "cache")}
-        state["contrast_threshold"] = float(self.sift.getContrastThreshold())
-        return state
+    def make_detector(self) -> Any:
+        return make_extractor(self.extractor, self.max_features, self.contrast_threshold, self.rootsift)
+
+    def __getstate__(self) -> dict:  # picklable (e.g. for Ray workers): the detectors are not
+        return {k: v for k, v in self.__dict__.items() if k not in ("detector", "cache")}
 
     def __setstate__(self, state: dict) -> None:
-        state = dict(state)
-        contrast = state.pop("contrast_threshold")
         self.__dict__.update(state)
         self.cache = OrderedDict()
-        self.sift = cv2.SIFT_create(nfeatures=self.max_features, contrastThreshold=contrast)
+        self.detector = self.make_detector()
 
     @property
     def name(self) -> str:
-        return (f"sift(max_features={self.max_features}, ratio={self.ratio}, mutual={self.mutual}, "
-                f"rootsift={self.rootsift}, contrast_threshold={self.sift.getContrastThreshold()})")
+        return "sift(" + ", ".join(f"{k}={v}" for k, v in self.settings.items()) + ")"
 
     @property
     def settings(self) -> dict:
         return {"max_features": self.max_features, "ratio": self.ratio, "mutual": self.mutual,
-                "rootsift": self.rootsift, "contrast_threshold": float(self.sift.getContrastThreshold())}
+                "rootsift": self.rootsift, "contrast_threshold": self.contrast_threshold,
+                "extractor": self.extractor}
 
     def extract(self, image) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
         """image (path or array) -> keypoints (n, 2) float32 COLMAP convention, desc (n, 128), (W, H)."""
@@ -139,14 +187,8 @@ class SiftMatcher:
             return self.cache[key]
         rgb = as_rgb(image)
         gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-        kps, desc = self.sift.detectAndCompute(gray, None)
-        if desc is None:
-            desc = np.zeros((0, 128), np.float32)
-        if self.rootsift and len(desc):
-            desc = np.sqrt(desc / (desc.sum(1, keepdims=True) + 1e-8)).astype(np.float32)
-        # OpenCV puts pixel centres at integers; COLMAP at +0.5
-        xy = np.array([k.pt for k in kps], np.float32).reshape(-1, 2) + 0.5
-        out = (xy, desc.astype(np.float32), (rgb.shape[1], rgb.shape[0]))
+        xy, desc = detect(self.detector, self.extractor, gray, self.rootsift)
+        out = (xy, desc, (rgb.shape[1], rgb.shape[0]))
         if key is not None:
             self.cache[key] = out
             if len(self.cache) > self.cache_size:
