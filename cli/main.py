@@ -184,7 +184,9 @@ def _focal_rows(cameras: list[dict]) -> list[tuple[str, str]]:
         where = f"model {c['model_index']}, " if multi else ""
         prior = (f" / {c['prior_focal']:.0f} {c['prior']} ({c['ratio']:.2f}x)" if c.get("prior_focal") else "")
         size = f"{c['size'][0]}x{c['size'][1]}"
-        rows.append((f"  camera {c['camera_id']}", f"{where}{who}, {size}: {c['focal']:.0f}{prior}"))
+        dx, dy = c.get("principal_point_offset") or (0.0, 0.0)
+        centre = f"; principal point {dx:+.1f}, {dy:+.1f} from the centre" if max(abs(dx), abs(dy)) >= 0.05 else ""
+        rows.append((f"  camera {c['camera_id']}", f"{where}{who}, {size}: {c['focal']:.0f}{prior}{centre}"))
     if len(cameras) > FOCAL_ROWS:
         rows.append(("  ...", f"{len(cameras) - FOCAL_ROWS} more cameras in report.json"))
     return [("focal px: estimated / prior", "")] + rows if rows else []
@@ -252,8 +254,11 @@ OUTPUT_DIR_OPT = typer.Option(None, "-o", "--output", file_okay=False, show_defa
                               help="Output folder (default: ./outputs/<scene>).")
 MATCHER_HELP = ("'roma' (the shipped model), a preset name (roma-tiny, roma-outdoor, roma-indoor; "
                 "`roma-sfm models`), a checkpoint file (.safetensors or public .pth), or 'sift' "
-                "('sift-opencv' for OpenCV's SIFT defaults). Default: roma if the shipped weights are "
+                "('sift-opencv' for OpenCV's SIFT defaults, 'sift-colmap' for COLMAP's extractor). Default: roma if the shipped weights are "
                 "installed, else sift (with a notice).")
+PRINCIPAL_POINT_HELP = ("Refine the principal point of each camera that at least this many registered images "
+                        "share, in a final bundle adjustment (0: keep every principal point at the image centre). "
+                        "Default: 5 for SIFT matches, 0 for RoMa's.")
 MAPPER_HELP = ("global (GLOMAP, after estimating the focal lengths from the view graph) or incremental "
                "(COLMAP's).")
 CALIBRATE_HELP = ("Global mapper: start from focal lengths estimated from the view graph ('always'), from EXIF "
@@ -342,6 +347,8 @@ def reconstruct(
     num_threads: int = typer.Option(DEFAULTS.num_threads, "--num-threads", help=NUM_THREADS_HELP),
     max_rotation_error: float = typer.Option(DEFAULTS.max_rotation_error, "--max-rotation-error", min=0.0,
                                              help=MAX_ROTATION_ERROR_HELP),
+    principal_point_min_images: Optional[int] = typer.Option(None, "--principal-point-min-images", min=0,
+                                                             show_default=False, help=PRINCIPAL_POINT_HELP),
     ray: Optional[str] = typer.Option(None, "--ray", show_default=False, metavar="[ADDRESS]", help=RAY_HELP),
     ray_workers: Optional[int] = typer.Option(None, "--ray-workers", min=1, show_default=False,
                                               help="Ray: number of workers (default: one per CPU of the cluster)."),
@@ -371,7 +378,7 @@ def reconstruct(
             max_keypoints=max_keypoints, min_pair_score=min_pair_score, mapper=mapper.value,
             calibrate=calibrate.value, camera_mode=camera_mode.value, device=device, gt_poses=gt, overwrite=overwrite, num_threads=num_threads,
             batch_size=batch_size, verbose=verbose, ray=ray, ray_workers=ray_workers,
-            max_rotation_error=max_rotation_error)
+            max_rotation_error=max_rotation_error, principal_point_min_images=principal_point_min_images)
         report = reconstruct_.main(images, out, config)
     _print_report(report, "roma-sfm reconstruct")
     if report["status"] != "ok":
@@ -486,6 +493,8 @@ def map_cmd(
     num_threads: int = typer.Option(DEFAULTS.num_threads, "--num-threads", help=NUM_THREADS_HELP),
     max_rotation_error: float = typer.Option(DEFAULTS.max_rotation_error, "--max-rotation-error", min=0.0,
                                              help=MAX_ROTATION_ERROR_HELP),
+    principal_point_min_images: Optional[int] = typer.Option(None, "--principal-point-min-images", min=0,
+                                                             show_default=False, help=PRINCIPAL_POINT_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
 ):
     """Map matches.h5 into a COLMAP model (tracks, database, verification, mapping).
@@ -502,7 +511,8 @@ def map_cmd(
     config = reconstruct_.ReconstructConfig(cell_size=cell_size, min_pair_score=min_pair_score,
                                             max_keypoints=max_keypoints, mapper=mapper.value,
                                             calibrate=calibrate.value, camera_mode=camera_mode.value, num_threads=num_threads,
-                                            max_rotation_error=max_rotation_error)
+                                            max_rotation_error=max_rotation_error,
+                                            principal_point_min_images=principal_point_min_images)
     mapping.set_colmap_verbosity(verbose)
     with _guard(verbose), output_lock(out):
         mo = reconstruct_.map_matches(images, out, matches, config)

@@ -60,6 +60,7 @@ def camera_focals(reconstruction: pycolmap.Reconstruction,
 
     ``priors``: {camera id: (focal px, from EXIF?)} as the mapper started (``mapping.read_focal_priors``);
     a camera without one gets None (e.g. a model read from disk). ``ratio`` = estimated / prior.
+    ``principal_point_offset``: (x, y) px from the image centre (non-zero once refined).
     """
     rows = []
     for cam_id, cam in sorted(reconstruction.cameras.items()):
@@ -71,7 +72,9 @@ def camera_focals(reconstruction: pycolmap.Reconstruction,
         rows.append({"camera_id": int(cam_id), "model": cam.model.name, "size": [int(cam.width), int(cam.height)],
                      "images": names, "focal": focal, "prior_focal": prior[0] if prior else None,
                      "prior": ("exif" if prior[1] else "default") if prior else None,
-                     "ratio": focal / prior[0] if prior and prior[0] > 0 else None})
+                     "ratio": focal / prior[0] if prior and prior[0] > 0 else None,
+                     "principal_point_offset": [float(cam.principal_point_x - cam.width / 2),
+                                                float(cam.principal_point_y - cam.height / 2)]})
     return rows
 
 

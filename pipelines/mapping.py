@@ -83,6 +83,15 @@ SUPPORT_ERROR = 1.0
 # that matches less precise than 1 px, as dense ones are, do not trigger it by themselves)
 COMPARE_BELOW = 0.95
 CAMERA_MODES = ("auto", "single", "per_folder", "per_image")
+# Both mappers keep every principal point at the image centre. A real lens's lies a few pixels off
+# it, which bends every pose; a camera shared by enough registered images makes it observable, so a
+# final bundle adjustment refines it there (:func:`refine_principal_points`; a camera of fewer
+# images keeps its intrinsics). The number of images, by matches kind (0: never): RoMa's dense
+# matches pull the point off instead of towards the truth (docs/design/mapping.md).
+PRINCIPAL_POINT_MIN_IMAGES = {"sparse": 5, "dense": 0}
+# A refined point further than this share of the image size from the centre (real lenses: ~1-2 %)
+# is taken for a degenerate view set, and the model is kept as mapped.
+PRINCIPAL_POINT_MAX_SHIFT = 0.05
 
 
 @dataclass
@@ -141,6 +150,48 @@ def calibrate_focals(database: Path, seed: int = DEFAULTS["seed"]) -> bool:
 def rank_models(models: Iterable[pycolmap.Reconstruction]) -> list[pycolmap.Reconstruction]:
     """Models largest first, as COLMAP numbers them: most registered images, then most points."""
     return sorted(models, key=lambda r: (r.num_reg_images(), r.num_points3D()), reverse=True)
+
+
+def refine_principal_points(rec: pycolmap.Reconstruction, min_images: int, max_shift: float = PRINCIPAL_POINT_MAX_SHIFT
+                            ) -> tuple[pycolmap.Reconstruction, dict[int, tuple[float, float]]]:
+    """The model with the principal point of each camera that ``min_images`` registered images share refined.
+
+    One bundle adjustment of the whole model (Huber loss of 1 px, as the global mapper's own BA;
+    tracks of 3+ views) with the principal point free for those cameras; the other cameras'
+    intrinsics stay constant. Returns the refined copy and {camera id: (dx, dy) px moved}, or ``rec``
+    itself and {} when no camera qualifies or a refined point lands further than ``max_shift`` x the
+    image size from the centre.
+    """
+    from collections import Counter
+
+    counts = Counter(im.camera_id for im in rec.images.values() if im.has_pose)
+    shared = {cid for cid, n in counts.items() if n >= min_images > 0}
+    if not shared:
+        return rec, {}
+    before = {cid: (rec.cameras[cid].principal_point_x, rec.cameras[cid].principal_point_y) for cid in shared}
+    work = pycolmap.Reconstruction(rec)
+    opts = pycolmap.BundleAdjustmentOptions()
+    opts.refine_principal_point, opts.print_summary, opts.min_track_length = True, False, 3
+    opts.ceres.loss_function_type, opts.ceres.loss_function_scale = pycolmap.LossFunctionType.HUBER, 1.0
+    config = pycolmap.BundleAdjustmentConfig()
+    for image_id, im in work.images.items():
+        if im.has_pose:
+            config.add_image(image_id)
+    for cid in counts.keys() - shared:
+        config.set_constant_cam_intrinsics(cid)
+    config.fix_gauge(pycolmap.BundleAdjustmentGauge.TWO_CAMS_FROM_WORLD)  # else the normal equations are singular
+    pycolmap.create_default_bundle_adjuster(opts, config, work).solve()
+    moved = {}
+    for cid in shared:
+        cam = work.cameras[cid]
+        dx, dy = cam.principal_point_x - before[cid][0], cam.principal_point_y - before[cid][1]
+        if (abs(cam.principal_point_x - cam.width / 2) > max_shift * cam.width
+                or abs(cam.principal_point_y - cam.height / 2) > max_shift * cam.height):
+            logger.warning("mapping: the principal point of camera %d went %.0f, %.0f px from the centre: kept "
+                           "the model with every principal point at the centre", cid, dx, dy)
+            return rec, {}
+        moved[cid] = (dx, dy)
+    return work, moved
 
 
 def read_focal_priors(database: Path) -> dict[int, tuple[float, bool]]:
@@ -503,8 +554,8 @@ def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_
          ransac_max_error: float = DEFAULTS["ransac_max_error"],
          ransac_max_trials: int = DEFAULTS["ransac_max_trials"], skip_geometric_verification: bool = False,
          num_threads: int = DEFAULTS["num_threads"], seed: int = DEFAULTS["seed"], options: Optional[dict] = None,
-         max_rotation_error: float = DEFAULTS["max_rotation_error"], calibrate: str = DEFAULTS["calibrate"]
-         ) -> MappingResult:
+         max_rotation_error: float = DEFAULTS["max_rotation_error"], calibrate: str = DEFAULTS["calibrate"],
+         principal_point_min_images: int = 0) -> MappingResult:
     """Database, verification and mapping; returns the largest model (None if nothing registered).
 
     ``num_threads`` (<= 0: all cores) is used by the verification and by the mapper. ``mapper``:
@@ -513,7 +564,10 @@ def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_
     the mapper that runs are applied. ``calibrate`` (``CALIBRATION_MODES``, global mapper only):
     estimate the focal lengths from the view graph, EXIF focals as start values
     (:func:`drop_focal_priors`, :func:`calibrate_focals`); "compare" may also map from the start
-    values and keep those (:func:`compare_start_values`).
+    values and keep those (:func:`compare_start_values`). Then every model of ``min_model_size``
+    images gets the principal points of its cameras of ``principal_point_min_images`` images refined
+    (:func:`refine_principal_points`; 0, the mappers' own behaviour: never; reconstruct passes
+    ``PRINCIPAL_POINT_MIN_IMAGES`` of the matches' kind).
     """
     sfm_dir = Path(sfm_dir)
     sfm_dir.mkdir(parents=True, exist_ok=True)
@@ -574,6 +628,16 @@ def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_
                 start_db.unlink(missing_ok=True)
                 shutil.rmtree(start_tmp, ignore_errors=True)
             times["mapping"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for key, rec in list(models.items()):
+                if rec.num_reg_images() >= min_model_size:
+                    refined, moved = refine_principal_points(rec, principal_point_min_images)
+                    if moved:
+                        models[key] = refined
+                        refined.write(str(models_tmp / str(key)))
+                        logger.info("mapping: model %s: principal point refined, moved %s px", key,
+                                    ", ".join(f"camera {c}: {dx:+.1f}, {dy:+.1f}" for c, (dx, dy) in moved.items()))
+            times["principal points"] = time.perf_counter() - t0
     replace_dir(models_tmp, sfm_dir / "models")  # models of an earlier run must not outlive it
     if ver.num_verified == 0:
         return MappingResult(None, image_ids, ver, 0, times, focal_priors=priors, calibration=calibration)

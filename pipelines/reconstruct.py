@@ -46,6 +46,7 @@ class ReconstructConfig:
     camera_mode: str = mapping.DEFAULTS["camera_mode"]
     num_threads: int = mapping.DEFAULTS["num_threads"]
     max_rotation_error: float = mapping.DEFAULTS["max_rotation_error"]
+    principal_point_min_images: Optional[int] = None  # None: mapping.PRINCIPAL_POINT_MIN_IMAGES of the matches' kind
     seed: int = match.DEFAULTS["seed"]
     device: str = DEVICE
     gt_poses: Union[Path, str, None] = "auto"  # see evaluate.poses_gt_file
@@ -93,6 +94,7 @@ class MapOutcome:
     cell_size: float
     min_pair_score: float
     mapper_options: dict  # {mapper name: overrides}
+    principal_point_min_images: int
     tracks: tracks.TrackStats
     mapping: Optional[mapping.MappingResult] = None
     times: dict = field(default_factory=dict)
@@ -124,14 +126,17 @@ def map_matches(images: Path, outputs: Path, matches: Path, config: ReconstructC
     with Timer(times, "tracks"):
         ts = tracks.main(matches, features, matches_idx, cell_size, config.max_keypoints, config.refine, pairs=pairs,
                          min_pair_score=min_pair_score)
-    out = MapOutcome(kind, cell_size, min_pair_score, options, ts, times=times)
+    pp_images = (mapping.PRINCIPAL_POINT_MIN_IMAGES[kind] if config.principal_point_min_images is None
+                 else config.principal_point_min_images)
+    out = MapOutcome(kind, cell_size, min_pair_score, options, pp_images, ts, times=times)
     if ts.num_images == 0:
         return out
     with Timer(times, "mapping"):
         out.mapping = mapping.main(outputs / "sfm", images, features, matches_idx, camera_mode=config.camera_mode,
                                    mapper=config.mapper, num_threads=config.num_threads, seed=config.seed,
                                    options=options, max_rotation_error=config.max_rotation_error,
-                                   calibrate=config.calibrate)
+                                   calibrate=config.calibrate,
+                                   principal_point_min_images=out.principal_point_min_images)
     times.update({f"mapping/{k}": v for k, v in out.mapping.seconds.items()})
     return out
 
@@ -139,7 +144,7 @@ def map_matches(images: Path, outputs: Path, matches: Path, config: ReconstructC
 def _report_config(config: ReconstructConfig) -> dict:
     """The settings recorded in report.json (in this order)."""
     keys = ("num_matched", "num_samples", "cell_size", "max_keypoints", "refine", "min_pair_score", "mapper",
-            "calibrate", "camera_mode", "max_rotation_error", "seed")
+            "calibrate", "camera_mode", "max_rotation_error", "principal_point_min_images", "seed")
     values = asdict(config)
     return {**matcher_config(config.matcher), "pairs": str(config.pairs), **{k: values[k] for k in keys}}
 
@@ -214,6 +219,7 @@ def main(images: Path, outputs: Path, config: Optional[ReconstructConfig] = None
     # 3-4) tracks and mapping
     mo = map_matches(images, outputs, outputs / "matches.h5", config, pairs=pair_list)
     report["config"].update(cell_size=mo.cell_size, min_pair_score=mo.min_pair_score,
+                            principal_point_min_images=mo.principal_point_min_images,
                             mapper_options=mo.mapper_options.get(config.mapper, {}))
     times.update(mo.times)
     ts = mo.tracks

@@ -49,6 +49,18 @@ def test_outputs_written(run):
     assert abs(cam.mean_focal_length() - 443.76) < 0.05 * 443.76
 
 
+def test_principal_point_of_the_shared_camera_is_refined_and_reported(run):
+    """SIFT matches: the camera of all 8 images gets its principal point refined; the sample scene's
+    lies at the centre (GT), so it must stay within a pixel of it, and report.json says where it is."""
+    out, report = run
+    assert report["config"]["principal_point_min_images"] == mapping.PRINCIPAL_POINT_MIN_IMAGES["sparse"] > 0
+    (row,) = report["cameras"]
+    cam = pycolmap.Reconstruction(str(out / "sparse" / "0")).cameras[row["camera_id"]]
+    dx, dy = row["principal_point_offset"]
+    assert (dx, dy) == pytest.approx((cam.principal_point_x - 240.0, cam.principal_point_y - 180.0))
+    assert 0 < max(abs(dx), abs(dy)) < 1.0
+
+
 def test_no_undefined_two_view_geometries(run):
     out, _ = run
     with pycolmap.Database.open(out / "sfm" / "database.db") as db:
@@ -329,3 +341,56 @@ def test_two_view_support_counts_what_each_pair_explains(run, tmp_path):
         d.update_keypoints(image.image_id, kp)
     own = sum(len(m) for a, b, m in pairs if image.name in (a, b))
     assert mapping.two_view_support(moved, max_error=4.0) <= loose - 0.8 * own
+
+
+def _ring_reconstruction(true_pp=(326.0, 236.0), shared=True, n_images=8, seed=0):
+    """Images on a sphere patch around a point cloud, observed through a camera whose principal point is
+    ``true_pp`` (640x480, f 500), stored with the principal point at the image centre (as mapped)."""
+    rng = np.random.default_rng(seed)
+    pts = rng.uniform(-1, 1, (300, 3)) * [2.0, 1.5, 1.0]
+    rec = pycolmap.Reconstruction()
+    for i in range(n_images if not shared else 1):
+        rec.add_camera_with_trivial_rig(pycolmap.Camera(model="SIMPLE_RADIAL", width=640, height=480,
+                                                        camera_id=i + 1, params=[500.0, 320.0, 240.0, 0.0]))
+    obs = {j: [] for j in range(len(pts))}
+    for i in range(n_images):  # yaw over 60 deg, pitch alternating: both axes of the point observable
+        a, b = np.deg2rad(-30 + 60 * i / (n_images - 1)), np.deg2rad(20 if i % 2 else -20)
+        yaw = np.array([[np.cos(a), 0, -np.sin(a)], [0, 1, 0], [np.sin(a), 0, np.cos(a)]])
+        pitch = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+        R, t = pitch @ yaw, np.array([0.0, 0.0, 6.0])
+        cam = R @ pts.T + t[:, None]
+        uv = (500.0 * cam[:2] / cam[2] + np.array(true_pp)[:, None]).T + rng.normal(0, 0.2, (len(pts), 2))
+        image = pycolmap.Image(name=f"{i:03d}.jpg", keypoints=uv, camera_id=1 if shared else i + 1, image_id=i + 1)
+        rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d(pycolmap.Rotation3d(R), t))
+        for j in range(len(pts)):
+            obs[j].append((i + 1, j))
+    for j, elems in obs.items():
+        track = pycolmap.Track()
+        for image_id, idx in elems:
+            track.add_element(image_id, idx)
+        rec.add_point3D(pts[j], track)
+    return rec
+
+
+def test_principal_point_refined_for_shared_cameras_only():
+    rec = _ring_reconstruction()
+    refined, moved = mapping.refine_principal_points(rec, min_images=5)
+    assert refined is not rec and set(moved) == {1}
+    cam = refined.cameras[1]
+    assert abs(cam.principal_point_x - 326.0) < 0.5 and abs(cam.principal_point_y - 236.0) < 0.5
+    np.testing.assert_allclose(moved[1], (cam.principal_point_x - 320.0, cam.principal_point_y - 240.0))
+    assert rec.cameras[1].principal_point_x == 320.0  # the input model is left as it was
+    # too few images share the camera, or refinement is off: the model as mapped
+    for min_images in (9, 0):
+        same, moved = mapping.refine_principal_points(rec, min_images=min_images)
+        assert same is rec and moved == {}
+    # a camera per image: nothing qualifies
+    single = _ring_reconstruction(shared=False)
+    same, moved = mapping.refine_principal_points(single, min_images=5)
+    assert same is single and moved == {}
+
+
+def test_principal_point_far_from_the_centre_is_rejected():
+    rec = _ring_reconstruction(true_pp=(326.0, 236.0))
+    same, moved = mapping.refine_principal_points(rec, min_images=5, max_shift=0.005)  # 3.2 px at 640
+    assert same is rec and moved == {}
