@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,8 +162,6 @@ def refine_principal_points(rec: pycolmap.Reconstruction, min_images: int, max_s
     itself and {} when no camera qualifies or a refined point lands further than ``max_shift`` x the
     image size from the centre.
     """
-    from collections import Counter
-
     counts = Counter(im.camera_id for im in rec.images.values() if im.has_pose)
     shared = {cid for cid, n in counts.items() if n >= min_images > 0}
     if not shared:
@@ -187,8 +185,8 @@ def refine_principal_points(rec: pycolmap.Reconstruction, min_images: int, max_s
         dx, dy = cam.principal_point_x - before[cid][0], cam.principal_point_y - before[cid][1]
         if (abs(cam.principal_point_x - cam.width / 2) > max_shift * cam.width
                 or abs(cam.principal_point_y - cam.height / 2) > max_shift * cam.height):
-            logger.warning("mapping: the principal point of camera %d went %.0f, %.0f px from the centre: kept "
-                           "the model with every principal point at the centre", cid, dx, dy)
+            logger.warning("mapping: the principal point of camera %d moved %.0f, %.0f px, too far from the "
+                           "centre: kept the model as mapped", cid, dx, dy)
             return rec, {}
         moved[cid] = (dx, dy)
     return work, moved
