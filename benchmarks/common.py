@@ -29,8 +29,8 @@ DATA = Path(os.environ.get("ROMA_SFM_SHARED", ROOT.parent / "shared")) / "data"
 
 MATCHER_HELP = ("matchers to compare: 'roma' (the shipped model), a preset name, a .safetensors checkpoint, "
                 "'sift' (our SiftMatcher, as in the pipeline), 'sift-colmap' (it with COLMAP's extractor) or "
-                "'sift-opencv' (plain OpenCV SIFT, 8000 features, ratio 0.8, no mutual check); a RoMa spec may end in @RES, the CLI's --resolution "
-                "(e.g. roma@448:none for one pass), then in ~ZOOM, the CLI's --zoom (e.g. roma~0), then in "
+                "'sift-opencv' (plain OpenCV SIFT, 8000 features, ratio 0.8, no mutual check); a RoMa spec "
+                "may end in @RES, the CLI's --resolution (e.g. roma@448:none for one pass), then in ~ZOOM, the CLI's --zoom (e.g. roma~0), then in "
                 "+PRECISION, the CLI's --precision (e.g. roma+bf16)")
 
 

@@ -254,8 +254,8 @@ OUTPUT_DIR_OPT = typer.Option(None, "-o", "--output", file_okay=False, show_defa
                               help="Output folder (default: ./outputs/<scene>).")
 MATCHER_HELP = ("'roma' (the shipped model), a preset name (roma-tiny, roma-outdoor, roma-indoor; "
                 "`roma-sfm models`), a checkpoint file (.safetensors or public .pth), or 'sift' "
-                "('sift-opencv' for OpenCV's SIFT defaults, 'sift-colmap' for COLMAP's extractor). Default: roma if the shipped weights are "
-                "installed, else sift (with a notice).")
+                "('sift-opencv' for OpenCV's SIFT defaults, 'sift-colmap' for COLMAP's extractor). Default: "
+                "roma if the shipped weights are installed, else sift (with a notice).")
 PRINCIPAL_POINT_HELP = ("Refine the principal point of each camera that at least this many registered images "
                         "share, in a final bundle adjustment (0: keep every principal point at the image centre). "
                         "Default: 5 for SIFT matches, 0 for RoMa's.")

@@ -166,7 +166,6 @@ def refine_principal_points(rec: pycolmap.Reconstruction, min_images: int, max_s
     shared = {cid for cid, n in counts.items() if n >= min_images > 0}
     if not shared:
         return rec, {}
-    before = {cid: (rec.cameras[cid].principal_point_x, rec.cameras[cid].principal_point_y) for cid in shared}
     work = pycolmap.Reconstruction(rec)
     opts = pycolmap.BundleAdjustmentOptions()
     opts.refine_principal_point, opts.print_summary, opts.min_track_length = True, False, 3
@@ -181,8 +180,8 @@ def refine_principal_points(rec: pycolmap.Reconstruction, min_images: int, max_s
     pycolmap.create_default_bundle_adjuster(opts, config, work).solve()
     moved = {}
     for cid in shared:
-        cam = work.cameras[cid]
-        dx, dy = cam.principal_point_x - before[cid][0], cam.principal_point_y - before[cid][1]
+        cam, old = work.cameras[cid], rec.cameras[cid]
+        dx, dy = cam.principal_point_x - old.principal_point_x, cam.principal_point_y - old.principal_point_y
         if (abs(cam.principal_point_x - cam.width / 2) > max_shift * cam.width
                 or abs(cam.principal_point_y - cam.height / 2) > max_shift * cam.height):
             logger.warning("mapping: the principal point of camera %d moved %.0f, %.0f px, too far from the "
