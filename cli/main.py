@@ -42,6 +42,12 @@ class Calibrate(str, Enum):
     never = "never"
 
 
+class PrincipalPoint(str, Enum):
+    centre = "centre"
+    refine = "refine"
+    sift = "sift"
+
+
 class CameraMode(str, Enum):
     auto = "auto"
     single = "single"
@@ -218,6 +224,9 @@ def _print_report(report: dict, title: str) -> None:
     if len(models) > 1:
         for m in models:
             rows.append((f"model {m['index']}", f"{m['images_registered']} images, {m['points']} points: {m['path']}"))
+    if "principal_points" in report:
+        pp = report["principal_points"]
+        rows.append(("principal points from SIFT", f"{pp['measured']} of {pp['images']} images of shared cameras"))
     rows += _focal_rows(report.get("cameras") or [])
     if report.get("images_registered"):
         rows += [("3D points" + (" (model 0)" if len(models) > 1 else ""), str(report.get("points", 0))),
@@ -230,7 +239,8 @@ def _print_report(report: dict, title: str) -> None:
                      + f"  ({ev['registered']} of {ev['images']} GT images registered)"))
         rows.append(("ground truth", str(ev.get("poses_gt", ""))))
     times = report.get("times") or {}
-    steps = [k for k in ("scan", "pairs", "match", "tracks", "mapping", "export") if k in times]
+    steps = [k for k in ("scan", "pairs", "match", "tracks", "principal points (SIFT)", "mapping", "export")
+             if k in times]
     if steps:
         rows.append(("time (s)", ", ".join(f"{k} {times[k]:.1f}" for k in steps)
                      + (f"; total {times['total']:.1f}" if "total" in times else "")))
@@ -256,9 +266,12 @@ MATCHER_HELP = ("'roma' (the shipped model), a preset name (roma-tiny, roma-outd
                 "`roma-sfm models`), a checkpoint file (.safetensors or public .pth), or 'sift' "
                 "('sift-opencv' for OpenCV's SIFT defaults, 'sift-colmap' for COLMAP's extractor). Default: "
                 "roma if the shipped weights are installed, else sift (with a notice).")
-PRINCIPAL_POINT_HELP = ("Refine the principal point of each camera that at least this many registered images "
-                        "share, in a final bundle adjustment (0: keep every principal point at the image centre). "
-                        "Default: 5 for SIFT matches, 0 for RoMa's.")
+PRINCIPAL_POINT_HELP = ("The principal point of each camera that --principal-point-min-images images share: "
+                        "centre (kept at the image centre, as COLMAP and GLOMAP do), refine (freed in a final bundle "
+                        "adjustment), or sift (measured by a SIFT reconstruction of those images, then kept fixed: "
+                        "RoMa's dense matches cannot refine it themselves). Default: refine for SIFT matches, "
+                        "sift for RoMa's.")
+PRINCIPAL_POINT_MIN_IMAGES_HELP = "Images that must share a camera for its principal point to be estimated (0: never)."
 MAPPER_HELP = ("global (GLOMAP, after estimating the focal lengths from the view graph) or incremental "
                "(COLMAP's).")
 CALIBRATE_HELP = ("Global mapper: start from focal lengths estimated from the view graph ('always'), from EXIF "
@@ -347,8 +360,10 @@ def reconstruct(
     num_threads: int = typer.Option(DEFAULTS.num_threads, "--num-threads", help=NUM_THREADS_HELP),
     max_rotation_error: float = typer.Option(DEFAULTS.max_rotation_error, "--max-rotation-error", min=0.0,
                                              help=MAX_ROTATION_ERROR_HELP),
-    principal_point_min_images: Optional[int] = typer.Option(None, "--principal-point-min-images", min=0,
-                                                             show_default=False, help=PRINCIPAL_POINT_HELP),
+    principal_point: Optional[PrincipalPoint] = typer.Option(None, "--principal-point", show_default=False,
+                                                             help=PRINCIPAL_POINT_HELP),
+    principal_point_min_images: int = typer.Option(DEFAULTS.principal_point_min_images, "--principal-point-min-images",
+                                                   min=0, help=PRINCIPAL_POINT_MIN_IMAGES_HELP),
     ray: Optional[str] = typer.Option(None, "--ray", show_default=False, metavar="[ADDRESS]", help=RAY_HELP),
     ray_workers: Optional[int] = typer.Option(None, "--ray-workers", min=1, show_default=False,
                                               help="Ray: number of workers (default: one per CPU of the cluster)."),
@@ -378,7 +393,8 @@ def reconstruct(
             max_keypoints=max_keypoints, min_pair_score=min_pair_score, mapper=mapper.value,
             calibrate=calibrate.value, camera_mode=camera_mode.value, device=device, gt_poses=gt, overwrite=overwrite, num_threads=num_threads,
             batch_size=batch_size, verbose=verbose, ray=ray, ray_workers=ray_workers,
-            max_rotation_error=max_rotation_error, principal_point_min_images=principal_point_min_images)
+            max_rotation_error=max_rotation_error, principal_point_min_images=principal_point_min_images,
+            principal_point=principal_point.value if principal_point else None)
         report = reconstruct_.main(images, out, config)
     _print_report(report, "roma-sfm reconstruct")
     if report["status"] != "ok":
@@ -493,8 +509,10 @@ def map_cmd(
     num_threads: int = typer.Option(DEFAULTS.num_threads, "--num-threads", help=NUM_THREADS_HELP),
     max_rotation_error: float = typer.Option(DEFAULTS.max_rotation_error, "--max-rotation-error", min=0.0,
                                              help=MAX_ROTATION_ERROR_HELP),
-    principal_point_min_images: Optional[int] = typer.Option(None, "--principal-point-min-images", min=0,
-                                                             show_default=False, help=PRINCIPAL_POINT_HELP),
+    principal_point: Optional[PrincipalPoint] = typer.Option(None, "--principal-point", show_default=False,
+                                                             help=PRINCIPAL_POINT_HELP),
+    principal_point_min_images: int = typer.Option(DEFAULTS.principal_point_min_images, "--principal-point-min-images",
+                                                   min=0, help=PRINCIPAL_POINT_MIN_IMAGES_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
 ):
     """Map matches.h5 into a COLMAP model (tracks, database, verification, mapping).
@@ -512,7 +530,8 @@ def map_cmd(
                                             max_keypoints=max_keypoints, mapper=mapper.value,
                                             calibrate=calibrate.value, camera_mode=camera_mode.value, num_threads=num_threads,
                                             max_rotation_error=max_rotation_error,
-                                            principal_point_min_images=principal_point_min_images)
+                                            principal_point_min_images=principal_point_min_images,
+                                            principal_point=principal_point.value if principal_point else None)
     mapping.set_colmap_verbosity(verbose)
     with _guard(verbose), output_lock(out):
         mo = reconstruct_.map_matches(images, out, matches, config)
@@ -527,6 +546,10 @@ def map_cmd(
                                              len(ver.rotation_outliers))),
                 ("models", " + ".join(str(r.num_reg_images()) for r in res.models) + " images"
                  if res.models else "0")]
+        if mo.principal_points is not None:
+            pp = mo.principal_points
+            rows.append(("principal points from SIFT", f"{pp.num_registered} of {pp.num_images} images of shared "
+                                                       f"cameras ({pp.seconds:.1f} s)"))
         if mo.failure:
             console.print(_kv_table("roma-sfm map", rows))
             _fail(mo.failure)

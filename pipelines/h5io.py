@@ -350,6 +350,17 @@ def read_features(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
+def read_image_sizes(path: Path) -> dict[str, tuple[int, int]]:
+    """{image name: (W, H)} of every image in features.h5."""
+    out = {}
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Group) and "keypoints" in obj:
+                out[str(obj.attrs.get("name", name))] = tuple(int(v) for v in obj.attrs["image_size"])
+        f.visititems(visit)
+    return out
+
+
 def read_index_matches(path: Path) -> dict[Pair, np.ndarray]:
     out = {}
     with h5py.File(path, "r") as f:

@@ -40,7 +40,7 @@ import numpy as np
 import pycolmap
 
 from . import viewgraph
-from .h5io import check_same_run, read_features, read_index_matches
+from .h5io import check_same_run, read_features, read_image_sizes, read_index_matches
 from ..io import atomic_output
 from .utils import logger, replace_dir
 
@@ -85,10 +85,8 @@ COMPARE_BELOW = 0.95
 CAMERA_MODES = ("auto", "single", "per_folder", "per_image")
 # Both mappers keep every principal point at the image centre. A real lens's lies a few pixels off
 # it, which bends every pose; a camera shared by enough registered images makes it observable, so a
-# final bundle adjustment refines it there (:func:`refine_principal_points`; a camera of fewer
-# images keeps its intrinsics). The number of images, by matches kind (0: never): RoMa's dense
-# matches pull the point off instead of towards the truth (docs/design/mapping.md).
-PRINCIPAL_POINT_MIN_IMAGES = {"sparse": 5, "dense": 0}
+# final bundle adjustment may refine it there (:func:`refine_principal_points`; :mod:`.principal_points`
+# says when, and measures it with SIFT for dense matches).
 # A refined point further than this share of the image size from the centre (real lenses: ~1-2 %)
 # is taken for a degenerate view set, and the model is kept as mapped.
 PRINCIPAL_POINT_MAX_SHIFT = 0.05
@@ -120,6 +118,9 @@ class MappingResult:
     # candidate's largest model) of "matches" verified inlier matches, "two-view" of which their own
     # pair's geometry explains}
     calibration: dict = field(default_factory=dict)
+    # {camera id: (dx, dy) px}: the principal points refine_principal_points moved (in the largest
+    # model that refined that camera)
+    principal_point_shifts: dict[int, tuple[float, float]] = field(default_factory=dict)
 
 
 def drop_focal_priors(database: Path) -> None:
@@ -147,9 +148,14 @@ def calibrate_focals(database: Path, seed: int = DEFAULTS["seed"]) -> bool:
     return ok
 
 
+def model_size(rec: pycolmap.Reconstruction) -> tuple[int, int]:
+    """How COLMAP ranks models: registered images, then points."""
+    return rec.num_reg_images(), rec.num_points3D()
+
+
 def rank_models(models: Iterable[pycolmap.Reconstruction]) -> list[pycolmap.Reconstruction]:
-    """Models largest first, as COLMAP numbers them: most registered images, then most points."""
-    return sorted(models, key=lambda r: (r.num_reg_images(), r.num_points3D()), reverse=True)
+    """Models largest first (:func:`model_size`), as COLMAP numbers them."""
+    return sorted(models, key=model_size, reverse=True)
 
 
 def refine_principal_points(rec: pycolmap.Reconstruction, min_images: int, max_shift: float = PRINCIPAL_POINT_MAX_SHIFT
@@ -213,38 +219,52 @@ def camera_from_exif(path: Path, size: tuple[int, int]) -> tuple[float, bool]:
     return DEFAULT_FOCAL_FACTOR * max(w, h), False
 
 
+def camera_keys(sizes: dict[str, tuple[int, int]], images: Path, camera_mode: str = DEFAULTS["camera_mode"]
+                ) -> dict[str, tuple[tuple, float, bool]]:
+    """{image name: (camera key, focal px, from EXIF?)} for images of (W, H) ``sizes``: the images of
+    one key share a camera (``camera_mode``), which starts from the focal of its first image by name."""
+    out: dict[str, tuple[tuple, float, bool]] = {}
+    first_size: dict[tuple, tuple[int, int]] = {}
+    for name in sorted(sizes):
+        w, h = sizes[name]
+        focal, prior = camera_from_exif(Path(images) / name, (w, h))
+        folder = str(Path(name).parent)
+        key = {"single": ("all",), "per_folder": (folder,), "per_image": (name,),
+               "auto": (folder, w, h, round(focal, 1) if prior else None)}.get(camera_mode)
+        if key is None:
+            raise ValueError(f"camera_mode must be auto|single|per_folder|per_image, not {camera_mode!r}")
+        if first_size.setdefault(key, (w, h)) != (w, h):  # a shared camera needs one size
+            key = key + (w, h)
+        out[name] = (key, focal, prior)
+    return out
+
+
 def create_database(database: Path, images: Path, features: Path, camera_mode: str = DEFAULTS["camera_mode"],
-                    camera_model: str = DEFAULTS["camera_model"]) -> dict[str, int]:
+                    camera_model: str = DEFAULTS["camera_model"],
+                    principal_points: Optional[dict[str, tuple[float, float]]] = None) -> dict[str, int]:
     """Create ``database`` with cameras, one trivial rig + frame per camera/image, and keypoints.
 
     Returns {image name: image id}. Keypoints in features.h5 are already in COLMAP convention.
+    ``principal_points``: {image name: (cx, cy) px}: the camera of such an image starts there, not at
+    the image centre (the mappers keep it; :mod:`.principal_points` measures it).
     """
-    import h5py
-
     database = Path(database)
     database.unlink(missing_ok=True)
     kps = read_features(features)
-    with h5py.File(features, "r") as f:
-        sizes = {n: tuple(int(v) for v in f[n].attrs["image_size"]) for n in kps}
+    sizes = read_image_sizes(features)
+    keys = camera_keys(sizes, images, camera_mode)
+    points = {keys[n][0]: pp for n, pp in (principal_points or {}).items() if n in keys}
     image_ids: dict[str, int] = {}
     with pycolmap.Database.open(database) as db:
         cams: dict[tuple, int] = {}
         rig_of_cam: dict[int, int] = {}
         for name in sorted(kps):
-            w, h = sizes[name]
-            focal, prior = camera_from_exif(Path(images) / name, (w, h))
-            folder = str(Path(name).parent)
-            key = {"single": ("all",), "per_folder": (folder,), "per_image": (name,),
-                   "auto": (folder, w, h, round(focal, 1) if prior else None)}.get(camera_mode)
-            if key is None:
-                raise ValueError(f"camera_mode must be auto|single|per_folder|per_image, not {camera_mode!r}")
-            if camera_mode in ("single", "per_folder") and key in cams:
-                cam0 = db.read_camera(cams[key])
-                if (cam0.width, cam0.height) != (w, h):  # a shared camera needs one size
-                    key = key + (w, h)
+            (key, focal, prior), (w, h) = keys[name], sizes[name]
             if key not in cams:
                 cam = pycolmap.Camera.create_from_model_name(0, camera_model, focal, w, h)
                 cam.has_prior_focal_length = prior
+                if key in points:
+                    cam.principal_point_x, cam.principal_point_y = (float(v) for v in points[key])
                 cam_id = db.write_camera(cam)
                 rig = pycolmap.Rig()
                 rig.add_ref_sensor(pycolmap.sensor_t(pycolmap.SensorType.CAMERA, cam_id))
@@ -258,7 +278,8 @@ def create_database(database: Path, images: Path, features: Path, camera_mode: s
             db.write_frame(frame)
             db.write_keypoints(image_id, np.asarray(kps[name], np.float32).reshape(-1, 2))
             image_ids[name] = image_id
-    logger.info("mapping: database with %d images, %d cameras", len(image_ids), len(cams))
+    logger.info("mapping: database with %d images, %d cameras%s", len(image_ids), len(cams),
+                f" ({len(points)} with a principal point given)" if points else "")
     return image_ids
 
 
@@ -552,7 +573,8 @@ def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_
          ransac_max_trials: int = DEFAULTS["ransac_max_trials"], skip_geometric_verification: bool = False,
          num_threads: int = DEFAULTS["num_threads"], seed: int = DEFAULTS["seed"], options: Optional[dict] = None,
          max_rotation_error: float = DEFAULTS["max_rotation_error"], calibrate: str = DEFAULTS["calibrate"],
-         principal_point_min_images: int = 0) -> MappingResult:
+         principal_point_min_images: int = 0,
+         principal_points: Optional[dict[str, tuple[float, float]]] = None) -> MappingResult:
     """Database, verification and mapping; returns the largest model (None if nothing registered).
 
     ``num_threads`` (<= 0: all cores) is used by the verification and by the mapper. ``mapper``:
@@ -563,8 +585,9 @@ def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_
     (:func:`drop_focal_priors`, :func:`calibrate_focals`); "compare" may also map from the start
     values and keep those (:func:`compare_start_values`). Then every model of ``min_model_size``
     images gets the principal points of its cameras of ``principal_point_min_images`` images refined
-    (:func:`refine_principal_points`; 0, the mappers' own behaviour: never; reconstruct passes
-    ``PRINCIPAL_POINT_MIN_IMAGES`` of the matches' kind).
+    (:func:`refine_principal_points`; 0, the mappers' own behaviour: never; reconstruct decides by
+    :mod:`.principal_points`' mode). ``principal_points``: {image name: (cx,
+    cy)} the cameras of those images keep instead of the image centre (:func:`create_database`).
     """
     sfm_dir = Path(sfm_dir)
     sfm_dir.mkdir(parents=True, exist_ok=True)
@@ -583,9 +606,10 @@ def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_
         shutil.rmtree(d, ignore_errors=True)  # what a killed run left
     models_tmp.mkdir()
     calibration: dict = {}
+    shifts: dict[int, tuple[float, float]] = {}
     with atomic_output(sfm_dir / "database.db") as database:
         database.unlink(missing_ok=True)
-        image_ids = create_database(database, images, features, camera_mode, camera_model)
+        image_ids = create_database(database, images, features, camera_mode, camera_model, principal_points)
         priors = read_focal_priors(database)  # before any calibration changes them
         options_cls, entry = mappers[mapper]
         if not hasattr(pycolmap, entry):
@@ -626,10 +650,13 @@ def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_
                 shutil.rmtree(start_tmp, ignore_errors=True)
             times["mapping"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            for key, rec in list(models.items()):
+            for key in sorted(models, key=lambda k: model_size(models[k]), reverse=True):
+                rec = models[key]
                 if rec.num_reg_images() >= min_model_size:
                     refined, moved = refine_principal_points(rec, principal_point_min_images)
                     if moved:
+                        for cid, shift in moved.items():  # a camera in two models: the larger's
+                            shifts.setdefault(cid, shift)
                         models[key] = refined
                         refined.write(str(models_tmp / str(key)))
                         logger.info("mapping: model %s: principal point refined, moved %s px", key,
@@ -647,4 +674,4 @@ def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_
     logger.info("mapping: %d model(s) of %s images; the largest has %d/%d images, %d points", len(ranked),
                 "+".join(str(r.num_reg_images()) for r in ranked), best.num_reg_images(), len(image_ids),
                 best.num_points3D())
-    return MappingResult(best, image_ids, ver, len(ranked), times, ranked, priors, calibration)
+    return MappingResult(best, image_ids, ver, len(ranked), times, ranked, priors, calibration, shifts)

@@ -19,8 +19,9 @@ from typing import Any, Optional, Union
 from . import evaluate as evaluate_
 from . import export, mapping, match, tracks
 from . import pairs as pairs_
+from . import principal_points as principal_points_
 from ..lock import writes_into
-from .h5io import matches_kind
+from .h5io import list_pairs, matches_kind
 from .matchers import get_matcher, matcher_config
 from .utils import Timer, logger, scan_images
 from ..presets import DEVICE
@@ -46,7 +47,8 @@ class ReconstructConfig:
     camera_mode: str = mapping.DEFAULTS["camera_mode"]
     num_threads: int = mapping.DEFAULTS["num_threads"]
     max_rotation_error: float = mapping.DEFAULTS["max_rotation_error"]
-    principal_point_min_images: Optional[int] = None  # None: mapping.PRINCIPAL_POINT_MIN_IMAGES of the matches' kind
+    principal_point: Optional[str] = None  # a principal_points.MODES; None: the default of the matches' kind
+    principal_point_min_images: int = principal_points_.DEFAULTS["min_images"]
     seed: int = match.DEFAULTS["seed"]
     device: str = DEVICE
     gt_poses: Union[Path, str, None] = "auto"  # see evaluate.poses_gt_file
@@ -57,10 +59,14 @@ class ReconstructConfig:
     ray_workers: Optional[int] = None
 
 
-# outputs of the steps after matching, removed when a run starts (matches.h5 and its journal stay:
-# they are resumable; pairs.txt is rewritten and may be the pairs file given)
+# where the SIFT pass of principal point mode "sift" writes
+PRINCIPAL_POINTS_DIR = "principal_points"
+# outputs of the steps after matching, removed when a run starts (matches.h5 files and their journals
+# stay: they are resumable; pairs.txt is rewritten and may be the pairs file given)
 STALE_OUTPUTS = ("report.json", "report.html", "sparse/[0-9]*", "points.ply", "points_[0-9]*.ply", "preview.png",
-                 "features.h5", "matches_idx.h5", "sfm/database.db", "sfm/models", "matches/*.png")
+                 "features.h5", "matches_idx.h5", "sfm/database.db", "sfm/models", "matches/*.png",
+                 *(f"{PRINCIPAL_POINTS_DIR}/{p}" for p in ("features.h5", "matches_idx.h5", "sfm",
+                                                          principal_points_.FILE_NAME)))
 
 
 def clear_stale_outputs(outputs: Path, images: Optional[Path] = None) -> list[str]:
@@ -94,9 +100,10 @@ class MapOutcome:
     cell_size: float
     min_pair_score: float
     mapper_options: dict  # {mapper name: overrides}
-    principal_point_min_images: int
+    principal_point: str  # how the principal points of shared cameras were found (principal_points.MODES)
     tracks: tracks.TrackStats
     mapping: Optional[mapping.MappingResult] = None
+    principal_points: Optional[principal_points_.PrincipalPoints] = None  # mode "sift": what the SIFT pass measured
     times: dict = field(default_factory=dict)
 
     @property
@@ -126,17 +133,26 @@ def map_matches(images: Path, outputs: Path, matches: Path, config: ReconstructC
     with Timer(times, "tracks"):
         ts = tracks.main(matches, features, matches_idx, cell_size, config.max_keypoints, config.refine, pairs=pairs,
                          min_pair_score=min_pair_score)
-    pp_images = (mapping.PRINCIPAL_POINT_MIN_IMAGES[kind] if config.principal_point_min_images is None
-                 else config.principal_point_min_images)
-    out = MapOutcome(kind, cell_size, min_pair_score, options, pp_images, ts, times=times)
+    out = MapOutcome(kind, cell_size, min_pair_score, options, principal_points_.mode_for(kind, config.principal_point),
+                     ts, times=times)
     if ts.num_images == 0:
         return out
+    fixed = None
+    if out.principal_point == "sift" and config.principal_point_min_images > 0:
+        with Timer(times, "principal points (SIFT)"):
+            out.principal_points = principal_points_.main(
+                images, outputs / PRINCIPAL_POINTS_DIR, pairs if pairs is not None else list_pairs(matches), features,
+                camera_mode=config.camera_mode, min_images=config.principal_point_min_images, mapper=config.mapper,
+                calibrate=config.calibrate, num_threads=config.num_threads, seed=config.seed,
+                max_rotation_error=config.max_rotation_error, overwrite=config.overwrite, progress=config.progress)
+        fixed = out.principal_points.points
     with Timer(times, "mapping"):
         out.mapping = mapping.main(outputs / "sfm", images, features, matches_idx, camera_mode=config.camera_mode,
                                    mapper=config.mapper, num_threads=config.num_threads, seed=config.seed,
                                    options=options, max_rotation_error=config.max_rotation_error,
-                                   calibrate=config.calibrate,
-                                   principal_point_min_images=out.principal_point_min_images)
+                                   calibrate=config.calibrate, principal_points=fixed,
+                                   principal_point_min_images=(config.principal_point_min_images
+                                                               if out.principal_point == "refine" else 0))
     times.update({f"mapping/{k}": v for k, v in out.mapping.seconds.items()})
     return out
 
@@ -144,7 +160,8 @@ def map_matches(images: Path, outputs: Path, matches: Path, config: ReconstructC
 def _report_config(config: ReconstructConfig) -> dict:
     """The settings recorded in report.json (in this order)."""
     keys = ("num_matched", "num_samples", "cell_size", "max_keypoints", "refine", "min_pair_score", "mapper",
-            "calibrate", "camera_mode", "max_rotation_error", "principal_point_min_images", "seed")
+            "calibrate", "camera_mode", "max_rotation_error", "principal_point", "principal_point_min_images",
+            "seed")
     values = asdict(config)
     return {**matcher_config(config.matcher), "pairs": str(config.pairs), **{k: values[k] for k in keys}}
 
@@ -219,7 +236,7 @@ def main(images: Path, outputs: Path, config: Optional[ReconstructConfig] = None
     # 3-4) tracks and mapping
     mo = map_matches(images, outputs, outputs / "matches.h5", config, pairs=pair_list)
     report["config"].update(cell_size=mo.cell_size, min_pair_score=mo.min_pair_score,
-                            principal_point_min_images=mo.principal_point_min_images,
+                            principal_point=mo.principal_point,
                             mapper_options=mo.mapper_options.get(config.mapper, {}))
     times.update(mo.times)
     ts = mo.tracks
@@ -233,6 +250,11 @@ def main(images: Path, outputs: Path, config: Optional[ReconstructConfig] = None
                               "configs": ver.configs,
                               "rotation_outliers": [[a, b, round(r, 1)] for a, b, r in ver.rotation_outliers]}
     report["calibration"] = res.calibration
+    if mo.principal_points is not None:
+        pp = mo.principal_points
+        report["principal_points"] = {"images": pp.num_images, "measured": pp.num_registered}
+        if pp.num_images:
+            report["principal_points"]["file"] = str(outputs / PRINCIPAL_POINTS_DIR / principal_points_.FILE_NAME)
     rec = res.reconstruction
     registered = {im.name for r in res.models for im in r.images.values() if im.has_pose}
     report["images_unregistered"] = sorted(set(scan.names) - registered)  # in no model

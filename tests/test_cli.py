@@ -109,6 +109,20 @@ def test_steps_chained_reproduce_the_model(recon, tmp_path):
     assert rep["evaluation"]["auc@5"] > 90
 
 
+@pytest.mark.parametrize("mode", ["centre", "sift"])
+def test_map_principal_point_option(recon, tmp_path, mode):
+    res = invoke("map", IMAGES, "--matches", recon[0] / "matches.h5", "-o", tmp_path, "--num-threads", 1,
+                 "--principal-point", mode)
+    assert res.exit_code == 0, res.output
+    (cam,) = pycolmap.Reconstruction(str(tmp_path / "sparse" / "0")).cameras.values()
+    at_centre = (cam.principal_point_x, cam.principal_point_y) == (240.0, 180.0)
+    assert at_centre == (mode == "centre")
+    assert ("principal points from SIFT" in res.output) == (mode == "sift")
+    assert (tmp_path / "principal_points" / "principal_points.json").is_file() == (mode == "sift")
+    bad = invoke("map", IMAGES, "--matches", recon[0] / "matches.h5", "-o", tmp_path, "--principal-point", "middle")
+    assert bad.exit_code == 2
+
+
 def test_eval_model_and_matches(recon, tmp_path):
     out, _ = recon
     res = invoke("eval", "--model", out, "--poses-gt", SCENE / "poses_gt.txt", "--json", tmp_path / "ev.json")

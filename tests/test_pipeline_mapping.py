@@ -7,7 +7,7 @@ import numpy as np
 import pycolmap
 import pytest
 
-from roma_sfm.pipelines import evaluate, mapping, reconstruct, tracks
+from roma_sfm.pipelines import evaluate, mapping, principal_points, reconstruct, tracks
 from roma_sfm.pipelines import h5io
 
 SCENE = Path(__file__).resolve().parents[1] / "sample_scenes" / "corner"
@@ -53,7 +53,8 @@ def test_principal_point_of_the_shared_camera_is_refined_and_reported(run):
     """SIFT matches: the camera of all 8 images gets its principal point refined; the sample scene's
     lies at the centre (GT), so it must stay within a pixel of it, and report.json says where it is."""
     out, report = run
-    assert report["config"]["principal_point_min_images"] == mapping.PRINCIPAL_POINT_MIN_IMAGES["sparse"] > 0
+    assert report["config"]["principal_point"] == "refine" and "principal_points" not in report
+    assert report["config"]["principal_point_min_images"] == principal_points.DEFAULTS["min_images"] > 0
     (row,) = report["cameras"]
     cam = pycolmap.Reconstruction(str(out / "sparse" / "0")).cameras[row["camera_id"]]
     dx, dy = row["principal_point_offset"]
