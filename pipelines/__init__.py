@@ -5,6 +5,7 @@
 - :mod:`.match`       pairs -> matches.h5 (resumable, kill -9 safe; :mod:`.cluster` spreads it over Ray)
 - :mod:`.matchers`    the matchers behind one interface: SIFT and RoMa
 - :mod:`.tracks`      matches.h5 -> features.h5 + matches_idx.h5 (shared keypoints, sub-pixel, pair gate)
+- :mod:`.principal_points` dense matches: shared cameras' principal points, from a SIFT reconstruction
 - :mod:`.mapping`     -> COLMAP database, verification, view-graph check (:mod:`.viewgraph`), mapping
 - :mod:`.export`      -> sparse/0 (bin + txt), points.ply, report.json, previews (:mod:`.figures`),
   report.html (:mod:`.report_html`)
