@@ -120,3 +120,16 @@ class HomographyMatcher:
     def match_many(self, pairs: Iterable[tuple], batch_size: int = 1):
         for a, b in pairs:
             yield self.match(a, b)
+
+
+class LabelledSift:
+    """SIFT's matches under another matcher name and ``kind`` ('sparse' | 'dense'): how the pipeline
+    treats a matcher it does not know (the matches' kind picks the tracks, gate and principal point)."""
+
+    def __init__(self, kind: str = "sparse", name: str = "wrapped-sift"):
+        from roma_sfm.pipelines.matchers import SiftMatcher
+
+        self.kind, self.name, self.inner = kind, name, SiftMatcher()
+
+    def match(self, a, b):
+        return self.inner.match(a, b)

@@ -82,8 +82,7 @@ def main(images: Path, out_dir: Path, pairs: Iterable[tuple[str, str]], features
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     out = PrincipalPoints()
-    names = shared_camera_images(read_image_sizes(features), images, camera_mode, min_images)
-    chosen = set(names)
+    chosen = set(shared_camera_images(read_image_sizes(features), images, camera_mode, min_images))
     todo = [p for p in pairs if p[0] in chosen and p[1] in chosen]
     out.num_images = len({n for p in todo for n in p})
     if not todo:

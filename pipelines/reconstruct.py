@@ -128,13 +128,13 @@ def map_matches(images: Path, outputs: Path, matches: Path, config: ReconstructC
     kind = matches_kind(matches)
     cell_size, min_pair_score = tracks.settings(kind, config.cell_size, config.min_pair_score)
     options = mapping.mapper_options[kind]
+    pp_mode = principal_points_.mode_for(kind, config.principal_point)  # a bad mode fails before the tracks
     times: dict[str, float] = {}
     features, matches_idx = outputs / "features.h5", outputs / "matches_idx.h5"
     with Timer(times, "tracks"):
         ts = tracks.main(matches, features, matches_idx, cell_size, config.max_keypoints, config.refine, pairs=pairs,
                          min_pair_score=min_pair_score)
-    out = MapOutcome(kind, cell_size, min_pair_score, options, principal_points_.mode_for(kind, config.principal_point),
-                     ts, times=times)
+    out = MapOutcome(kind, cell_size, min_pair_score, options, pp_mode, ts, times=times)
     if ts.num_images == 0:
         return out
     fixed = None

@@ -16,7 +16,7 @@ import pytest
 from roma_sfm.pipelines import match
 from roma_sfm.pipelines import h5io
 from roma_sfm.pipelines import matchers
-from synthetic import HomographyMatcher, make_homography_scene, transfer
+from synthetic import HomographyMatcher, LabelledSift, make_homography_scene, transfer
 
 
 @pytest.fixture(scope="module")
@@ -252,16 +252,9 @@ def test_matches_kind(scene, tmp_path):
     assert h5io.matches_kind(tmp_path / "sift.h5") == "sparse"
     assert h5io.matches_kind(tmp_path / "dense.h5") == "dense"
 
-    class WrappedSift:  # any keypoint matcher says so with kind = "sparse"
-        kind, name = "sparse", "my-keypoints"
-
-        def __init__(self):
-            self.inner = matchers.SiftMatcher()
-
-        def match(self, a, b):
-            return self.inner.match(a, b)
-
-    match.main(pairs, root / "images", tmp_path / "wrapped.h5", WrappedSift(), progress=False)
+    # any keypoint matcher says so with kind = "sparse"
+    match.main(pairs, root / "images", tmp_path / "wrapped.h5", LabelledSift("sparse", "my-keypoints"),
+               progress=False)
     assert h5io.matches_kind(tmp_path / "wrapped.h5") == "sparse"
     # files written before the attribute existed: told by the matcher name
     for name, kind in (("sift(max_features=8000)", "sparse"), ("roma-tiny", "dense")):

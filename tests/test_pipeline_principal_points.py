@@ -8,21 +8,10 @@ import numpy as np
 import pycolmap
 import pytest
 
-from roma_sfm.pipelines import h5io, mapping, matchers, principal_points, reconstruct
+from roma_sfm.pipelines import h5io, mapping, principal_points, reconstruct
+from synthetic import LabelledSift  # SIFT's matches labelled dense: treated as RoMa's
 
 SCENE = Path(__file__).resolve().parents[1] / "sample_scenes" / "corner"
-
-
-class DenseSift:
-    """SIFT's matches labelled dense: the pipeline treats them as RoMa's (cell, gate, principal point)."""
-
-    kind, name = "dense", "dense-sift"
-
-    def __init__(self):
-        self.inner = matchers.SiftMatcher()
-
-    def match(self, a, b):
-        return self.inner.match(a, b)
 
 
 def _sizes():
@@ -72,7 +61,7 @@ def test_mode_by_kind_and_bad_mode():
 @pytest.fixture(scope="module")
 def dense_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("dense-pp")
-    report = reconstruct.main(SCENE / "images", out, matcher=DenseSift(), progress=False, num_threads=1,
+    report = reconstruct.main(SCENE / "images", out, matcher=LabelledSift("dense", "dense-sift"), progress=False, num_threads=1,
                               min_pair_score=0.0)
     return out, report
 

@@ -6,8 +6,7 @@ import h5py
 import pytest
 
 from roma_sfm.pipelines import match, reconstruct
-from roma_sfm.pipelines import matchers
-from synthetic import random_texture
+from synthetic import LabelledSift, random_texture
 
 STEPS = ("scan", "pairs", "match", "tracks", "mapping", "export")
 
@@ -85,20 +84,8 @@ def test_stale_outputs_never_inside_the_image_folder(tmp_path):
     assert (tmp_path / "preview.png").exists() and removed == []
 
 
-class WrappedSift:
-    """A keypoint matcher that is not a SiftMatcher: says so with kind = 'sparse'."""
-
-    kind, name = "sparse", "wrapped-sift"
-
-    def __init__(self):
-        self.inner = matchers.SiftMatcher()
-
-    def match(self, a, b):
-        return self.inner.match(a, b)
-
-
 def test_default_cell_size_follows_the_matches_file(textures, tmp_path):
-    rep = _run(textures, tmp_path, matcher=WrappedSift())
+    rep = _run(textures, tmp_path, matcher=LabelledSift("sparse", "wrapped-sift"))
     assert rep["match"]["kind"] == "sparse" and rep["config"]["cell_size"] == 2.0
     with h5py.File(tmp_path / "matches.h5", "r") as f:
         assert f.attrs["kind"] == "sparse" and f.attrs["matcher"] == "wrapped-sift"
