@@ -18,6 +18,7 @@ Usage:
     python benchmarks/sfm.py --matcher sift roma --readme   # writes between the markers
                                                                        # <!-- sfm-table --> ... <!-- /sfm-table -->
     python benchmarks/sfm.py --mixed --matcher sift                     # the six scenes in one folder
+    python benchmarks/sfm.py --matcher sift,roma     # SIFT, and RoMa for the pairs it cannot verify
 The data are EVALUATION ONLY (see ../shared/data/README.md); outputs go to ``--outputs``.
 """
 from __future__ import annotations
@@ -53,15 +54,18 @@ COLUMNS = ["method", "registered", "AUC@3", "AUC@5", "AUC@10", "pairs kept / ver
 def run_ours(images: Path, gt: Optional[Path], out: Path, matcher: str, num_threads: int, **kwargs) -> dict:
     """Our pipeline on ``images`` (scored against ``gt`` unless None); ``models``: every model's images."""
     t0 = time.perf_counter()
-    rep = reconstruct.main(images, out, matcher=with_resolution(matcher), gt_poses=gt, overwrite=True,
-                           progress=False, num_threads=num_threads, **kwargs)
+    first, _, fallback = matcher.partition(",")  # 'sift,roma': SIFT, then RoMa on the pairs it cannot verify
+    rep = reconstruct.main(images, out, matcher=with_resolution(first), gt_poses=gt, overwrite=True,
+                           progress=False, num_threads=num_threads,
+                           fallback=with_resolution(fallback) if fallback else None, **kwargs)
     ev = rep.get("evaluation") or (evaluate.evaluate_reconstruction(None, gt) if gt is not None else None)
     ver = rep.get("verification", {})
     n_pairs = rep.get("match", {}).get("pairs_matched", 0) + rep.get("match", {}).get("pairs_resumed", 0)
     kept = n_pairs - len(rep.get("tracks", {}).get("pairs_rejected", []))
     return {"method": f"ours ({matcher})", **_row(ev, rep), "time": time.perf_counter() - t0,
             "pairs": f"{kept} / {ver.get('verified', 0)} of {n_pairs}", "steps": rep.get("times", {}),
-            "models": [m["registered"] for m in rep.get("models", [])]}
+            "models": [m["registered"] for m in rep.get("models", [])],
+            "fallback": {k: v for k, v in rep.get("fallback", {}).items() if k != "dropped"}}
 
 
 def run_peers(images: Path, gt: Optional[Path], out: Path, num_threads: int, peers=("colmap", "glomap")

@@ -227,6 +227,11 @@ def _print_report(report: dict, title: str) -> None:
     if "principal_points" in report:
         pp = report["principal_points"]
         rows.append(("principal points from SIFT", f"{pp['measured']} of {pp['images']} images of shared cameras"))
+    if "fallback" in report:
+        fb = report["fallback"]
+        rows.append((f"fallback ({fb['matcher']})", f"{fb['kept']} of {fb['pairs']} pairs the sparse model did not "
+                     f"verify kept ({fb['skipped']} not matched: no overlap in it; {fb['checked']} checked against "
+                     "its geometry)"))
     rows += _focal_rows(report.get("cameras") or [])
     if report.get("images_registered"):
         rows += [("3D points" + (" (model 0)" if len(models) > 1 else ""), str(report.get("points", 0))),
@@ -239,7 +244,8 @@ def _print_report(report: dict, title: str) -> None:
                      + f"  ({ev['registered']} of {ev['images']} GT images registered)"))
         rows.append(("ground truth", str(ev.get("poses_gt", ""))))
     times = report.get("times") or {}
-    steps = [k for k in ("scan", "pairs", "match", "tracks", "principal points (SIFT)", "mapping", "export")
+    steps = [k for k in ("scan", "pairs", "match", "skeleton mapping", "fallback", "tracks", "principal points (SIFT)",
+                         "mapping", "export")
              if k in times]
     if steps:
         rows.append(("time (s)", ", ".join(f"{k} {times[k]:.1f}" for k in steps)
@@ -266,6 +272,9 @@ MATCHER_HELP = ("'roma' (the shipped model), a preset name (roma-tiny, roma-outd
                 "`roma-sfm models`), a checkpoint file (.safetensors or public .pth), or 'sift' "
                 "('sift-opencv' for OpenCV's SIFT defaults, 'sift-colmap' for COLMAP's extractor). Default: "
                 "roma if the shipped weights are installed, else sift (with a notice).")
+FALLBACK_HELP = ("A RoMa model (as --matcher) for the pairs that the SIFT matches cannot verify: the SIFT model is "
+                 "built first, those pairs are matched densely, checked against its epipolar geometry, and the "
+                 "model is built again with them. --resolution, --zoom and --precision then apply to it.")
 PRINCIPAL_POINT_HELP = ("The principal point of each camera that --principal-point-min-images images share: "
                         "centre (kept at the image centre, as COLMAP and GLOMAP do), refine (freed in a final bundle "
                         "adjustment), or sift (measured by a SIFT reconstruction of those images, then kept fixed: "
@@ -364,6 +373,8 @@ def reconstruct(
                                                              help=PRINCIPAL_POINT_HELP),
     principal_point_min_images: int = typer.Option(DEFAULTS.principal_point_min_images, "--principal-point-min-images",
                                                    min=0, help=PRINCIPAL_POINT_MIN_IMAGES_HELP),
+    fallback: Optional[str] = typer.Option(None, "--fallback", show_default=False, metavar="MATCHER",
+                                           help=FALLBACK_HELP),
     ray: Optional[str] = typer.Option(None, "--ray", show_default=False, metavar="[ADDRESS]", help=RAY_HELP),
     ray_workers: Optional[int] = typer.Option(None, "--ray-workers", min=1, show_default=False,
                                               help="Ray: number of workers (default: one per CPU of the cluster)."),
@@ -384,17 +395,25 @@ def reconstruct(
     out = output or default_output(images)
     _check_pairs(pairs)
     gt = _gt(poses_gt)
+    if fallback is not None and (str(matcher or "sift").lower() not in matchers.sift.confs or fallback.lower() in matchers.sift.confs):
+        raise typer.BadParameter("the fallback must be a RoMa model, after a SIFT --matcher (e.g. --matcher sift "
+                                 "--fallback roma)", param_hint="--fallback")
     with _guard(verbose):
-        m = _resolve_matcher(matcher, resolution, device, zoom, precision)
+        if fallback is None:
+            m, fb = _resolve_matcher(matcher, resolution, device, zoom, precision), None
+        else:  # --resolution, --zoom and --precision are the fallback's
+            m, fb = (_resolve_matcher(matcher or "sift", None, device),
+                     _resolve_matcher(fallback, resolution, device, zoom, precision))
         console.print(f"reconstructing [bold]{escape(str(images))}[/] -> [bold]{escape(str(out))}[/] "
-                      f"(matcher: {escape(matchers.matcher_name(m))})")
+                      f"(matcher: {escape(matchers.matcher_name(m))}"
+                      + (f", fallback: {escape(matchers.matcher_name(fb))})" if fb is not None else ")"))
         config = reconstruct_.ReconstructConfig(
             matcher=m, pairs=pairs, num_matched=num_matched, num_samples=num_samples, cell_size=cell_size,
             max_keypoints=max_keypoints, min_pair_score=min_pair_score, mapper=mapper.value,
             calibrate=calibrate.value, camera_mode=camera_mode.value, device=device, gt_poses=gt, overwrite=overwrite, num_threads=num_threads,
             batch_size=batch_size, verbose=verbose, ray=ray, ray_workers=ray_workers,
             max_rotation_error=max_rotation_error, principal_point_min_images=principal_point_min_images,
-            principal_point=principal_point.value if principal_point else None)
+            principal_point=principal_point.value if principal_point else None, fallback=fb)
         report = reconstruct_.main(images, out, config)
     _print_report(report, "roma-sfm reconstruct")
     if report["status"] != "ok":

@@ -100,6 +100,7 @@ class VerificationStats:
     configs: dict[str, int] = field(default_factory=dict)
     # [(name0, name1, residual deg)]: verified, but left out by the view-graph check
     rotation_outliers: list = field(default_factory=list)
+    verified_pairs: list = field(default_factory=list)  # [(name0, name1)] whose geometry the mapper gets
 
 
 @dataclass
@@ -362,6 +363,7 @@ def import_matches(database: Path, image_ids: dict[str, int], matches_idx: Path,
             if not bad:
                 db.write_two_view_geometry(image_ids[a], image_ids[b], tvg)
                 stats.num_verified += 1
+                stats.verified_pairs.append((a, b))
                 inliers.append(len(tvg.inlier_matches))
     stats.mean_inliers = float(np.mean(inliers)) if inliers else 0.0
     logger.info("mapping: %d of %d pairs verified, %.0f inliers/pair, configs %s", stats.num_verified,

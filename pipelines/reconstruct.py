@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from . import evaluate as evaluate_
-from . import export, mapping, match, tracks
+from . import export, fallback as fallback_, mapping, match, tracks
 from . import pairs as pairs_
 from . import principal_points as principal_points_
 from ..lock import writes_into
 from .h5io import list_pairs, matches_kind
-from .matchers import get_matcher, matcher_config
+from .matchers import get_matcher, matcher_config, matcher_kind, matcher_name
 from .utils import Timer, logger, scan_images
 from ..presets import DEVICE
 
@@ -32,6 +32,8 @@ class ReconstructConfig:
     """Every setting of a reconstruction; each default is the step's own."""
 
     matcher: Any = "sift"  # 'sift' | 'roma' | a preset | a checkpoint | an object with .match (matchers.get_matcher)
+    # a dense matcher for the pairs the (sparse) matcher's model did not verify (fallback.py); None: none
+    fallback: Any = None
     pairs: str = "auto"  # a mode of pairs.MODES, 'file' (with pairs_file) or a pairs file
     pairs_file: Optional[Path] = None
     num_matched: int = pairs_.confs["retrieval"]["num_matched"]
@@ -65,6 +67,7 @@ PRINCIPAL_POINTS_DIR = "principal_points"
 # stay: they are resumable; pairs.txt is rewritten and may be the pairs file given)
 STALE_OUTPUTS = ("report.json", "report.html", "sparse/[0-9]*", "points.ply", "points_[0-9]*.ply", "preview.png",
                  "features.h5", "matches_idx.h5", "sfm/database.db", "sfm/models", "matches/*.png",
+                 fallback_.MERGED_NAME,
                  *(f"{PRINCIPAL_POINTS_DIR}/{p}" for p in ("features.h5", "matches_idx.h5", "sfm",
                                                           principal_points_.FILE_NAME)))
 
@@ -220,6 +223,11 @@ def main(images: Path, outputs: Path, config: Optional[ReconstructConfig] = None
     # 2) matching (resumable)
     matcher_obj = get_matcher(config.matcher, device=config.device)
     report["config"].update({k: v for k, v in matcher_config(matcher_obj).items() if k != "matcher"})
+    if config.fallback is not None:  # loaded by the fallback step, only when a pair needs it
+        report["config"]["fallback"] = matcher_config(config.fallback)["matcher"]
+        if (matcher_kind(matcher_obj), matcher_kind(config.fallback)) != ("sparse", "dense"):
+            return finish(f"a fallback matcher needs a sparse matcher first and must be a dense one; got "
+                          f"{matcher_name(matcher_obj)} and {matcher_name(config.fallback)}")
     try:
         with Timer(times, "match"):
             ms = match.main(pair_list, images, outputs / "matches.h5", matcher_obj, num_samples=config.num_samples,
@@ -233,8 +241,31 @@ def main(images: Path, outputs: Path, config: Optional[ReconstructConfig] = None
     report["match"] = {"pairs_matched": ms.num_matched, "pairs_resumed": ms.num_resumed, "pairs_failed": ms.num_failed,
                        "kind": kind}
 
-    # 3-4) tracks and mapping
+    # 3-4) tracks and mapping (with a fallback: of the sparse matches first, the skeleton)
     mo = map_matches(images, outputs, outputs / "matches.h5", config, pairs=pair_list)
+    if config.fallback is not None:
+        skeleton = mo.mapping
+        try:
+            with Timer(times, "fallback"):
+                fb = fallback_.main(images, outputs, pair_list,
+                                    skeleton.verification.verified_pairs if skeleton else [],
+                                    skeleton.models if skeleton else [], config.fallback,
+                                    max_matches=(max(1, round(skeleton.verification.mean_inliers))
+                                                 if skeleton and skeleton.verification.num_verified else None),
+                                    num_samples=config.num_samples, seed=config.seed, batch_size=config.batch_size,
+                                    overwrite=config.overwrite, device=config.device, progress=config.progress,
+                                    skipped_images=report["images_skipped"])
+        except (ValueError, FileNotFoundError) as e:  # another matcher's fallback file; weights not found
+            return finish(str(e))
+        report["fallback"] = {"matcher": fb.matcher, "pairs": fb.num_pairs, "skipped": fb.num_skipped,
+                              "resumed": fb.num_resumed,
+                              "checked": fb.num_checked, "max_matches": fb.max_matches,
+                              "kept": fb.num_kept, "mean_share": round(fb.mean_share, 4),
+                              "dropped": [list(d) for d in fb.dropped]}
+        if fb.num_kept:
+            report["fallback"]["file"] = str(outputs / fallback_.MERGED_NAME)
+            times.update({f"skeleton {k}": v for k, v in mo.times.items()})
+            mo = map_matches(images, outputs, outputs / fallback_.MERGED_NAME, config, pairs=pair_list)
     report["config"].update(cell_size=mo.cell_size, min_pair_score=mo.min_pair_score,
                             principal_point=mo.principal_point,
                             mapper_options=mo.mapper_options.get(config.mapper, {}))

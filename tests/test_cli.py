@@ -171,6 +171,8 @@ def test_usage_errors_exit_2(tmp_path):
                   "--resolution", "500").exit_code == 2
     assert invoke("eval").exit_code == 2
     assert invoke("eval", "--model", tmp_path).exit_code == 2
+    assert invoke("reconstruct", IMAGES, "-o", tmp_path, "--fallback", "sift").exit_code == 2
+    assert invoke("reconstruct", IMAGES, "-o", tmp_path, "--matcher", "roma", "--fallback", "roma").exit_code == 2
     assert not any(tmp_path.iterdir())  # nothing ran
 
 
@@ -191,6 +193,24 @@ def test_match_with_a_roma_checkpoint_and_resolution(tmp_path):
         assert f.attrs["matcher"] == "micro"
         g = f["0001.jpg/0002.jpg"]
         assert len(g["scores"]) == 200 and tuple(g.attrs["size0"]) == (480, 360)
+
+
+def test_reconstruct_with_a_fallback_checkpoint(tmp_path):
+    import torch
+
+    from conftest import micro_config
+    from roma_sfm import save_checkpoint
+    from roma_sfm.models.roma import RoMa
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "micro.safetensors", RoMa(micro_config()).eval())
+    res = invoke("reconstruct", IMAGES, "-o", tmp_path / "out", "--fallback", ckpt, "--resolution", "56x70",
+                 "--device", "cpu", "--num-threads", 1)
+    assert res.exit_code == 0, res.output
+    assert "fallback: micro" in res.output and "--resolution applies" not in res.output
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert rep["config"]["matcher"] == "sift" and rep["config"]["fallback"] == "micro"
+    assert rep["fallback"]["matcher"] == "micro" and rep["fallback"]["pairs"] == 0  # SIFT verifies every pair
 
 
 def test_resolution_coarse_and_fine_pass(tmp_path):

@@ -45,7 +45,12 @@ def matcher_name(matcher: Any) -> str:
 
 
 def matcher_kind(matcher: Any) -> str:
-    """'sparse' for keypoint matchers (``matcher.kind == 'sparse'``, e.g. SIFT), else 'dense'."""
+    """'sparse' for keypoint matchers (``matcher.kind == 'sparse'``, e.g. SIFT), else 'dense'; for a
+    spec string without loading it: 'sparse' for a SIFT name."""
+    if isinstance(matcher, (str, Path)):
+        from .sift import confs
+
+        return "sparse" if str(matcher).lower() in confs else "dense"
     return "sparse" if getattr(matcher, "kind", None) == "sparse" else "dense"
 
 
