@@ -226,8 +226,9 @@ def main(argv=None) -> int:
     parser.add_argument("--scenes", nargs="+", default=SCENES)
     parser.add_argument("--variants", nargs="+", default=["original", *DEFAULT_VARIANTS],
                         choices=["original", *VARIANTS], help="original images, and uncalibrated.py's variants")
-    parser.add_argument("--matcher", nargs="+", default=["sift"], 
-                        help="sift | roma | preset | checkpoint; RoMa may end in @RES and ~ZOOM, e.g. roma@448:none~0")
+    parser.add_argument("--matcher", nargs="+", default=["sift"],
+                        help="sift | roma | preset | checkpoint; RoMa may end in @RES and ~ZOOM, e.g. roma@448:none~0; "
+                             "A,B: A with B as the fallback (sift,roma)")
     parser.add_argument("--peers", nargs="*", default=list(PEERS), choices=list(PEERS),
                         help="SIFT pipelines run on one pycolmap database (none: only ours)")
     parser.add_argument("--no-colmap", action="store_true", help="no peers (same as --peers with no value)")
