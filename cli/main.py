@@ -229,7 +229,8 @@ def _print_report(report: dict, title: str) -> None:
         rows.append(("principal points from SIFT", f"{pp['measured']} of {pp['images']} images of shared cameras"))
     if "fallback" in report:
         fb = report["fallback"]
-        rows.append((f"fallback ({fb['matcher']})", f"{fb['kept']} of {fb['pairs']} pairs the sparse model did not "
+        rows.append(("fallback", f"failed, the sparse model is kept: {fb['error']}") if "error" in fb else
+                    (f"fallback ({fb['matcher']})", f"{fb['kept']} of {fb['pairs']} pairs the sparse model did not "
                      f"verify kept ({fb['skipped']} not matched: no overlap in it; {fb['checked']} checked against "
                      "its geometry)"))
     rows += _focal_rows(report.get("cameras") or [])

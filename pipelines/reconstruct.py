@@ -160,6 +160,42 @@ def map_matches(images: Path, outputs: Path, matches: Path, config: ReconstructC
     return out
 
 
+def run_fallback(images: Path, outputs: Path, pair_list: list[tuple[str, str]], skeleton: MapOutcome,
+                 config: ReconstructConfig, skipped_images: dict[str, str]) -> tuple[MapOutcome, dict]:
+    """Step 3c after the sparse matches' ``skeleton``: the fallback matcher on the pairs it did not
+    verify (:mod:`.fallback`), then tracks and mapping of the merged matches when a pair was kept.
+
+    Returns the outcome to report (the skeleton's when nothing was kept, or when the fallback fails:
+    its error is reported, or raised with ``config.verbose``: the finished skeleton is not lost) and the
+    report's ``fallback`` entry.
+    """
+    res = skeleton.mapping
+    try:
+        with Timer(skeleton.times, "fallback"):
+            fb = fallback_.main(images, outputs, pair_list, res.verification.verified_pairs if res else [],
+                                res.models if res else [], config.fallback,
+                                max_matches=(max(1, round(res.verification.mean_inliers))
+                                             if res and res.verification.num_verified else None),
+                                num_samples=config.num_samples, seed=config.seed, batch_size=config.batch_size,
+                                overwrite=config.overwrite, device=config.device, progress=config.progress,
+                                skipped_images=skipped_images)
+    except Exception as e:  # bad weights, another matcher's fallback file, out of memory: an extra step's failure
+        if config.verbose:
+            raise
+        logger.warning("fallback: %s: %s; the model of the sparse matches alone is kept", type(e).__name__, e)
+        return skeleton, {"error": f"{type(e).__name__}: {e}"}
+    entry = {"matcher": fb.matcher, "pairs": fb.num_pairs, "skipped": fb.num_skipped, "resumed": fb.num_resumed,
+             "checked": fb.num_checked, "max_matches": fb.max_matches, "kept": fb.num_kept,
+             "mean_share": round(fb.mean_share, 4), "dropped": [list(d) for d in fb.dropped]}
+    if not fb.num_kept:
+        return skeleton, entry
+    entry["file"] = str(outputs / fallback_.MERGED_NAME)
+    out = map_matches(images, outputs, outputs / fallback_.MERGED_NAME, config, pairs=pair_list)
+    out.times = {**{f"skeleton {k}": v for k, v in skeleton.times.items() if k != "fallback"},
+                 "fallback": skeleton.times["fallback"], **out.times}
+    return out, entry
+
+
 def _report_config(config: ReconstructConfig) -> dict:
     """The settings recorded in report.json (in this order)."""
     keys = ("num_matched", "num_samples", "cell_size", "max_keypoints", "refine", "min_pair_score", "mapper",
@@ -244,28 +280,7 @@ def main(images: Path, outputs: Path, config: Optional[ReconstructConfig] = None
     # 3-4) tracks and mapping (with a fallback: of the sparse matches first, the skeleton)
     mo = map_matches(images, outputs, outputs / "matches.h5", config, pairs=pair_list)
     if config.fallback is not None:
-        skeleton = mo.mapping
-        try:
-            with Timer(times, "fallback"):
-                fb = fallback_.main(images, outputs, pair_list,
-                                    skeleton.verification.verified_pairs if skeleton else [],
-                                    skeleton.models if skeleton else [], config.fallback,
-                                    max_matches=(max(1, round(skeleton.verification.mean_inliers))
-                                                 if skeleton and skeleton.verification.num_verified else None),
-                                    num_samples=config.num_samples, seed=config.seed, batch_size=config.batch_size,
-                                    overwrite=config.overwrite, device=config.device, progress=config.progress,
-                                    skipped_images=report["images_skipped"])
-        except (ValueError, FileNotFoundError) as e:  # another matcher's fallback file; weights not found
-            return finish(str(e))
-        report["fallback"] = {"matcher": fb.matcher, "pairs": fb.num_pairs, "skipped": fb.num_skipped,
-                              "resumed": fb.num_resumed,
-                              "checked": fb.num_checked, "max_matches": fb.max_matches,
-                              "kept": fb.num_kept, "mean_share": round(fb.mean_share, 4),
-                              "dropped": [list(d) for d in fb.dropped]}
-        if fb.num_kept:
-            report["fallback"]["file"] = str(outputs / fallback_.MERGED_NAME)
-            times.update({f"skeleton {k}": v for k, v in mo.times.items()})
-            mo = map_matches(images, outputs, outputs / fallback_.MERGED_NAME, config, pairs=pair_list)
+        mo, report["fallback"] = run_fallback(images, outputs, pair_list, mo, config, report["images_skipped"])
     report["config"].update(cell_size=mo.cell_size, min_pair_score=mo.min_pair_score,
                             principal_point=mo.principal_point,
                             mapper_options=mo.mapper_options.get(config.mapper, {}))

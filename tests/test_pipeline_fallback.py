@@ -151,6 +151,14 @@ def test_no_fallback_pair_when_sift_verifies_everything(tmp_path):
     assert not (tmp_path / fallback.MERGED_NAME).exists() and "skeleton mapping" not in report["times"]
 
 
+def test_a_failing_fallback_keeps_the_sparse_model(tmp_path):
+    report = reconstruct.main(SCENE / "images", tmp_path, matcher=BlindSift(), fallback=tmp_path / "none.safetensors",
+                              progress=False, num_threads=1)
+    assert report["status"] == "ok" and "none.safetensors" in report["fallback"]["error"]
+    assert report["images_registered"] == 7 and "0007.jpg" in report["images_unregistered"]  # SIFT's model
+    assert (tmp_path / "sparse" / "0").is_dir() and not (tmp_path / fallback.MERGED_NAME).exists()
+
+
 def test_the_fallback_must_be_dense_after_a_sparse_matcher(tmp_path):
     report = reconstruct.main(SCENE / "images", tmp_path, fallback="sift", progress=False)
     assert report["status"] == "failed" and "dense" in report["message"]
