@@ -396,7 +396,8 @@ def reconstruct(
     out = output or default_output(images)
     _check_pairs(pairs)
     gt = _gt(poses_gt)
-    if fallback is not None and (str(matcher or "sift").lower() not in matchers.sift.confs or fallback.lower() in matchers.sift.confs):
+    kinds = (matchers.matcher_kind(matcher or "sift"), matchers.matcher_kind(fallback or "roma"))
+    if fallback is not None and kinds != ("sparse", "dense"):
         raise typer.BadParameter("the fallback must be a RoMa model, after a SIFT --matcher (e.g. --matcher sift "
                                  "--fallback roma)", param_hint="--fallback")
     with _guard(verbose):

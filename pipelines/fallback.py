@@ -29,6 +29,7 @@ import numpy as np
 import pycolmap
 
 from . import match, tracks
+from .mapping import essential_matrix, sampson_errors
 from .h5io import COORDINATES, FORMAT, consolidate, iter_pair_matches, stored_meta, write_pair_group
 from .matchers import get_matcher, matcher_kind, matcher_name
 from ..io import atomic_output
@@ -65,28 +66,12 @@ class FallbackStats:
     seconds: float = 0.0
 
 
-def sampson_distance(F: np.ndarray, kp0: np.ndarray, kp1: np.ndarray) -> np.ndarray:
-    """First-order distance (px) of matches to the epipolar geometry ``F`` (3, 3), with x1^T F x0 = 0.
-
-    kp0, kp1: (M, 2) pixels. Returns (M,).
-    """
-    x0 = np.c_[np.asarray(kp0, np.float64), np.ones(len(kp0))]
-    x1 = np.c_[np.asarray(kp1, np.float64), np.ones(len(kp1))]
-    Fx0, Ftx1 = x0 @ F.T, x1 @ F
-    num = np.sum(x1 * Fx0, axis=1) ** 2
-    den = Fx0[:, 0] ** 2 + Fx0[:, 1] ** 2 + Ftx1[:, 0] ** 2 + Ftx1[:, 1] ** 2
-    return np.sqrt(num / np.maximum(den, 1e-300))
-
-
 def fundamental_matrix(rec: pycolmap.Reconstruction, image0: pycolmap.Image, image1: pycolmap.Image
                        ) -> np.ndarray:
     """F (3, 3) of two registered images of ``rec`` in pixels (x1^T F x0 = 0; pinhole part of the cameras)."""
-    rel = image1.cam_from_world() * image0.cam_from_world().inverse()
-    t = np.asarray(rel.translation, np.float64)
-    E = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]]) @ rel.rotation.matrix()
     K0 = rec.cameras[image0.camera_id].calibration_matrix()
     K1 = rec.cameras[image1.camera_id].calibration_matrix()
-    return np.linalg.inv(K1).T @ E @ np.linalg.inv(K0)
+    return np.linalg.inv(K1).T @ essential_matrix(image0, image1) @ np.linalg.inv(K0)
 
 
 def predicted_overlap(rec: pycolmap.Reconstruction, image0: pycolmap.Image, image1: pycolmap.Image) -> float:
@@ -210,7 +195,8 @@ def main(images: Path, outputs: Path, pairs: Iterable[Pair], verified: Iterable[
         if ma == mb:  # both in one skeleton model: its epipolar geometry decides
             stats.num_checked += 1
             tolerance = max_epipolar_error * max(1.0, max(*s0, *s1) / reference_size)
-            fits = sampson_distance(fundamental_matrix(models[ma], ia, ib), k0, k1) < tolerance
+            F = fundamental_matrix(models[ma], ia, ib)
+            fits = sampson_errors(F, k0.astype(np.float64), k1.astype(np.float64)) < tolerance**2
             shares.append(float(fits.mean()))
             if fits.mean() < min_epipolar_share:
                 dropped.append((a, b, f"{fits.mean():.0%} of the matches fit the skeleton's geometry"))

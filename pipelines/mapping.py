@@ -498,6 +498,14 @@ def two_view_support(database: Path, max_error: float = SUPPORT_ERROR) -> int:
     return total
 
 
+def essential_matrix(image0: pycolmap.Image, image1: pycolmap.Image) -> np.ndarray:
+    """E (3, 3) of two posed images, unit baseline: x1^T E x0 = 0 in normalised camera coordinates."""
+    rel = image1.cam_from_world() * image0.cam_from_world().inverse()
+    t = np.asarray(rel.translation, np.float64)
+    t = t / max(np.linalg.norm(t), 1e-12)
+    return np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]]) @ rel.rotation.matrix()
+
+
 def epipolar_support(rec: pycolmap.Reconstruction, pairs: list, kps: dict, max_error: float = SUPPORT_ERROR
                      ) -> int:
     """How many of ``pairs``' matches (:func:`verified_inliers`) the model's poses and cameras
@@ -511,10 +519,7 @@ def epipolar_support(rec: pycolmap.Reconstruction, pairs: list, kps: dict, max_e
             continue
         ia, ib = posed[a], posed[b]
         ca, cb = rec.cameras[ia.camera_id], rec.cameras[ib.camera_id]
-        rel = ib.cam_from_world() * ia.cam_from_world().inverse()
-        t = np.asarray(rel.translation, np.float64)
-        t = t / max(np.linalg.norm(t), 1e-12)
-        E = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]]) @ rel.rotation.matrix()
+        E = essential_matrix(ia, ib)
         xa, xb = ca.cam_from_img(kps[a][m[:, 0]]), cb.cam_from_img(kps[b][m[:, 1]])
         f = 0.5 * (ca.mean_focal_length() + cb.mean_focal_length())
         total += int((sampson_errors(E, xa, xb) <= (max_error / f) ** 2).sum())

@@ -8,7 +8,7 @@ import numpy as np
 import pycolmap
 import pytest
 
-from roma_sfm.pipelines import fallback, h5io, reconstruct
+from roma_sfm.pipelines import fallback, h5io, mapping, reconstruct
 from synthetic import LabelledSift
 
 SCENE = Path(__file__).resolve().parents[1] / "sample_scenes" / "corner"
@@ -105,10 +105,10 @@ def test_sampson_distance_of_the_models_own_observations(run):
     common = sorted(set(pa) & set(pb))
     k0, k1 = np.array([pa[i] for i in common]), np.array([pb[i] for i in common])
     F = fallback.fundamental_matrix(rec, a, b)
-    d = fallback.sampson_distance(F, k0, k1)
+    d = np.sqrt(mapping.sampson_errors(F, k0, k1))
     assert len(common) > 50 and np.median(d) < 1.0
-    assert np.median(fallback.sampson_distance(F, k0, k1[::-1])) > 5.0
-    assert np.allclose(fallback.sampson_distance(F.T, k1, k0), d)  # the same geometry seen from b
+    assert np.median(np.sqrt(mapping.sampson_errors(F, k0, k1[::-1]))) > 5.0
+    assert np.allclose(np.sqrt(mapping.sampson_errors(F.T, k1, k0)), d)  # the same geometry seen from b
 
 
 def test_predicted_overlap_follows_the_cameras(run):
