@@ -219,3 +219,47 @@ def test_lr_scale_gives_a_prefix_its_own_learning_rate():
     assert len(lr_of) == sum(1 for _ in model.parameters())
     with pytest.raises(ValueError, match="no trainable parameter"):
         build_optimizer(model, TrainConfig(lr_scale={"encoder.nothing": 2}))
+
+
+def test_frozen_parts_keep_their_weights_and_batchnorm_statistics(photos, tmp_path):
+    """freeze: the parameters and BatchNorm buffers under the prefixes come out of training as they
+    went in (validation included), while the refiners change; a prefix that names nothing is an error."""
+    train(tiny_cfg(photos, tmp_path / "a", steps=1, val_root=None))
+    export_weights(str(tmp_path / "a" / "last.pt"), str(tmp_path / "a.safetensors"), dtype=torch.float32)
+    frozen = ("encoder", "decoder.embedding_decoder")
+    train(tiny_cfg(photos, tmp_path / "b", init_from=str(tmp_path / "a.safetensors"), freeze=frozen))
+    before, after = load(tmp_path / "a" / "last.pt")["model"], load(tmp_path / "b" / "last.pt")["model"]
+    kept = [k for k in before if k.startswith(frozen)]
+    assert any("running_mean" in k for k in kept)
+    for k in kept:
+        torch.testing.assert_close(after[k], before[k], rtol=0, atol=0, msg=k)
+    assert any(not torch.equal(after[k], before[k]) for k in before if k.startswith("decoder.conv_refiner"))
+    assert config_from_args(["--freeze", "encoder", "decoder.gps"]).freeze == ("encoder", "decoder.gps")
+    with pytest.raises(ValueError, match="freeze: no parameter"):
+        train(tiny_cfg(photos, tmp_path / "c", freeze=("encoder.nothing",)))
+
+
+def test_second_pass_trains_the_refiners_from_the_first_pass(photos, tmp_path):
+    """second_pass: the refiners also learn a pass that starts from the first pass's warp on the pair
+    resized (inference's upsample_res); its losses are logged and change the refiners' update, not
+    the coarse matcher's, which the second pass never runs."""
+    from roma_sfm.train.trainer import second_pass_size
+
+    assert second_pass_size((448, 448), 1.5) == (672, 672) and second_pass_size((56, 112), 1.5) == (80, 168)
+    train(tiny_cfg(photos, tmp_path / "a", steps=1, val_root=None))
+    export_weights(str(tmp_path / "a" / "last.pt"), str(tmp_path / "a.safetensors"), dtype=torch.float32)
+    runs = {}
+    for name, factor in (("one", 0.0), ("two", 1.5)):
+        res = train(tiny_cfg(photos, tmp_path / name, init_from=str(tmp_path / "a.safetensors"), steps=1,
+                             val_root=None, second_pass=factor, grad_clip=0.0))
+        assert res["finished"] and res["skipped_steps"] == 0
+        runs[name] = load(tmp_path / name / "last.pt")["model"]
+    with open(tmp_path / "two" / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all(np.isfinite(float(r["2nd_reg1"])) for r in rows)
+    assert "2nd_reg1" not in open(tmp_path / "one" / "log.csv").readline()
+    one, two = runs["one"], runs["two"]
+    assert not torch.equal(one["decoder.conv_refiner.1.out_conv.weight"], two["decoder.conv_refiner.1.out_conv.weight"])
+    for k in one:
+        if k.startswith(("decoder.embedding_decoder", "decoder.gps", "encoder.conv_coarse")):
+            torch.testing.assert_close(two[k], one[k], msg=k)

@@ -83,6 +83,10 @@ class TrainConfig:
     val_pairs: int = 32  # fixed synthetic pairs (seeds val_seed + i) for PCK
     val_seed: int = 1_000_000
     resolution: tuple[int, int] = (224, 224)  # (H, W), multiples of 56 (patch 14 and stride 8)
+    # a second refinement pass trained beside the first, as inference's upsample_res runs it: the
+    # refiners 8..1 again, from the first pass's finest warp, on the pair resized by this factor
+    # (1.5: 448 -> 672 px, the pipeline's pass); 0 = off
+    second_pass: float = 0.0
     synth: dict = field(default_factory=dict)  # SynthConfig overrides for training
     val_synth: dict = field(default_factory=dict)  # ... for validation: kept apart so PCK stays comparable
     loss: dict = field(default_factory=dict)  # LossConfig overrides
@@ -94,6 +98,9 @@ class TrainConfig:
     # parameter-name prefix -> lr multiplier, e.g. {"encoder.conv_coarse.context": 10} for blocks new to
     # a grown model (init_from), which start near the identity and must catch up in a short run
     lr_scale: dict = field(default_factory=dict)
+    # parameter-name prefixes kept as loaded, e.g. ("encoder", "decoder.embedding_decoder") to train
+    # the refiners alone: no gradient, and their BatchNorm statistics stay fixed (eval mode)
+    freeze: tuple[str, ...] = ()
     weight_decay: float = 0.01
     warmup_steps: int = 500
     decay: str = "step"  # "step": x0.1 at 90 % of the steps; "cosine": to 0 at the end; "none"
@@ -214,6 +221,55 @@ def build_model(cfg: TrainConfig) -> RoMa:
     return RoMa(cfg.model_config())
 
 
+def freeze_parts(model: torch.nn.Module, prefixes: Sequence[str]) -> list[torch.nn.Module]:
+    """Stop the gradient of the parameters under ``prefixes``; returns their modules, which
+    :func:`set_training` keeps in eval mode. A prefix that names no parameter is an error."""
+    for prefix in prefixes:
+        if not any(n.startswith(prefix) for n, _ in model.named_parameters()):
+            raise ValueError(f"freeze: no parameter starts with '{prefix}'")
+        for n, p in model.named_parameters():
+            if n.startswith(prefix):
+                p.requires_grad_(False)
+    return [m for n, m in model.named_modules() if n and any(n.startswith(prefix) for prefix in prefixes)]
+
+
+def set_training(model: torch.nn.Module, frozen: Sequence[torch.nn.Module]) -> None:
+    """Training mode for ``model`` except the ``frozen`` modules (BatchNorm statistics stay fixed)."""
+    model.train()
+    for m in frozen:
+        m.eval()
+
+
+def trainable_note(model: torch.nn.Module) -> str:
+    """``", 1.23 M trainable"`` when some parameters are frozen, else ``""``."""
+    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return "" if n == sum(p.numel() for p in model.parameters()) else f", {n / 1e6:.2f} M trainable"
+
+
+def second_pass_size(resolution: Sequence[int], factor: float) -> tuple[int, int]:
+    """The second pass's input size: ``resolution`` times ``factor``, rounded to the stride 8."""
+    return tuple(max(8, 8 * round(r * factor / 8)) for r in resolution)
+
+
+def resized(batch: dict, size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's images A and B resized to ``size`` (H, W)."""
+    return tuple(torch.nn.functional.interpolate(batch[k], size=tuple(size), mode="bicubic", align_corners=False,
+                                                 antialias=True) for k in ("im_A", "im_B"))
+
+
+def pass_loss(corresps: dict[int, dict[str, torch.Tensor]], batch: dict, size: Sequence[int],
+              loss_cfg: LossConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """The paper's losses of one pass whose input had ``size``: dense on the batch's warps, plus the
+    sparse ones where the batch has track points."""
+    loss, parts = roma_loss(corresps, batch["warp"], batch["mask"], loss_cfg, batch.get("dense"))
+    if "kpts_valid" in batch and batch["kpts_valid"].any():
+        sp, sp_parts = sparse_loss(corresps, batch["kpts_A"], batch["kpts_B"], batch["kpts_valid"], tuple(size),
+                                   loss_cfg)
+        loss = loss + sp
+        parts = {**parts, **sp_parts, "total": float(loss.detach())}
+    return loss, parts
+
+
 def build_optimizer(model: RoMa, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW with groups: decoder (lr), encoders (encoder_lr), then one group per ``lr_scale`` prefix
     (its parameters at their part's lr times the multiplier)."""
@@ -270,7 +326,8 @@ def _train(cfg: TrainConfig, on_step: Optional[Callable[[int, dict], None]]) -> 
     loss_cfg = LossConfig(**cfg.loss)
 
     model = build_model(cfg).to(device)
-    model.train()
+    frozen = freeze_parts(model, cfg.freeze)
+    set_training(model, frozen)
     opt = build_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -325,6 +382,8 @@ def _train(cfg: TrainConfig, on_step: Optional[Callable[[int, dict], None]]) -> 
 
     scales = sorted(model.cfg.refiners, reverse=True)
     loss_cols = ["total", "cls", "gm_cert"] + [f"reg{s}" for s in scales] + [f"cert{s}" for s in scales]
+    if cfg.second_pass:
+        loss_cols += [f"2nd_reg{s}" for s in scales[1:]]
     log = CsvLog(out_dir / "log.csv", ["step", "time", "lr"] + loss_cols, start if resumed else None)
     val_log = CsvLog(out_dir / "val.csv", ["step", "time", "pck@1", "pck@3", "pck@5", "loss"],
                       start if resumed else None)
@@ -342,7 +401,7 @@ def _train(cfg: TrainConfig, on_step: Optional[Callable[[int, dict], None]]) -> 
                         TextColumn("{task.fields[info]}"), console=console, disable=not live)
     task = progress.add_task("train", total=cfg.steps, completed=start, info="")
     console.print(f"[bold]training[/] {model.cfg.name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M "
-                  f"params) on {device}, {cfg.resolution[0]}x{cfg.resolution[1]}, batch {cfg.batch_size}, "
+                  f"params{trainable_note(model)}) on {device}, {cfg.resolution[0]}x{cfg.resolution[1]}, batch {cfg.batch_size}, "
                   f"steps {start} -> {cfg.steps}{' (resumed)' if resumed else ''}, out {out_dir}")
 
     t0 = time.perf_counter()
@@ -357,12 +416,15 @@ def _train(cfg: TrainConfig, on_step: Optional[Callable[[int, dict], None]]) -> 
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 corresps = model(batch["im_A"], batch["im_B"])
-            loss, parts = roma_loss(corresps, batch["warp"], batch["mask"], loss_cfg, batch.get("dense"))
-            if "kpts_valid" in batch and batch["kpts_valid"].any():
-                sp, sp_parts = sparse_loss(corresps, batch["kpts_A"], batch["kpts_B"], batch["kpts_valid"],
-                                           cfg.resolution, loss_cfg)
-                loss = loss + sp
-                parts = {**parts, **sp_parts, "total": float(loss.detach())}
+            loss, parts = pass_loss(corresps, batch, cfg.resolution, loss_cfg)
+            if cfg.second_pass:
+                size = second_pass_size(cfg.resolution, cfg.second_pass)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                    second = model(*resized(batch, size), first_pass={k: corresps[1][k].detach()
+                                                                     for k in ("flow", "certainty")})
+                loss2, parts2 = pass_loss(second, batch, size, loss_cfg)
+                loss = loss + loss2
+                parts = {**parts, **{f"2nd_{k}": v for k, v in parts2.items()}, "total": float(loss.detach())}
             opt.zero_grad(set_to_none=True)
             if torch.isfinite(loss):
                 scaler.scale(loss).backward()
@@ -398,6 +460,7 @@ def _train(cfg: TrainConfig, on_step: Optional[Callable[[int, dict], None]]) -> 
                 on_step(step, parts)
             if validator and cfg.val_every and step % cfg.val_every == 0:
                 val_res = validator(model, device)
+                set_training(model, frozen)
                 val_log.write({"step": step, "time": elapsed + time.perf_counter() - t0, **val_res})
                 console.print(f"[cyan]val @ {step}[/] " + " ".join(f"{k} {v:.4f}" for k, v in val_res.items()),
                               highlight=False)
@@ -454,7 +517,7 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
         v = getattr(args, f.name)
         if v is not None:
             values[f.name] = v
-    for k in ("train_roots", "scene_roots", "track_indexes", "resolution"):
+    for k in ("train_roots", "scene_roots", "track_indexes", "resolution", "freeze"):
         if k in values:
             values[k] = tuple(values[k])
     return TrainConfig(**values)
