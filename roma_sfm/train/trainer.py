@@ -85,7 +85,8 @@ class TrainConfig:
     resolution: tuple[int, int] = (224, 224)  # (H, W), multiples of 56 (patch 14 and stride 8)
     # a second refinement pass trained beside the first, as inference's upsample_res runs it: the
     # refiners 8..1 again, from the first pass's finest warp, on the pair resized by this factor
-    # (1.5: 448 -> 672 px, the pipeline's pass); 0 = off
+    # (1.5: 448 -> 672 px, the pipeline's pass; its local windows, LossConfig.local_dist, count pixels
+    # of the first pass's size); 0 = off
     second_pass: float = 0.0
     synth: dict = field(default_factory=dict)  # SynthConfig overrides for training
     val_synth: dict = field(default_factory=dict)  # ... for validation: kept apart so PCK stays comparable
