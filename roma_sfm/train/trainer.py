@@ -57,7 +57,7 @@ from .data import DepthPairs, MixedPairs, SynthConfig, SyntheticPairs, collate
 from .logs import CsvLog
 from .validation import Validator
 from .scenes import SceneConfig, ScenePairs
-from .losses import LossConfig, pck, roma_loss, sparse_loss
+from .losses import LossConfig, pck, resample_gt, roma_loss, sparse_loss
 from .multiview import TrackPairs
 
 @dataclass
@@ -84,9 +84,9 @@ class TrainConfig:
     val_seed: int = 1_000_000
     resolution: tuple[int, int] = (224, 224)  # (H, W), multiples of 56 (patch 14 and stride 8)
     # a second refinement pass trained beside the first, as inference's upsample_res runs it: the
-    # refiners 8..1 again, from the first pass's finest warp, on the pair resized by this factor
-    # (1.5: 448 -> 672 px, the pipeline's pass; its local windows, LossConfig.local_dist, count pixels
-    # of the first pass's size); 0 = off
+    # refiners 8..1 again, from the first pass's finest warp, on the pair at this factor of
+    # ``resolution`` (1.5: 448 -> 672 px, the pipeline's pass); the pairs are then made at that size
+    # and shrunk for the first pass; 0 = off
     second_pass: float = 0.0
     synth: dict = field(default_factory=dict)  # SynthConfig overrides for training
     val_synth: dict = field(default_factory=dict)  # ... for validation: kept apart so PCK stays comparable
@@ -252,10 +252,18 @@ def second_pass_size(resolution: Sequence[int], factor: float) -> tuple[int, int
     return tuple(max(8, 8 * round(r * factor / 8)) for r in resolution)
 
 
-def resized(batch: dict, size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The batch's images A and B resized to ``size`` (H, W)."""
-    return tuple(torch.nn.functional.interpolate(batch[k], size=tuple(size), mode="bicubic", align_corners=False,
-                                                 antialias=True) for k in ("im_A", "im_B"))
+def at_size(batch: dict, size: Sequence[int]) -> dict:
+    """``batch`` with its images and dense ground truth resized to ``size`` (H, W); itself when it has
+    that size. Images are resampled with antialiasing, the warp and mask at the new pixel centres."""
+    size = tuple(size)
+    if tuple(batch["im_A"].shape[-2:]) == size:
+        return batch
+    out = dict(batch)
+    for k in ("im_A", "im_B"):
+        out[k] = torch.nn.functional.interpolate(batch[k], size=size, mode="bicubic", align_corners=False,
+                                                 antialias=True)
+    out["warp"], out["mask"] = resample_gt(batch["warp"], batch["mask"], size)
+    return out
 
 
 def pass_loss(corresps: dict[int, dict[str, torch.Tensor]], batch: dict, size: Sequence[int],
@@ -364,17 +372,20 @@ def _train(cfg: TrainConfig, on_step: Optional[Callable[[int, dict], None]]) -> 
             "prior": prior,
         }, last)
 
-    synth = SyntheticPairs(cfg.train_roots, cfg.resolution, seed=cfg.seed, length=cfg.steps * cfg.batch_size,
+    # with a second pass the pairs are made at its size and shrunk for the first, as the pipeline
+    # resizes one photo to both sizes (an upsampled first-pass image would lack the fine detail)
+    data_res = second_pass_size(cfg.resolution, cfg.second_pass) if cfg.second_pass else tuple(cfg.resolution)
+    synth = SyntheticPairs(cfg.train_roots, data_res, seed=cfg.seed, length=cfg.steps * cfg.batch_size,
                            cfg=SynthConfig(**cfg.synth))
     base = synth
     if cfg.p_scene > 0:
-        scenes = ScenePairs(cfg.scene_roots or cfg.train_roots, cfg.resolution, seed=cfg.seed + 7_777_777,
+        scenes = ScenePairs(cfg.scene_roots or cfg.train_roots, data_res, seed=cfg.seed + 7_777_777,
                             cfg=SceneConfig(**cfg.scenes))
         base = MixedPairs(synth, scenes, cfg.p_scene, cfg.seed + 1)
-    depth = DepthPairs(cfg.depth_index, cfg.resolution) if cfg.depth_index else None
+    depth = DepthPairs(cfg.depth_index, data_res) if cfg.depth_index else None
     dataset = MixedPairs(base, depth, cfg.p_depth, cfg.seed)
     if cfg.track_indexes and cfg.p_tracks > 0:
-        tracks = TrackPairs(cfg.track_indexes, cfg.resolution, seed=cfg.seed + 3_333_333, **cfg.tracks)
+        tracks = TrackPairs(cfg.track_indexes, data_res, seed=cfg.seed + 3_333_333, **cfg.tracks)
         dataset = MixedPairs(dataset, tracks, cfg.p_tracks, cfg.seed + 2)
     loader = DataLoader(dataset, batch_sampler=StepBatches(start, cfg.steps, cfg.batch_size),
                         num_workers=cfg.num_workers, collate_fn=collate, worker_init_fn=_worker_init,
@@ -415,15 +426,15 @@ def _train(cfg: TrainConfig, on_step: Optional[Callable[[int, dict], None]]) -> 
     with _StopFlag() as stop, progress:
         for batch in loader:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            first = at_size(batch, cfg.resolution)  # the batch itself unless a second pass follows
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                corresps = model(batch["im_A"], batch["im_B"])
-            loss, parts = pass_loss(corresps, batch, cfg.resolution, loss_cfg)
+                corresps = model(first["im_A"], first["im_B"])
+            loss, parts = pass_loss(corresps, first, cfg.resolution, loss_cfg)
             if cfg.second_pass:
-                size = second_pass_size(cfg.resolution, cfg.second_pass)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    second = model(*resized(batch, size), first_pass={k: corresps[1][k].detach()
-                                                                     for k in ("flow", "certainty")})
-                loss2, parts2 = pass_loss(second, batch, size, loss_cfg)
+                    second = model(batch["im_A"], batch["im_B"], first_pass={k: corresps[1][k].detach()
+                                                                             for k in ("flow", "certainty")})
+                loss2, parts2 = pass_loss(second, batch, data_res, loss_cfg)
                 loss = loss + loss2
                 parts = {**parts, **{f"2nd_{k}": v for k, v in parts2.items()}, "total": float(loss.detach())}
             opt.zero_grad(set_to_none=True)
