@@ -235,6 +235,13 @@ def test_frozen_parts_keep_their_weights_and_batchnorm_statistics(photos, tmp_pa
         torch.testing.assert_close(after[k], before[k], rtol=0, atol=0, msg=k)
     assert any(not torch.equal(after[k], before[k]) for k in before if k.startswith("decoder.conv_refiner"))
     assert config_from_args(["--freeze", "encoder", "decoder.gps"]).freeze == ("encoder", "decoder.gps")
+    from roma_sfm.models.roma import RoMa
+    from roma_sfm.train.trainer import freeze_parts
+
+    model = RoMa(TINY)
+    freeze_parts(model, ["decoder.proj.1"])  # whole name components: not decoder.proj.16
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "decoder.proj.16.0.weight" in trainable and "decoder.proj.1.0.weight" not in trainable
     with pytest.raises(ValueError, match="freeze: no parameter"):
         train(tiny_cfg(photos, tmp_path / "c", freeze=("encoder.nothing",)))
 

@@ -223,15 +223,19 @@ def build_model(cfg: TrainConfig) -> RoMa:
 
 
 def freeze_parts(model: torch.nn.Module, prefixes: Sequence[str]) -> list[torch.nn.Module]:
-    """Stop the gradient of the parameters under ``prefixes``; returns their modules, which
-    :func:`set_training` keeps in eval mode. A prefix that names no parameter is an error."""
+    """Stop the gradient of the parameters under ``prefixes`` (whole name components: "decoder.proj.1"
+    is not "decoder.proj.16"); returns their modules, which :func:`set_training` keeps in eval mode.
+    A prefix that names no parameter is an error."""
+    def under(name: str) -> bool:
+        return any(name == p or name.startswith(p + ".") for p in prefixes)
+
     for prefix in prefixes:
-        if not any(n.startswith(prefix) for n, _ in model.named_parameters()):
+        if not any(n == prefix or n.startswith(prefix + ".") for n, _ in model.named_parameters()):
             raise ValueError(f"freeze: no parameter starts with '{prefix}'")
-        for n, p in model.named_parameters():
-            if n.startswith(prefix):
-                p.requires_grad_(False)
-    return [m for n, m in model.named_modules() if n and any(n.startswith(prefix) for prefix in prefixes)]
+    for n, p in model.named_parameters():
+        if under(n):
+            p.requires_grad_(False)
+    return [m for n, m in model.named_modules() if n and under(n)]
 
 
 def set_training(model: torch.nn.Module, frozen: Sequence[torch.nn.Module]) -> None:
@@ -413,8 +417,8 @@ def _train(cfg: TrainConfig, on_step: Optional[Callable[[int, dict], None]]) -> 
                         TextColumn("{task.fields[info]}"), console=console, disable=not live)
     task = progress.add_task("train", total=cfg.steps, completed=start, info="")
     console.print(f"[bold]training[/] {model.cfg.name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M "
-                  f"params{trainable_note(model)}) on {device}, {cfg.resolution[0]}x{cfg.resolution[1]}, batch {cfg.batch_size}, "
-                  f"steps {start} -> {cfg.steps}{' (resumed)' if resumed else ''}, out {out_dir}")
+                  f"params{trainable_note(model)}) on {device}, {cfg.resolution[0]}x{cfg.resolution[1]}, "
+                  f"batch {cfg.batch_size}, steps {start} -> {cfg.steps}{' (resumed)' if resumed else ''}, out {out_dir}")
 
     t0 = time.perf_counter()
     t_win, n_win = time.perf_counter(), 0
