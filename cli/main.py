@@ -22,7 +22,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from roma_sfm.pipelines import evaluate, export, mapping, match, matchers, pairs as pairs_, reconstruct as reconstruct_
+from roma_sfm.pipelines import evaluate, export, fallback as fallback_, mapping, match, matchers, pairs as pairs_
+from roma_sfm.pipelines import reconstruct as reconstruct_
 from roma_sfm.pipelines.utils import jsonable
 
 DEFAULTS = reconstruct_.ReconstructConfig()  # every option's default comes from the steps' confs
@@ -396,10 +397,8 @@ def reconstruct(
     out = output or default_output(images)
     _check_pairs(pairs)
     gt = _gt(poses_gt)
-    kinds = (matchers.matcher_kind(matcher or "sift"), matchers.matcher_kind(fallback or "roma"))
-    if fallback is not None and kinds != ("sparse", "dense"):
-        raise typer.BadParameter("the fallback must be a RoMa model, after a SIFT --matcher (e.g. --matcher sift "
-                                 "--fallback roma)", param_hint="--fallback")
+    if fallback is not None and (error := fallback_.kinds_error(matcher or "sift", fallback)) is not None:
+        raise typer.BadParameter(error, param_hint="--fallback")
     with _guard(verbose):
         if fallback is None:
             m, fb = _resolve_matcher(matcher, resolution, device, zoom, precision), None

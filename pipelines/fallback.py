@@ -66,6 +66,15 @@ class FallbackStats:
     seconds: float = 0.0
 
 
+def kinds_error(matcher: Any, fallback: Any) -> Optional[str]:
+    """Why ``fallback`` cannot follow ``matcher`` (specs or loaded matchers), or None: the first must be
+    sparse (its model is the skeleton) and the fallback dense."""
+    if (matcher_kind(matcher), matcher_kind(fallback)) == ("sparse", "dense"):
+        return None
+    return (f"the fallback must be a dense matcher (e.g. roma) after a sparse one (e.g. sift); got "
+            f"{matcher_name(matcher)} and {matcher_name(fallback)}")
+
+
 def fundamental_matrix(rec: pycolmap.Reconstruction, image0: pycolmap.Image, image1: pycolmap.Image
                        ) -> np.ndarray:
     """F (3, 3) of two registered images of ``rec`` in pixels (x1^T F x0 = 0; pinhole part of the cameras)."""

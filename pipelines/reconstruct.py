@@ -22,7 +22,7 @@ from . import pairs as pairs_
 from . import principal_points as principal_points_
 from ..lock import writes_into
 from .h5io import list_pairs, matches_kind
-from .matchers import get_matcher, matcher_config, matcher_kind, matcher_name
+from .matchers import get_matcher, matcher_config
 from .utils import Timer, logger, scan_images
 from ..presets import DEVICE
 
@@ -261,9 +261,8 @@ def main(images: Path, outputs: Path, config: Optional[ReconstructConfig] = None
     report["config"].update({k: v for k, v in matcher_config(matcher_obj).items() if k != "matcher"})
     if config.fallback is not None:  # loaded by the fallback step, only when a pair needs it
         report["config"]["fallback"] = matcher_config(config.fallback)["matcher"]
-        if (matcher_kind(matcher_obj), matcher_kind(config.fallback)) != ("sparse", "dense"):
-            return finish(f"a fallback matcher needs a sparse matcher first and must be a dense one; got "
-                          f"{matcher_name(matcher_obj)} and {matcher_name(config.fallback)}")
+        if (error := fallback_.kinds_error(matcher_obj, config.fallback)) is not None:
+            return finish(error)
     try:
         with Timer(times, "match"):
             ms = match.main(pair_list, images, outputs / "matches.h5", matcher_obj, num_samples=config.num_samples,

@@ -222,20 +222,22 @@ def build_model(cfg: TrainConfig) -> RoMa:
     return RoMa(cfg.model_config())
 
 
-def freeze_parts(model: torch.nn.Module, prefixes: Sequence[str]) -> list[torch.nn.Module]:
-    """Stop the gradient of the parameters under ``prefixes`` (whole name components: "decoder.proj.1"
-    is not "decoder.proj.16"); returns their modules, which :func:`set_training` keeps in eval mode.
-    A prefix that names no parameter is an error."""
-    def under(name: str) -> bool:
-        return any(name == p or name.startswith(p + ".") for p in prefixes)
+def under(name: str, prefix: str) -> bool:
+    """Whether parameter or module ``name`` lies under ``prefix``, by whole name components
+    ("decoder.proj.1" holds "decoder.proj.1.0.weight", not "decoder.proj.16.0.weight")."""
+    return name == prefix or name.startswith(prefix + ".")
 
+
+def freeze_parts(model: torch.nn.Module, prefixes: Sequence[str]) -> list[torch.nn.Module]:
+    """Stop the gradient of the parameters under ``prefixes``; returns their modules, which
+    :func:`set_training` keeps in eval mode. A prefix that names no parameter is an error."""
     for prefix in prefixes:
-        if not any(n == prefix or n.startswith(prefix + ".") for n, _ in model.named_parameters()):
+        if not any(under(n, prefix) for n, _ in model.named_parameters()):
             raise ValueError(f"freeze: no parameter starts with '{prefix}'")
     for n, p in model.named_parameters():
-        if under(n):
+        if any(under(n, prefix) for prefix in prefixes):
             p.requires_grad_(False)
-    return [m for n, m in model.named_modules() if n and under(n)]
+    return [m for n, m in model.named_modules() if n and any(under(n, prefix) for prefix in prefixes)]
 
 
 def set_training(model: torch.nn.Module, frozen: Sequence[torch.nn.Module]) -> None:
@@ -289,11 +291,11 @@ def build_optimizer(model: RoMa, cfg: TrainConfig) -> torch.optim.AdamW:
     enc_lr = cfg.lr if cfg.encoder_lr is None else cfg.encoder_lr
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     for prefix in cfg.lr_scale:
-        if not any(n.startswith(prefix) for n, _ in named):
+        if not any(under(n, prefix) for n, _ in named):
             raise ValueError(f"lr_scale: no trainable parameter starts with '{prefix}'")
     groups = {"decoder": [], "encoder": [], **{prefix: [] for prefix in cfg.lr_scale}}
     for n, p in named:
-        scaled = [prefix for prefix in cfg.lr_scale if n.startswith(prefix)]
+        scaled = [prefix for prefix in cfg.lr_scale if under(n, prefix)]
         groups[max(scaled, key=len) if scaled else "encoder" if n.startswith("encoder.") else "decoder"].append(p)
     base = {prefix: (enc_lr if prefix.startswith("encoder.") else cfg.lr) * float(mult)
             for prefix, mult in cfg.lr_scale.items()}
