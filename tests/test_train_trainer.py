@@ -280,3 +280,83 @@ def test_second_pass_trains_the_refiners_from_the_first_pass(photos, tmp_path):
     for n, g in grads.items():
         if n.startswith(("decoder.embedding_decoder", "decoder.gps", "encoder.conv_coarse", "decoder.conv_refiner.16")):
             assert g is None or not g.any(), n
+
+
+def test_moving_average_of_the_weights_is_kept_resumed_validated_and_exported(photos, tmp_path):
+    """ema_decay: after each step the average moves (1 - decay) of the way to the weights; it is saved
+    in the checkpoint and survives a resume exactly; export writes it (or, asked, the raw weights)."""
+    from roma_sfm.models.roma import RoMa
+    from roma_sfm.train.trainer import WeightAverage
+    from roma_sfm.weights import load_checkpoint
+
+    torch.manual_seed(0)
+    model = RoMa(TINY)
+    avg = WeightAverage(model, 0.75)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+        model.decoder.proj["16"][1].num_batches_tracked.fill_(7)
+    avg.update(model)
+    w = "decoder.proj.16.0.weight"
+    torch.testing.assert_close(avg.state[w], start[w] + 0.25)
+    assert int(avg.state["decoder.proj.16.1.num_batches_tracked"]) == 7  # integers are copied
+    torch.testing.assert_close(avg.averaged(model).state_dict()[w], start[w] + 0.25)
+    with pytest.raises(ValueError, match="ema_decay"):
+        WeightAverage(model, 1.0)
+
+    ref = train(tiny_cfg(photos, tmp_path / "ref", ema_decay=0.5))
+    ck = load(tmp_path / "ref" / "last.pt")
+    assert ref["finished"] and "ema" in ck
+    moved = [k for k in ck["model"] if k.endswith("weight") and not torch.equal(ck["ema"][k], ck["model"][k])]
+    assert moved  # the average lags the weights
+
+    def interrupt(step, parts):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    train(tiny_cfg(photos, tmp_path / "run", ema_decay=0.5), on_step=interrupt)
+    train(tiny_cfg(photos, tmp_path / "run", ema_decay=0.5))
+    resumed = load(tmp_path / "run" / "last.pt")
+    for k, v in ck["ema"].items():
+        assert torch.equal(v, resumed["ema"][k]), k
+
+    export_weights(str(tmp_path / "ref" / "last.pt"), str(tmp_path / "avg.safetensors"), dtype=torch.float32)
+    export_weights(str(tmp_path / "ref" / "last.pt"), str(tmp_path / "raw.safetensors"), dtype=torch.float32,
+                   average=False)
+    (m_avg, meta), (m_raw, meta_raw) = load_checkpoint(tmp_path / "avg.safetensors"), load_checkpoint(
+        tmp_path / "raw.safetensors")
+    for k in moved:
+        assert torch.equal(m_avg.state_dict()[k], ck["ema"][k]) and torch.equal(m_raw.state_dict()[k], ck["model"][k])
+    assert "moving average" in meta["weights"] and "weights" not in meta_raw
+
+
+def test_blend_interpolates_two_checkpoints_of_one_model(photos, tmp_path):
+    """--blend A B ALPHA OUT: each floating tensor is (1 - ALPHA) A + ALPHA B; other models are refused."""
+    from roma_sfm.train.trainer import main
+    from roma_sfm.weights import load_checkpoint, save_checkpoint
+    from roma_sfm.models.roma import RoMa
+
+    torch.manual_seed(1)
+    a, b = RoMa(TINY), RoMa(TINY)
+    save_checkpoint(tmp_path / "a.safetensors", a, {"step": 1}, dtype=torch.float32)
+    save_checkpoint(tmp_path / "b.safetensors", b, {"step": 2}, dtype=torch.float32)
+    assert main(["--blend", str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"), "0.25",
+                 str(tmp_path / "ab.safetensors")]) == 0
+    mixed, meta = load_checkpoint(tmp_path / "ab.safetensors")
+    sa, sb = a.state_dict(), b.state_dict()
+    w = "decoder.conv_refiner.1.out_conv.weight"
+    assert not torch.equal(sa[w], sb[w])
+    for k, v in mixed.state_dict().items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, (0.75 * sa[k].float() + 0.25 * sb[k].float()).half().float(),
+                                       rtol=0, atol=2e-3, msg=k)
+    assert meta["step"] == 2 and meta["blend"]["alpha"] == 0.25
+    other = RoMa(TINY.replace(gp_dim=16, dec_dim=24))
+    save_checkpoint(tmp_path / "c.safetensors", other, {})
+    from roma_sfm.train.checkpoints import blend_weights
+
+    with pytest.raises(ValueError, match="different models"):
+        blend_weights(str(tmp_path / "a.safetensors"), str(tmp_path / "c.safetensors"), 0.5, str(tmp_path / "x"))
+    with pytest.raises(ValueError, match="alpha"):
+        blend_weights(str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"), 1.5, str(tmp_path / "x"))

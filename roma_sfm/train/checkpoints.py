@@ -76,21 +76,45 @@ def load_weights(path: str) -> dict[str, torch.Tensor]:
 
 
 def export_weights(checkpoint: str, out: str, dtype: torch.dtype = torch.float16,
-                   metadata: Optional[dict] = None) -> Path:
+                   metadata: Optional[dict] = None, average: bool = True) -> Path:
     """Training checkpoint -> a roma-sfm checkpoint (:func:`roma_sfm.weights.save_checkpoint`: one
     safetensors file with the preset, the weights in ``dtype`` and metadata), loadable by
-    ``load_matcher(path)`` and by ``init_from``."""
+    ``load_matcher(path)`` and by ``init_from``. A run with ``ema_decay`` exports its moving
+    average unless ``average`` is False."""
     from ..weights import save_checkpoint
 
     ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
     model = RoMa(RomaConfig.from_dict(ck["model_cfg"]))
-    model.load_state_dict(ck["model"])
+    averaged = average and "ema" in ck
+    model.load_state_dict(ck["ema"] if averaged else ck["model"])
     total = run_totals(ck)  # over every run since the random start (runs chained by init_from)
     meta = {"step": total["steps"], "train_seconds": total["seconds"],
             "run_step": int(ck["step"]), "run_seconds": float(ck.get("elapsed", 0.0)),
             "training_data": training_data_summary(ck.get("train_cfg") or {}),
             "train_config": ck.get("train_cfg"), **(metadata or {})}
+    if averaged:
+        meta["weights"] = f"moving average of the run's weights (decay {(ck.get('train_cfg') or {}).get('ema_decay')})"
     return save_checkpoint(out, model, meta, dtype=dtype)
+
+
+def blend_weights(a: str, b: str, alpha: float, out: str, dtype: torch.dtype = torch.float16) -> Path:
+    """``(1 - alpha) * A + alpha * B`` of two roma-sfm checkpoints of one model (weight-space
+    interpolation between weights and their fine-tuned successor, as in WiSE-FT); integer buffers
+    and the metadata come from B, which gains a ``blend`` entry."""
+    from ..weights import load_checkpoint, save_checkpoint
+
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    model_a, _ = load_checkpoint(a)
+    model_b, meta = load_checkpoint(b)
+    if model_a.cfg != model_b.cfg:
+        raise ValueError(f"{a} and {b} hold different models ({model_a.cfg.name} / {model_b.cfg.name})")
+    sa = model_a.state_dict()
+    mixed = {k: torch.lerp(sa[k].float(), v.float(), alpha).to(v.dtype) if v.is_floating_point() else v
+             for k, v in model_b.state_dict().items()}
+    model_b.load_state_dict(mixed)
+    meta = {**meta, "blend": {"a": Path(a).name, "b": Path(b).name, "alpha": alpha}}
+    return save_checkpoint(out, model_b, meta, dtype=dtype)
 
 
 def training_data_summary(train_cfg: dict) -> str:

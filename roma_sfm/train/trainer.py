@@ -30,6 +30,7 @@ after it (including a half-written last line) are dropped, so each step is logge
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import math
@@ -51,8 +52,8 @@ from ..lock import writes_into
 from ..matcher import autocast_dtype, resolve_device, torch_threads
 from ..models.roma import RoMa
 from ..presets import DEVICE, PRECISION, RomaConfig, get_preset
-from .checkpoints import (atomic_save, export_weights, load_weights, get_rng_state, no_prior, prior_training,
-                          remove_stale_tmp, set_rng_state, write_text_atomic)
+from .checkpoints import (atomic_save, blend_weights, export_weights, load_weights, get_rng_state, no_prior,
+                          prior_training, remove_stale_tmp, set_rng_state, write_text_atomic)
 from .data import DepthPairs, MixedPairs, SynthConfig, SyntheticPairs, collate
 from .logs import CsvLog
 from .validation import Validator
@@ -102,6 +103,9 @@ class TrainConfig:
     # parameter-name prefixes kept as loaded, e.g. ("encoder", "decoder.embedding_decoder") to train
     # the refiners alone: no gradient, and their BatchNorm statistics stay fixed (eval mode)
     freeze: tuple[str, ...] = ()
+    # exponential moving average of the weights after every step, 0 = off (0.998: a horizon of ~500
+    # steps); with it, validation and export use the average, which smooths the noise of the last steps
+    ema_decay: float = 0.0
     weight_decay: float = 0.01
     warmup_steps: int = 500
     decay: str = "step"  # "step": x0.1 at 90 % of the steps; "cosine": to 0 at the end; "none"
@@ -253,6 +257,31 @@ def trainable_note(model: torch.nn.Module) -> str:
     return "" if n == sum(p.numel() for p in model.parameters()) else f", {n / 1e6:.2f} M trainable"
 
 
+class WeightAverage:
+    """Exponential moving average of a model's state dict (parameters and BatchNorm statistics;
+    integer buffers are copied), updated after every optimizer step."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"ema_decay must lie in (0, 1), got {decay}")
+        self.decay = decay
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if self.state[k].is_floating_point():
+                self.state[k].lerp_(v.detach(), 1.0 - self.decay)
+            else:
+                self.state[k].copy_(v)
+
+    def averaged(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A copy of ``model`` holding the average."""
+        avg = copy.deepcopy(model)
+        avg.load_state_dict(self.state)
+        return avg
+
+
 def second_pass_size(resolution: Sequence[int], factor: float) -> tuple[int, int]:
     """The second pass's input size: ``resolution`` times ``factor``, rounded to the stride 8."""
     return tuple(max(8, 8 * round(r * factor / 8)) for r in resolution)
@@ -346,6 +375,7 @@ def _train(cfg: TrainConfig, on_step: Optional[Callable[[int, dict], None]]) -> 
     opt = build_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    ema: Optional[WeightAverage] = None
 
     start, elapsed, grown = 0, 0.0, []
     last = out_dir / "last.pt"
@@ -359,6 +389,10 @@ def _train(cfg: TrainConfig, on_step: Optional[Callable[[int, dict], None]]) -> 
         set_rng_state(ck["rng"])
         start, elapsed = int(ck["step"]), float(ck["elapsed"])
         prior = dict(ck.get("prior", no_prior()))
+        if cfg.ema_decay:
+            ema = WeightAverage(model, cfg.ema_decay)  # a run that had none starts its average here
+            if "ema" in ck:
+                ema.state = {k: v.to(device) for k, v in ck["ema"].items()}
     else:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
@@ -367,6 +401,8 @@ def _train(cfg: TrainConfig, on_step: Optional[Callable[[int, dict], None]]) -> 
         if cfg.init_from:
             grown = init_weights(model, cfg.init_from)
             prior = prior_training(cfg.init_from)
+        if cfg.ema_decay:
+            ema = WeightAverage(model, cfg.ema_decay)
     remove_stale_tmp(out_dir)
     write_text_atomic(out_dir / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
 
@@ -375,7 +411,7 @@ def _train(cfg: TrainConfig, on_step: Optional[Callable[[int, dict], None]]) -> 
             "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "scaler": scaler.state_dict(), "step": step, "elapsed": elapsed + time.perf_counter() - t0,
             "rng": get_rng_state(), "train_cfg": cfg.to_dict(), "model_cfg": model.cfg.to_dict(),
-            "prior": prior,
+            "prior": prior, **({"ema": ema.state} if ema is not None else {}),
         }, last)
 
     # with a second pass the pairs are made at its size and shrunk for the first, as the pipeline
@@ -451,6 +487,8 @@ def _train(cfg: TrainConfig, on_step: Optional[Callable[[int, dict], None]]) -> 
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 scaler.step(opt)
                 scaler.update()
+                if ema is not None:
+                    ema.update(model)
             else:  # never poison the weights; the schedule still advances so resume stays exact
                 skipped += 1
             sched.step()
@@ -477,7 +515,7 @@ def _train(cfg: TrainConfig, on_step: Optional[Callable[[int, dict], None]]) -> 
             if on_step is not None:
                 on_step(step, parts)
             if validator and cfg.val_every and step % cfg.val_every == 0:
-                val_res = validator(model, device)
+                val_res = validator(model if ema is None else ema.averaged(model), device)
                 set_training(model, frozen)
                 val_log.write({"step": step, "time": elapsed + time.perf_counter() - t0, **val_res})
                 console.print(f"[cyan]val @ {step}[/] " + " ".join(f"{k} {v:.4f}" for k, v in val_res.items()),
@@ -491,7 +529,7 @@ def _train(cfg: TrainConfig, on_step: Optional[Callable[[int, dict], None]]) -> 
             checkpoint(step)
             console.print(f"[yellow]stopped by signal {stopped_by} at step {step}; checkpoint {last}[/]")
     if stopped_by is None and validator and step == cfg.steps and not (cfg.val_every and step % cfg.val_every == 0):
-        val_res = validator(model, device)
+        val_res = validator(model if ema is None else ema.averaged(model), device)
         val_log.write({"step": step, "time": elapsed + time.perf_counter() - t0, **val_res})
     return {"step": step, "finished": step >= cfg.steps, "stopped_by": stopped_by, "checkpoint": str(last),
             "last_losses": parts, "val": val_res, "skipped_steps": skipped,
@@ -506,7 +544,10 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m roma_sfm.train.trainer", description="Train RoMa.")
     p.add_argument("--config", help="JSON file of TrainConfig fields (flags override it)")
     p.add_argument("--export", nargs=2, metavar=("CHECKPOINT", "OUT_SAFETENSORS"),
-                   help="only export a checkpoint's weights to .safetensors and exit")
+                   help="only export a checkpoint's weights (its moving average if it has one) to "
+                        ".safetensors and exit")
+    p.add_argument("--blend", nargs=4, metavar=("A", "B", "ALPHA", "OUT"),
+                   help="only write (1 - ALPHA) * A + ALPHA * B of two .safetensors weights of one model and exit")
     optional_types = {"model": json.loads, "depth_index": str, "val_root": str, "encoder_lr": float,
                       "init_from": str}
     for f in dataclasses.fields(TrainConfig):
@@ -546,6 +587,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     if args.export:
         export_weights(*args.export)
+        return 0
+    if args.blend:
+        a, b, alpha, out = args.blend
+        blend_weights(a, b, float(alpha), out)
         return 0
     res = train(config_from_args(argv))
     print(json.dumps({k: v for k, v in res.items() if k != "last_losses"}, default=str))
