@@ -294,6 +294,8 @@ RESOLUTION_HELP = ("RoMa resolution COARSE[:FINE], each N or HxW in multiples of
                    "560:864 for the paper models.")
 ZOOM_HELP = ("RoMa: match a pair again on the part both images show when one shows it at least this many "
              "times larger than the other (0: never). Default: roma_sfm.presets.ZOOM.")
+AUTO_PAIRS_HELP = ("auto (every pair up to {sparse} images for SIFT, {dense} for RoMa, else retrieval)"
+                   .format(**pairs_.confs["auto"]["max_exhaustive"]))
 PRECISION_HELP = ("RoMa arithmetic: auto (autocast on CUDA, float32 on CPU), fp32, or bf16 (bfloat16 also on CPU: "
                   "faster on CPUs with bf16 units, slightly less accurate; docs/benchmarks.md).")
 DEVICE_HELP = "Torch device for RoMa: auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ..."
@@ -345,9 +347,8 @@ def reconstruct(
                                           help="Output folder (default: ./outputs/<scene>, <scene> = the images "
                                                "folder's name, or its parent's if it is called 'images')."),
     matcher: Optional[str] = typer.Option(None, "--matcher", "-m", show_default=False, help=MATCHER_HELP),
-    pairs: str = typer.Option(DEFAULTS.pairs, "--pairs", help="Which pairs to match: auto (exhaustive up to 30 images, "
-                              "else retrieval), exhaustive, sequential, retrieval, or a pairs file "
-                              "(`name0 name1` per line)."),
+    pairs: str = typer.Option(DEFAULTS.pairs, "--pairs", help=f"Which pairs to match: {AUTO_PAIRS_HELP}, "
+                              "exhaustive, sequential, retrieval, or a pairs file (`name0 name1` per line)."),
     num_matched: int = typer.Option(DEFAULTS.num_matched, "--num-matched", min=1, help="Retrieval: pairs per image."),
     resolution: Optional[str] = typer.Option(None, "--resolution", show_default=False, help=RESOLUTION_HELP),
     zoom: Optional[float] = typer.Option(None, "--zoom", min=0.0, show_default=False, help=ZOOM_HELP),
@@ -429,9 +430,11 @@ def pairs_cmd(
     images: Path = IMAGES_ARG,
     output: Optional[Path] = typer.Option(None, "-o", "--output", dir_okay=False, show_default=False,
                                           help="Pairs file to write (default: ./outputs/<scene>/pairs.txt)."),
-    mode: str = typer.Option(DEFAULTS.pairs, "--mode", help="auto (exhaustive up to 30 images, else retrieval), "
-                             "exhaustive, sequential, retrieval, or a pairs file to filter to the readable "
-                             "images of IMAGES."),
+    mode: str = typer.Option(DEFAULTS.pairs, "--mode", help=f"{AUTO_PAIRS_HELP}, exhaustive, sequential, "
+                             "retrieval, or a pairs file to filter to the readable images of IMAGES."),
+    matcher: Optional[str] = typer.Option(None, "--matcher", "-m", show_default=False,
+                                          help="The matcher the pairs are for (as in `reconstruct`): auto's "
+                                               "limit depends on its kind."),
     num_matched: int = typer.Option(DEFAULTS.num_matched, "--num-matched", min=1, help="Retrieval: pairs per image."),
     window: int = typer.Option(DEFAULTS.window, "--window", min=1,
                                help="Sequential: successors matched per image (plus "
@@ -440,9 +443,13 @@ def pairs_cmd(
 ):
     """Choose the image pairs to match and write them as `name0 name1` lines."""
     _check_pairs(mode, "--mode")
+    try:
+        kind = matchers.matcher_kind(matchers.resolve(matcher).matcher)
+    except matchers.MatcherSpecError as e:
+        raise typer.BadParameter(str(e), param_hint=e.option) from None
     out = output or default_output(images) / "pairs.txt"
     with _guard(verbose):
-        pair_list = pairs_.main(images, out, mode=mode, window=window, num_matched=num_matched)
+        pair_list = pairs_.main(images, out, mode=mode, window=window, num_matched=num_matched, kind=kind)
     if not pair_list:
         _fail(f"no image pair in '{images}' (need at least 2 images)")
     console.print(f"{len(pair_list)} pairs of {len({n for p in pair_list for n in p})} images -> "
@@ -493,7 +500,8 @@ def match_cmd(
         if pairs is None:
             mode = "auto" if retrieval is None else "retrieval"
             pairs = out.parent / "pairs.txt"
-            n = len(pairs_.main(images, pairs, mode=mode, **({"num_matched": retrieval} if retrieval else {})))
+            n = len(pairs_.main(images, pairs, mode=mode, kind=matchers.matcher_kind(m),
+                                **({"num_matched": retrieval} if retrieval else {})))
             console.print(f"{n} pairs ({mode}) -> {escape(str(pairs))}")
         try:  # the pairs file is streamed, never held in memory
             stats = match.main(pairs, images, out, m, num_samples=num_samples, batch_size=batch_size,

@@ -32,9 +32,21 @@ confs = {
         "vocab_size": 64,  # k-means words learned on the set itself; recall: benchmarks/retrieval.py
         "seed": 0,
     },
-    "auto": {"mode": "auto", "max_exhaustive": 30},  # else retrieval
+    # auto: every pair up to this many images, else retrieval, by the matcher's kind. A dense pair costs
+    # ~20x a SIFT pair and dense tracks need fewer pairs, so dense matchers take retrieval as soon as it
+    # lists fewer pairs (the 10 most similar of 11 images are all of them); docs/benchmarks.md,
+    # "Retrieval pairs for RoMa"
+    "auto": {"mode": "auto", "max_exhaustive": {"sparse": 30, "dense": 11}},
 }
 MODES = ("auto", "exhaustive", "sequential", "retrieval")  # besides a pairs file
+
+
+def auto_limit(kind: str) -> int:
+    """The most images ``auto`` pairs exhaustively for a matcher of ``kind`` ('sparse' or 'dense')."""
+    limits = confs["auto"]["max_exhaustive"]
+    if kind not in limits:
+        raise ValueError(f"matcher kind must be one of {', '.join(limits)}, not {kind!r}")
+    return limits[kind]
 
 
 def check_mode(value: str) -> str:
@@ -187,11 +199,13 @@ def retrieval_recall(pred_pairs: Iterable[Pair], gt_pairs: Iterable[Pair]) -> fl
 def main(images: Path, output: Path, mode: str = "auto", image_list: Optional[Sequence[str]] = None,
          pairs_file: Optional[Path] = None, window: int = confs["sequential"]["window"],
          quadratic: bool = confs["sequential"]["quadratic"], num_matched: int = confs["retrieval"]["num_matched"],
-         max_exhaustive: int = confs["auto"]["max_exhaustive"], encoder: Optional[Encoder] = None) -> list[Pair]:
+         max_exhaustive: Optional[int] = None, encoder: Optional[Encoder] = None, kind: str = "sparse"
+         ) -> list[Pair]:
     """Compute pairs of ``images`` (a folder) and write them to ``output`` (pairs.txt).
 
     mode: 'exhaustive' | 'sequential' | 'retrieval' | 'file' (needs pairs_file) | 'auto'
-    (exhaustive for <= max_exhaustive images, else retrieval). A path given as ``mode`` means 'file'.
+    (exhaustive for <= max_exhaustive images, else retrieval; None: the limit of ``confs['auto']`` for
+    the ``kind`` of matcher the pairs are for, 'sparse' or 'dense'). A path given as ``mode`` means 'file'.
     ``image_list``: names relative to ``images`` (default: every readable image, sorted).
     """
     images = Path(images)
@@ -201,6 +215,8 @@ def main(images: Path, output: Path, mode: str = "auto", image_list: Optional[Se
     if mode not in confs and mode != "file" and Path(mode).is_file():
         mode, pairs_file = "file", Path(mode)
     if mode == "auto":
+        if max_exhaustive is None:
+            max_exhaustive = auto_limit(kind)
         mode = "exhaustive" if len(names) <= max_exhaustive else "retrieval"
         logger.info("pairs: auto -> %s (%d images)", mode, len(names))
     if mode == "exhaustive":

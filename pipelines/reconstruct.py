@@ -22,7 +22,7 @@ from . import pairs as pairs_
 from . import principal_points as principal_points_
 from ..lock import writes_into
 from .h5io import list_pairs, matches_kind
-from .matchers import get_matcher, matcher_config
+from .matchers import get_matcher, matcher_config, matcher_kind
 from .utils import Timer, logger, scan_images
 from ..presets import DEVICE
 
@@ -248,16 +248,17 @@ def main(images: Path, outputs: Path, config: Optional[ReconstructConfig] = None
     if len(scan.names) == 1:
         return finish(f"only one readable image in '{images}': need at least 2")
 
-    # 1) pairs
+    # 1) pairs (auto's choice depends on the matcher's kind)
+    matcher_obj = get_matcher(config.matcher, device=config.device)
     with Timer(times, "pairs"):
         pair_list = pairs_.main(images, outputs / "pairs.txt", mode=str(config.pairs), image_list=scan.names,
-                                pairs_file=config.pairs_file, window=config.window, num_matched=config.num_matched)
+                                pairs_file=config.pairs_file, window=config.window, num_matched=config.num_matched,
+                                kind=matcher_kind(matcher_obj))
     report["num_pairs"] = len(pair_list)
     if not pair_list:
         return finish("no image pair to match")
 
     # 2) matching (resumable)
-    matcher_obj = get_matcher(config.matcher, device=config.device)
     report["config"].update({k: v for k, v in matcher_config(matcher_obj).items() if k != "matcher"})
     if config.fallback is not None:  # loaded by the fallback step, only when a pair needs it
         report["config"]["fallback"] = matcher_config(config.fallback)["matcher"]

@@ -273,3 +273,14 @@ def test_matcher_option_is_signed_into_the_matches(tmp_path, option, cases, bad)
 def test_every_command_has_help(command):
     res = invoke(command, "--help")
     assert res.exit_code == 0 and "Usage" in res.output and "--" in res.output
+
+
+def test_pairs_command_takes_the_matcher_its_pairs_are_for(tmp_path):
+    """`pairs --matcher`: auto's limit follows its kind (8 images: every pair for both); a name that is
+    no matcher is a usage error."""
+    for m in ("sift", "roma"):
+        res = invoke("pairs", IMAGES, "-o", tmp_path / m / "pairs.txt", "--matcher", m)
+        assert res.exit_code == 0, res.output
+        assert len((tmp_path / m / "pairs.txt").read_text().splitlines()) == 28
+    res = invoke("pairs", IMAGES, "-o", tmp_path / "x.txt", "--matcher", "nonsense")
+    assert res.exit_code == 2 and "nonsense" in res.output

@@ -73,3 +73,22 @@ def test_file_and_auto(tmp_path):
     assert len(auto) == 28  # 8 images <= 30: exhaustive
     with pytest.raises(ValueError):
         pairs.main(SAMPLE, tmp_path / "pairs.txt", mode="nonsense")
+
+
+def test_auto_limit_follows_the_matchers_kind(tmp_path):
+    """auto: SIFT pairs all 12 images (<= 30); a dense matcher takes retrieval above 11 images, where
+    its top-k lists fewer pairs; an unknown kind is an error."""
+    cv2 = pytest.importorskip("cv2")
+    for i in range(12):
+        cv2.imwrite(str(tmp_path / f"{i:02d}.png"), random_texture(60, 80, seed=i))
+
+    def encoder(img):
+        return np.array([img.mean(), img.std(), 1.0], np.float32)
+
+    assert pairs.auto_limit("sparse") > 12 >= pairs.auto_limit("dense")
+    sparse = pairs.main(tmp_path, tmp_path / "p.txt", mode="auto", num_matched=3, encoder=encoder)
+    dense = pairs.main(tmp_path, tmp_path / "p.txt", mode="auto", num_matched=3, encoder=encoder, kind="dense")
+    assert len(sparse) == 66 and 12 * 3 // 2 <= len(dense) <= 12 * 3 < 66
+    assert len(pairs.main(tmp_path, tmp_path / "p.txt", mode="auto", kind="dense", max_exhaustive=12)) == 66
+    with pytest.raises(ValueError, match="matcher kind"):
+        pairs.main(tmp_path, tmp_path / "p.txt", mode="auto", kind="dens")
