@@ -250,6 +250,11 @@ def main(images: Path, outputs: Path, config: Optional[ReconstructConfig] = None
 
     # 1) pairs (auto's choice depends on the matcher's kind)
     matcher_obj = get_matcher(config.matcher, device=config.device)
+    report["config"].update({k: v for k, v in matcher_config(matcher_obj).items() if k != "matcher"})
+    if config.fallback is not None:  # loaded by the fallback step, only when a pair needs it
+        report["config"]["fallback"] = matcher_config(config.fallback)["matcher"]
+        if (error := fallback_.kinds_error(matcher_obj, config.fallback)) is not None:
+            return finish(error)
     with Timer(times, "pairs"):
         pair_list = pairs_.main(images, outputs / "pairs.txt", mode=str(config.pairs), image_list=scan.names,
                                 pairs_file=config.pairs_file, window=config.window, num_matched=config.num_matched,
@@ -259,11 +264,6 @@ def main(images: Path, outputs: Path, config: Optional[ReconstructConfig] = None
         return finish("no image pair to match")
 
     # 2) matching (resumable)
-    report["config"].update({k: v for k, v in matcher_config(matcher_obj).items() if k != "matcher"})
-    if config.fallback is not None:  # loaded by the fallback step, only when a pair needs it
-        report["config"]["fallback"] = matcher_config(config.fallback)["matcher"]
-        if (error := fallback_.kinds_error(matcher_obj, config.fallback)) is not None:
-            return finish(error)
     try:
         with Timer(times, "match"):
             ms = match.main(pair_list, images, outputs / "matches.h5", matcher_obj, num_samples=config.num_samples,

@@ -168,3 +168,11 @@ def test_the_fallback_must_be_dense_after_a_sparse_matcher(tmp_path):
 def test_unverified_pairs_keep_order_and_ignore_orientation():
     pairs = [("a", "b"), ("b", "c"), ("c", "b"), ("a", "a"), ("d", "a"), ("c", "d")]
     assert fallback.unverified_pairs(pairs, [("b", "a"), ("c", "d")]) == [("b", "c"), ("d", "a")]
+
+
+def test_a_fallback_that_cannot_follow_the_matcher_fails_before_any_step(tmp_path):
+    """Two sparse matchers: reconstruct fails with the reason before it writes pairs or matches."""
+    images = Path(__file__).resolve().parents[1] / "sample_scenes" / "corner" / "images"
+    rep = reconstruct.main(images, tmp_path / "out", matcher="sift", fallback="sift", progress=False)
+    assert rep["status"] == "failed" and "fallback must be a dense matcher" in rep["message"]
+    assert not (tmp_path / "out" / "pairs.txt").exists() and not (tmp_path / "out" / "matches.h5").exists()
