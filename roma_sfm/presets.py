@@ -85,6 +85,9 @@ class RomaConfig:
         }
     )
     refine_init: float = 4.0
+    # a refiner set of its own (scales below 16) for the second, high-resolution pass; off: both
+    # passes share one set, as in the reference
+    second_pass_refiners: bool = False
     # inference defaults
     coarse_res: tuple[int, int] = (560, 560)
     upsample_res: Optional[tuple[int, int]] = (864, 864)

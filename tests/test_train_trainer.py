@@ -203,6 +203,38 @@ def test_init_from_a_smaller_model_grows_it(photos, tmp_path):
         init_weights(RoMa(TINY), str(tmp_path / "grown.pt"))
 
 
+def test_a_second_pass_refiner_set_grows_from_the_shared_one_and_trains_alone(photos, tmp_path):
+    """second_pass_refiners: the second pass runs a refiner set of its own, which init_from copies
+    from the shared set (so the grown model matches as before); with everything else frozen, a
+    two-pass run changes that set only."""
+    from roma_sfm.models.roma import RoMa
+    from roma_sfm.train.trainer import init_weights
+
+    train(tiny_cfg(photos, tmp_path / "a", steps=1, val_root=None))
+    export_weights(str(tmp_path / "a" / "last.pt"), str(tmp_path / "a.safetensors"), dtype=torch.float32)
+    split = TINY.replace(second_pass_refiners=True)
+    shared, own = RoMa(TINY).eval(), RoMa(split).eval()
+    init_weights(shared, str(tmp_path / "a.safetensors"))
+    assert init_weights(own, str(tmp_path / "a.safetensors")) == []  # nothing left at its initialisation
+    assert sorted(own.decoder.conv_refiner_hr) == ["1", "2", "4", "8"]
+    x, y, x2, y2 = torch.randn(1, 3, 56, 56), torch.randn(1, 3, 56, 56), torch.randn(1, 3, 84, 84), torch.randn(1, 3, 84, 84)
+    with torch.no_grad():
+        first = shared(x, y)
+        a, b = shared(x2, y2, first_pass=first[1]), own(x2, y2, first_pass=first[1])
+        torch.testing.assert_close(b[1]["flow"], a[1]["flow"], rtol=0, atol=0)
+        own.decoder.conv_refiner_hr["1"].out_conv.bias.add_(1.0)  # the second pass runs its own set
+        assert not torch.equal(own(x2, y2, first_pass=first[1])[1]["flow"], a[1]["flow"])
+        torch.testing.assert_close(own(x, y)[1]["flow"], first[1]["flow"], rtol=0, atol=0)  # the first does not
+    frozen = ("encoder", "decoder.embedding_decoder", "decoder.gps", "decoder.proj", "decoder.conv_refiner")
+    train(tiny_cfg(photos, tmp_path / "b", model=split.to_dict(), init_from=str(tmp_path / "a.safetensors"),
+                   freeze=frozen, second_pass=1.5, steps=2, val_root=None))
+    before, after = load(tmp_path / "a" / "last.pt")["model"], load(tmp_path / "b" / "last.pt")["model"]
+    for k in before:
+        torch.testing.assert_close(after[k], before[k], rtol=0, atol=0, msg=k)
+    assert any(not torch.equal(after[k], before[k.replace("conv_refiner_hr", "conv_refiner")])
+               for k in after if k.startswith("decoder.conv_refiner_hr.") and k.endswith("weight"))
+
+
 def test_lr_scale_gives_a_prefix_its_own_learning_rate():
     """lr_scale: the parameters under a prefix train at their part's lr times the multiplier; the
     others keep theirs; a prefix that names nothing is an error, not a silent no-op."""

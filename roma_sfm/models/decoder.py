@@ -28,6 +28,9 @@ class Decoder(nn.Module):
         self.gps = nn.ModuleDict({"16": GP(cfg.gp_dim, cfg.gp_temperature, cfg.gp_noise)})
         self.proj = nn.ModuleDict({str(s): projection(in_dims[s], d) for s, d in cfg.proj_dims.items()})
         self.conv_refiner = nn.ModuleDict({str(s): ConvRefiner(r) for s, r in cfg.refiners.items()})
+        if cfg.second_pass_refiners:  # the second pass refines at another pixel scale than the first
+            self.conv_refiner_hr = nn.ModuleDict({str(s): ConvRefiner(r) for s, r in cfg.refiners.items()
+                                                  if s != 16})
         self.scales = sorted(cfg.refiners, reverse=True)  # 16, 8, 4, 2, 1
 
     def forward(self, f_A: Pyramid, f_B: Pyramid, scale_factor: float = 1.0,
@@ -46,6 +49,7 @@ class Decoder(nn.Module):
         """
         second_pass = flow is not None
         scales = [s for s in self.scales if s != 16] if second_pass else self.scales
+        refiners = self.conv_refiner_hr if second_pass and self.cfg.second_pass_refiners else self.conv_refiner
         h1, w1 = f_A[1].shape[-2:]
         out: dict[int, dict[str, torch.Tensor]] = {}
         if second_pass:
@@ -61,7 +65,7 @@ class Decoder(nn.Module):
                 flow = to_warp(cls).permute(0, 3, 1, 2).detach()
                 out[s].update(gm_cls=cls, gm_certainty=certainty)
             out[s]["flow_pre_delta"] = flow
-            delta, delta_cert = self.conv_refiner[str(s)](fa, fb, flow, scale_factor)
+            delta, delta_cert = refiners[str(s)](fa, fb, flow, scale_factor)
             flow = flow + s * torch.stack((delta[:, 0] / (self.cfg.refine_init * w1),
                                            delta[:, 1] / (self.cfg.refine_init * h1)), dim=1)
             certainty = certainty + delta_cert
@@ -73,3 +77,12 @@ class Decoder(nn.Module):
                 flow = F.interpolate(flow, size=size, mode="bilinear", align_corners=False).detach()
                 certainty = F.interpolate(certainty, size=size, mode="bilinear", align_corners=False).detach()
         return out
+
+
+def seed_second_pass_refiners(state: dict[str, torch.Tensor], missing: Sequence[str],
+                              prefix: str = "decoder.") -> dict[str, torch.Tensor]:
+    """Copies of the shared refiners for the second-pass set that ``state`` lacks (names in
+    ``missing``), so a model grown with ``second_pass_refiners`` starts as the one it grew from."""
+    hr, shared = prefix + "conv_refiner_hr.", prefix + "conv_refiner."
+    return {k: state[shared + k[len(hr):]].clone() for k in missing
+            if k.startswith(hr) and shared + k[len(hr):] in state}

@@ -50,6 +50,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from ..lock import writes_into
 from ..matcher import autocast_dtype, resolve_device, torch_threads
+from ..models.decoder import seed_second_pass_refiners
 from ..models.roma import RoMa
 from ..presets import DEVICE, PRECISION, RomaConfig, get_preset
 from .checkpoints import (atomic_save, blend_weights, export_weights, load_weights, get_rng_state, no_prior,
@@ -140,13 +141,17 @@ class TrainConfig:
 def init_weights(model: torch.nn.Module, path: str) -> list[str]:
     """Load ``path`` into ``model``; the model may have grown (new modules keep their initialisation).
 
-    Returns the parameter names the file lacks. A name the model lacks or a shape mismatch is an
+    A new second-pass refiner set starts as a copy of the file's refiners. Returns the other
+    parameter names the file lacks. A name the model lacks or a shape mismatch is an
     error: those weights were made for another model.
     """
-    missing, unexpected = model.load_state_dict(load_weights(path), strict=False)
+    state = load_weights(path)
+    missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected:
         raise ValueError(f"{path} holds weights this model has no place for: {', '.join(unexpected[:5])}")
-    return list(missing)
+    seeded = seed_second_pass_refiners(state, missing)  # a second-pass set starts as the shared one
+    model.load_state_dict(seeded, strict=False)
+    return [k for k in missing if k not in seeded]
 
 
 # ------------------------------------------------------------------------------------------------
