@@ -79,10 +79,8 @@ class Decoder(nn.Module):
         return out
 
 
-def seed_second_pass_refiners(state: dict[str, torch.Tensor], missing: Sequence[str],
-                              prefix: str = "decoder.") -> dict[str, torch.Tensor]:
-    """Copies of the shared refiners for the second-pass set that ``state`` lacks (names in
+def seed_second_pass_refiners(state: dict[str, torch.Tensor], missing: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Copies of the shared refiners for the second-pass set that a model's ``state`` lacks (names in
     ``missing``), so a model grown with ``second_pass_refiners`` starts as the one it grew from."""
-    hr, shared = prefix + "conv_refiner_hr.", prefix + "conv_refiner."
-    return {k: state[shared + k[len(hr):]].clone() for k in missing
-            if k.startswith(hr) and shared + k[len(hr):] in state}
+    shared = {k: k.replace(".conv_refiner_hr.", ".conv_refiner.", 1) for k in missing if ".conv_refiner_hr." in k}
+    return {k: state[src].clone() for k, src in shared.items() if src in state}
