@@ -8,7 +8,8 @@
   defaults, ratio test 0.8 and no mutual check; the peer of the data README's reference numbers).
   A RoMa spec may end in ``@COARSE[:FINE]``, the CLI's ``--resolution`` (e.g. ``roma@448:none``),
   then in ``~ZOOM``, the CLI's ``--zoom`` (e.g. ``roma~0`` never re-matches a zoomed pair), and
-  then in ``+PRECISION``, the CLI's ``--precision`` (e.g. ``roma+bf16``).
+  then in ``+PRECISION``, the CLI's ``--precision`` (e.g. ``roma+bf16``), and then in ``^0`` for
+  the CLI's ``--no-photometric`` (``^1``: ``--photometric``; e.g. ``roma^0``: the raw warp's matches).
 - ``TimedMatcher``: (path A, path B) -> (kpts A, kpts B) in pixels of the originals, COLMAP
   convention (corner at 0, pixel centres at +0.5), and the seconds spent matching. Dense matchers
   are sampled (``num_samples``, balanced); a sparse matcher gives all its matches.
@@ -31,7 +32,7 @@ MATCHER_HELP = ("matchers to compare: 'roma' (the shipped model), a preset name,
                 "'sift' (our SiftMatcher, as in the pipeline), 'sift-colmap' (it with COLMAP's extractor) or "
                 "'sift-opencv' (plain OpenCV SIFT, 8000 features, ratio 0.8, no mutual check); a RoMa spec "
                 "may end in @RES, the CLI's --resolution (e.g. roma@448:none for one pass), then in ~ZOOM, the CLI's --zoom (e.g. roma~0), then in "
-                "+PRECISION, the CLI's --precision (e.g. roma+bf16)")
+                "+PRECISION, the CLI's --precision (e.g. roma+bf16), then in ^0, the CLI's --no-photometric (e.g. roma^0)")
 
 
 def add_common_args(ap: argparse.ArgumentParser) -> None:
@@ -61,23 +62,27 @@ def label(spec: str) -> str:
 
 
 def with_resolution(spec: str, device: str = "auto") -> Any:
-    """``NAME[@RES][~ZOOM][+PRECISION]`` -> the matcher the CLI loads for ``--matcher NAME
-    --resolution RES --zoom ZOOM --precision PRECISION``; a spec with none of them is returned unchanged."""
+    """``NAME[@RES][~ZOOM][+PRECISION][^0|1]`` -> the matcher the CLI loads for ``--matcher NAME
+    --resolution RES --zoom ZOOM --precision PRECISION --[no-]photometric``; a spec with none of
+    them is returned unchanged."""
     from roma_sfm.pipelines.matchers import resolve
 
-    rest, plus, precision = str(spec).partition("+")
+    rest, hat, photometric = str(spec).partition("^")
+    if hat and photometric not in ("0", "1"):
+        raise ValueError(f"{spec}: ^ takes 0 (--no-photometric) or 1 (--photometric)")
+    rest, plus, precision = rest.partition("+")
     rest, tilde, zoom = rest.partition("~")
     name, at, res = rest.partition("@")
-    if not (at or tilde or plus):
+    if not (at or tilde or plus or hat):
         return spec
     return resolve(name, res if at else None, device, float(zoom) if tilde else None,
-                   precision if plus else None).matcher
+                   precision if plus else None, photometric == "1" if hat else None).matcher
 
 
 def build_matcher(spec: str, device: str = "auto") -> Any:
     from roma_sfm.pipelines.matchers import SiftMatcher, get_matcher
 
-    if any(c in str(spec) for c in "@~+"):
+    if any(c in str(spec) for c in "@~+^"):
         return get_matcher(with_resolution(spec, device), device=device)
     if str(spec).lower() == "sift-opencv":
         # cv2.SIFT_create(8000) with OpenCV's defaults + Lowe's ratio test, exact L2 neighbours

@@ -139,10 +139,11 @@ def _guard(verbose: bool):
 
 
 def _resolve_matcher(spec: Optional[str], resolution: Optional[str], device: str,
-                     zoom: Optional[float] = None, precision: Optional[str] = None) -> Any:
+                     zoom: Optional[float] = None, precision: Optional[str] = None,
+                     photometric: Optional[bool] = None) -> Any:
     """The --matcher value for the pipeline (``matchers.resolve``), its notes printed."""
     try:
-        resolved = matchers.resolve(spec, resolution, device, zoom, precision)
+        resolved = matchers.resolve(spec, resolution, device, zoom, precision, photometric)
     except matchers.MatcherSpecError as e:
         raise typer.BadParameter(str(e), param_hint=e.option) from None
     for note in resolved.notes:
@@ -298,6 +299,8 @@ AUTO_PAIRS_HELP = ("auto (every pair up to {sparse} images for SIFT, {dense} for
                    .format(**pairs_.confs["auto"]["max_exhaustive"]))
 PRECISION_HELP = ("RoMa arithmetic: auto (autocast on CUDA, float32 on CPU), fp32, or bf16 (bfloat16 also on CPU: "
                   "faster on CPUs with bf16 units, slightly less accurate; docs/benchmarks.md).")
+PHOTOMETRIC_HELP = ("RoMa: move each sampled match to where the image patches fit best (Lucas-Kanade on the "
+                    "images, sub-pixel; docs/benchmarks.md). On by default; --no-photometric keeps the raw warp.")
 DEVICE_HELP = "Torch device for RoMa: auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ..."
 NUM_SAMPLES_HELP = "Matches sampled per pair from RoMa's dense warp (SIFT keeps at most this many)."
 RAY_HELP = ("Match on a Ray cluster: `--ray` alone starts a local one, `--ray HOST:PORT` (or `auto`) joins a "
@@ -353,6 +356,8 @@ def reconstruct(
     resolution: Optional[str] = typer.Option(None, "--resolution", show_default=False, help=RESOLUTION_HELP),
     zoom: Optional[float] = typer.Option(None, "--zoom", min=0.0, show_default=False, help=ZOOM_HELP),
     precision: Optional[str] = typer.Option(None, "--precision", show_default=False, help=PRECISION_HELP),
+    photometric: Optional[bool] = typer.Option(None, "--photometric/--no-photometric", show_default=False,
+                                               help=PHOTOMETRIC_HELP),
     device: str = typer.Option(DEFAULTS.device, "--device", help=DEVICE_HELP),
     mapper: Mapper = typer.Option(Mapper(DEFAULTS.mapper), "--mapper", help=MAPPER_HELP),
     calibrate: Calibrate = typer.Option(Calibrate(DEFAULTS.calibrate), "--calibrate", help=CALIBRATE_HELP),
@@ -402,10 +407,10 @@ def reconstruct(
         raise typer.BadParameter(error, param_hint="--fallback")
     with _guard(verbose):
         if fallback is None:
-            m, fb = _resolve_matcher(matcher, resolution, device, zoom, precision), None
-        else:  # --resolution, --zoom and --precision are the fallback's
+            m, fb = _resolve_matcher(matcher, resolution, device, zoom, precision, photometric), None
+        else:  # --resolution, --zoom, --precision and --photometric are the fallback's
             m, fb = (_resolve_matcher(matcher or "sift", None, device),
-                     _resolve_matcher(fallback, resolution, device, zoom, precision))
+                     _resolve_matcher(fallback, resolution, device, zoom, precision, photometric))
         console.print(f"reconstructing [bold]{escape(str(images))}[/] -> [bold]{escape(str(out))}[/] "
                       f"(matcher: {escape(matchers.matcher_name(m))}"
                       + (f", fallback: {escape(matchers.matcher_name(fb))})" if fb is not None else ")"))
@@ -468,6 +473,8 @@ def match_cmd(
     resolution: Optional[str] = typer.Option(None, "--resolution", show_default=False, help=RESOLUTION_HELP),
     zoom: Optional[float] = typer.Option(None, "--zoom", min=0.0, show_default=False, help=ZOOM_HELP),
     precision: Optional[str] = typer.Option(None, "--precision", show_default=False, help=PRECISION_HELP),
+    photometric: Optional[bool] = typer.Option(None, "--photometric/--no-photometric", show_default=False,
+                                               help=PHOTOMETRIC_HELP),
     device: str = typer.Option(DEFAULTS.device, "--device", help=DEVICE_HELP),
     num_samples: int = typer.Option(DEFAULTS.num_samples, "--num-samples", min=1, help=NUM_SAMPLES_HELP),
     batch_size: int = typer.Option(DEFAULTS.batch_size, "--batch-size", min=1, help="RoMa: pairs per forward pass."),
@@ -494,7 +501,8 @@ def match_cmd(
 
     out = output or default_output(images) / "matches.h5"
     with _guard(verbose), output_lock(out.parent):
-        m = matchers.get_matcher(_resolve_matcher(matcher, resolution, device, zoom, precision), device=device)  # load errors first
+        m = matchers.get_matcher(_resolve_matcher(matcher, resolution, device, zoom, precision, photometric),
+                                 device=device)  # load errors first
         if pairs is not None and retrieval is not None:
             _fail("give --pairs or --retrieval, not both", code=2)
         if pairs is None:

@@ -11,7 +11,7 @@ import math
 import os
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
@@ -22,9 +22,10 @@ from PIL import Image
 
 from .io import IMAGENET_MEAN, IMAGENET_STD, ImageLike, as_rgb
 from .models.roma import RoMa, finalize
-from .presets import (BALANCED, CACHE_MB, DECODE_WORKERS, DEVICE, FIT, NUM_SAMPLES, PRECISION, PRECISIONS, ZOOM,
-                      ZOOM_ROUNDS, ZOOM_SUPPORT, RomaConfig, get_preset)
+from .presets import (BALANCED, CACHE_MB, DECODE_WORKERS, DEVICE, FIT, NUM_SAMPLES, PHOTOMETRIC, PRECISION,
+                      PRECISIONS, ZOOM, ZOOM_ROUNDS, ZOOM_SUPPORT, RomaConfig, get_preset)
 from .models.fuse import fuse_batchnorm
+from .refine import refine_matches, to_gray, warp_jacobian
 from .sampling import grid_density
 from .weights import load_model, weights_fingerprint
 
@@ -128,6 +129,8 @@ class MatchResult:
     sample_threshold: float = 0.05
     symmetric: bool = False
     box_A: tuple[float, float, float, float] = (-1.0, -1.0, 1.0, 1.0)  # A inside the warp's grid (content_box)
+    # the decoded images (RGB arrays), when the matcher refines sampled matches on them (photometric)
+    images: Optional[tuple[np.ndarray, np.ndarray]] = field(default=None, repr=False)
 
     def to_pixels(self, matches: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """(N,4) normalised -> pixels of the originals, COLMAP convention: ((N,2), (N,2)) float32."""
@@ -142,7 +145,8 @@ class MatchResult:
         """Draw matches by certainty (reference "threshold_balanced" sampling).
 
         Certainties above the threshold count as 1; 4*num candidates are drawn, then ``num`` of
-        them with probability 1/(1+KDE density) so matches spread over the image.
+        them with probability 1/(1+KDE density) so matches spread over the image. With ``images``
+        set, each match's B end is then refined on them (:func:`roma_sfm.refine.refine_matches`).
         Returns kpts_A (N,2), kpts_B (N,2) in original pixels (float32) and certainties (N,).
         """
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -163,6 +167,9 @@ class MatchResult:
             keep = torch.multinomial(p, min(num, n_cand), replacement=False, generator=gen)
             idx = idx[keep]
         ka, kb = self.to_pixels(matches[idx])
+        if self.images is not None:
+            jac = warp_jacobian(self.lookup, ka)
+            kb, _ = refine_matches(to_gray(self.images[0]), to_gray(self.images[1]), ka, kb, jac)
         return ka, kb, cert[idx].numpy().astype(np.float32)
 
     def lookup(self, kpts_A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -194,7 +201,7 @@ class Matcher:
     def __init__(self, model: RoMa, device: Union[str, torch.device] = DEVICE,
                  coarse_res: Optional[tuple[int, int]] = None, upsample_res: Optional[tuple[int, int]] = None,
                  symmetric: Optional[bool] = None, metadata: Optional[dict] = None, fuse: bool = False,
-                 fit: str = FIT, zoom: float = ZOOM, precision: str = PRECISION):
+                 fit: str = FIT, zoom: float = ZOOM, precision: str = PRECISION, photometric: bool = PHOTOMETRIC):
         cfg = model.cfg
         self.cfg = cfg
         self.device = resolve_device(device)
@@ -211,6 +218,7 @@ class Matcher:
             raise ValueError(f"fit must be one of {FITS}, not {fit!r}")
         self.fit = fit
         self.zoom = check_zoom(zoom)
+        self.photometric = bool(photometric)
         self.metadata = metadata or {}
         self.amp_dtype = autocast_dtype(self.device, precision)
 
@@ -301,7 +309,8 @@ class Matcher:
 
         warp, cert = self._decode(stack(0, False), stack(1, False), self.coarse_res,
                                   lambda: (stack(0, True), stack(1, True)))
-        return [self.zoom_in(r, a, b, cache, key) for r, (a, b), key in zip(self._results(warp, cert, rgbs), rgbs, keys)]
+        out = [self.zoom_in(r, a, b, cache, key) for r, (a, b), key in zip(self._results(warp, cert, rgbs), rgbs, keys)]
+        return [replace(r, images=pair) for r, pair in zip(out, rgbs)] if self.photometric else out
 
     def match(self, a: ImageLike, b: ImageLike) -> MatchResult:
         """Match two images (paths, PIL images or arrays of any size, aspect, bit depth)."""
@@ -571,7 +580,7 @@ def load_matcher(name_or_path: Optional[Union[str, os.PathLike]] = None, weights
                  coarse_res: Optional[Union[int, tuple[int, int]]] = None,
                  upsample_res: Optional[Union[int, tuple[int, int]]] = None, symmetric: Optional[bool] = None,
                  device: Union[str, torch.device] = DEVICE, fit: str = FIT, zoom: float = ZOOM,
-                 precision: str = PRECISION) -> Matcher:
+                 precision: str = PRECISION, photometric: bool = PHOTOMETRIC) -> Matcher:
     """Load a matcher.
 
     ``name_or_path``: None (the project's shipped model), a preset name (``roma-outdoor`` /
@@ -583,10 +592,11 @@ def load_matcher(name_or_path: Optional[Union[str, os.PathLike]] = None, weights
     its aspect (letterbox, :func:`to_tensor`). ``zoom``: match again on the covisible crop when one
     image shows the other's content this many times larger (:meth:`Matcher.zoom_in`; 0: never).
     ``precision``: "auto" (autocast on CUDA), "fp32" or "bf16" (autocast on any device, :func:`autocast_dtype`).
+    ``photometric``: refine each sampled match on the images (:mod:`roma_sfm.refine`).
     """
     model, meta = load_model(name_or_path, weights, dinov2_weights)
     return Matcher(model, device, _pair(coarse_res), upsample_res, symmetric, meta, fuse=True, fit=fit, zoom=zoom,
-                   precision=precision)
+                   precision=precision, photometric=photometric)
 
 
 def random_matcher(preset: Union[str, RomaConfig], device=DEVICE, seed: int = 0, **kw) -> Matcher:

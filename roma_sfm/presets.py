@@ -22,6 +22,7 @@ ZOOM_SUPPORT = (2, 3)  # with the zoom on, a failed match searches these downsam
 # everywhere), "bf16" (bfloat16 autocast also on CPUs, faster on CPUs with bf16 units, slightly less accurate)
 PRECISION = "auto"
 PRECISIONS = ("auto", "fp32", "bf16")
+PHOTOMETRIC = True  # move each sampled match's B end to where its patch fits best (roma_sfm.refine)
 FIT = "stretch"  # how an image fills the matcher's input: "stretch" (resize to it) or "pad" (keep aspect, letterbox)
 
 

@@ -269,6 +269,28 @@ def test_matcher_option_is_signed_into_the_matches(tmp_path, option, cases, bad)
     assert res.exit_code == 2 and option in res.output and not (tmp_path / "bad.h5").exists()
 
 
+def test_photometric_refinement_is_on_by_default_and_signed_into_the_matches(tmp_path):
+    """`match --no-photometric` keeps the raw warp's matches, and the signature says which."""
+    import torch
+
+    from conftest import micro_config
+    from roma_sfm import save_checkpoint
+    from roma_sfm.models.roma import RoMa
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "micro.safetensors", RoMa(micro_config()).eval())
+    (tmp_path / "pairs.txt").write_text("0000.jpg 0001.jpg\n")
+    found = {}
+    for flag in ((), ("--no-photometric",), ("--photometric",)):
+        out = tmp_path / f"{len(flag) and flag[0]}.h5"
+        res = invoke("match", IMAGES, "--pairs", tmp_path / "pairs.txt", "-o", out, "--matcher", ckpt,
+                     "--num-samples", 50, "--device", "cpu", *flag)
+        assert res.exit_code == 0, res.output
+        with h5py.File(out, "r") as f:
+            found[flag] = json.loads(f.attrs["matcher_signature"])["photometric"]
+    assert found == {(): True, ("--no-photometric",): False, ("--photometric",): True}
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help(command):
     res = invoke(command, "--help")

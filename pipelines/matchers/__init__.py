@@ -53,11 +53,13 @@ class Resolved:
 
 
 def resolve(spec: Optional[str], resolution: Optional[str] = None, device: str = DEVICE,
-            zoom: Optional[float] = None, precision: Optional[str] = None) -> Resolved:
-    """The matcher of the ``--matcher`` / ``--resolution`` / ``--zoom`` / ``--precision`` options.
+            zoom: Optional[float] = None, precision: Optional[str] = None,
+            photometric: Optional[bool] = None) -> Resolved:
+    """The matcher of the ``--matcher`` / ``--resolution`` / ``--zoom`` / ``--precision`` /
+    ``--photometric`` options.
 
     No spec: 'roma' when the shipped weights are recommended, else 'sift' with a note saying why.
-    A resolution, a zoom or a precision loads the RoMa matcher at once (ignored for SIFT, with a
+    A resolution, a zoom, a precision or a photometric setting loads the RoMa matcher at once (ignored for SIFT, with a
     note). Raises :class:`MatcherSpecError` for a name that is no matcher, weights that are missing,
     a bad zoom or an unknown precision.
     """
@@ -88,7 +90,8 @@ def resolve(spec: Optional[str], resolution: Optional[str] = None, device: str =
         raise MatcherSpecError(str(e), "--precision") from None
     low = spec.lower()
     if low in sift.confs:
-        for option, value in (("--resolution", res), ("--zoom", zoom), ("--precision", precision)):
+        for option, value in (("--resolution", res), ("--zoom", zoom), ("--precision", precision),
+                              ("--photometric", photometric)):
             if value is not None:
                 notes.append(f"{option} applies to RoMa matchers only; ignored for SIFT")
         return Resolved(low, notes)
@@ -100,7 +103,8 @@ def resolve(spec: Optional[str], resolution: Optional[str] = None, device: str =
     elif spec not in PRESETS and not Path(spec).is_file():
         raise MatcherSpecError(f"'{spec}' is not 'roma', 'sift', a preset ({', '.join(PRESETS)}) or an "
                                "existing checkpoint file", "--matcher")
-    kw = {**(res or {}), **{k: v for k, v in (("zoom", zoom), ("precision", precision)) if v is not None}}
+    kw = {**(res or {}), **{k: v for k, v in (("zoom", zoom), ("precision", precision), ("photometric", photometric))
+                            if v is not None}}
     if not kw:
         return Resolved(spec, notes)
     return Resolved(get_matcher(spec, device=device, **kw), notes)

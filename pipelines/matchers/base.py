@@ -23,7 +23,8 @@ from ...weights import weights_fingerprint
 from ..utils import jsonable
 
 # matcher attributes that change its matches and go into the report's config and the signature
-RESOLUTION_KEYS = ("coarse_res", "upsample_res", "symmetric", "fit", "zoom", "support_factors", "precision")
+RESOLUTION_KEYS = ("coarse_res", "upsample_res", "symmetric", "fit", "zoom", "support_factors", "precision",
+                   "photometric")
 
 
 @runtime_checkable

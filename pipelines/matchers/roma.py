@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 from ...presets import DEVICE
 
-LOAD_KEYS = ("weights", "coarse_res", "upsample_res", "symmetric", "fit", "zoom", "precision")
+LOAD_KEYS = ("weights", "coarse_res", "upsample_res", "symmetric", "fit", "zoom", "precision", "photometric")
 
 
 def load(spec: Union[str, Path], device: str = DEVICE, **kwargs) -> Any:
