@@ -59,9 +59,9 @@ def resolve(spec: Optional[str], resolution: Optional[str] = None, device: str =
     ``--photometric`` options.
 
     No spec: 'roma' when the shipped weights are recommended, else 'sift' with a note saying why.
-    A resolution, a zoom, a precision or a photometric setting loads the RoMa matcher at once (ignored for SIFT, with a
-    note). Raises :class:`MatcherSpecError` for a name that is no matcher, weights that are missing,
-    a bad zoom or an unknown precision.
+    A resolution, a zoom, a precision or a photometric setting loads the RoMa matcher at once
+    (ignored for SIFT, with a note). Raises :class:`MatcherSpecError` for a name that is no
+    matcher, weights that are missing, a bad zoom or an unknown precision.
     """
     from ...matcher import check_precision, check_zoom
     from ...presets import PRESETS
