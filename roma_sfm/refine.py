@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -46,23 +47,17 @@ def to_gray(rgb: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x))
 
 
-def gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(H,W) -> (H,W), separable Gaussian of std ``sigma`` px (none at 0), edges replicated."""
-    if sigma <= 0:
-        return img
-    r = max(1, int(3 * sigma + 0.5))
-    t = torch.arange(-r, r + 1, dtype=img.dtype)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    x = F.conv2d(F.pad(img[None, None], (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
-    return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))[0, 0]
+def blurred(img: torch.Tensor, sigma: float) -> np.ndarray:
+    """(H,W) -> (H,W) float32 array, Gaussian of std ``sigma`` px (none at 0), edges replicated (OpenCV)."""
+    x = img.numpy()
+    return cv2.GaussianBlur(x, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE) if sigma > 0 else x
 
 
-def sobel(img: torch.Tensor) -> torch.Tensor:
-    """(H,W) -> (2,H,W): d/dx and d/dy (Sobel, per pixel), edges replicated."""
-    k = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=img.dtype) / 8
-    x = F.pad(img[None, None], (1, 1, 1, 1), mode="replicate")
-    return F.conv2d(x, torch.stack((k, k.T))[:, None])[0]
+def with_gradients(img: np.ndarray) -> torch.Tensor:
+    """(H,W) -> (3,H,W): the image, d/dx and d/dy (Sobel / 8, per pixel; edges replicated)."""
+    d = [cv2.Sobel(img, cv2.CV_32F, dx, 1 - dx, ksize=3, scale=1 / 8, borderType=cv2.BORDER_REPLICATE)
+         for dx in (1, 0)]
+    return torch.from_numpy(np.stack([img, *d]))
 
 
 def sample(img: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
@@ -120,15 +115,14 @@ def refine_matches(gray_A: torch.Tensor, gray_B: torch.Tensor, kpts_A: np.ndarra
         return kb.numpy().copy(), np.zeros(n, np.float32)
     det = det.clamp(max_scale ** -2, max_scale ** 2)
     scale = float(det[regular].sqrt().median())  # B's scale over A's, for the pair
-    A = gaussian_blur(gray_A, antialias * max(0.0, scale ** -2 - 1) ** 0.5)
-    B = gaussian_blur(gray_B, antialias * max(0.0, scale ** 2 - 1) ** 0.5)
-    stack_B = torch.cat((B[None], sobel(B)))[None]
+    A = torch.from_numpy(blurred(gray_A, antialias * max(0.0, scale ** -2 - 1) ** 0.5))
+    stack_B = with_gradients(blurred(gray_B, antialias * max(0.0, scale ** 2 - 1) ** 0.5))[None]
     o = torch.arange(-radius, radius + 1, dtype=torch.float32)
     oy, ox = torch.meshgrid(o, o, indexing="ij")
     grid = torch.stack((ox.reshape(-1), oy.reshape(-1)), dim=-1)  # (P,2)
     off_A = grid[None] * (1 / det.sqrt()).clamp(max=1.0)[:, None, None]  # 1 px apart in the finer image
     T, sd_T = _normalise(sample(A[None], ka[:, None] + off_A)[0], min_std)
-    hb, wb = B.shape
+    hb, wb = gray_B.shape
     to_unit = torch.tensor([2 / wb, 2 / hb])  # px -> grid_sample's coordinates (align_corners=False)
     off_B = torch.einsum("nij,npj->npi", jac, off_A) * to_unit  # (N,P,2)
     start = kb * to_unit - 1
@@ -156,6 +150,5 @@ def refine_matches(gray_A: torch.Tensor, gray_B: torch.Tensor, kpts_A: np.ndarra
         step = step * (norm.clamp(max=1.0) / norm.clamp_min(1e-12))  # at most 1 px a step
         t[active] += step
         active = active[norm[:, 0] > tol]
-    shift = t.norm(dim=-1)
-    t[~(shift <= max_shift)] = 0  # also NaN
+    t[~(t.norm(dim=-1) <= max_shift)] = 0  # also NaN
     return (kb + t).numpy(), t.norm(dim=-1).numpy()
