@@ -12,11 +12,14 @@ transfer error per match:
   position is one per image). Exact for sparse matchers (SIFT: one keypoint per cell), no help for
   uniformly sampled dense matches.
 - ``"flow"`` (default): starts from "mean", then enforces the matches themselves: for every cell
-  match (a, b) a local affine map A->B is fitted (weighted least squares, regularized towards a
-  translation) to the raw matches of that pair whose A point lies in cell a, and B->A likewise for
-  cell b; a few damped Jacobi sweeps move each keypoint to the average of the positions its matches
-  predict (with a weak pull to the "mean" position and a clamp to its cell). Consistent across pairs
-  because there is one position per keypoint.
+  match (a, b) a local affine map A->B is fitted (weighted least squares) to the raw matches of that
+  pair whose A point lies in cell a, and B->A likewise for cell b; a few damped Jacobi sweeps move
+  each keypoint to the average of the positions its matches predict (with a weak pull to the "mean"
+  position and a clamp to its cell). Consistent across pairs because there is one position per
+  keypoint. A cell holds one to three raw points of a pair, too few for the map's linear part, so
+  that part leans on the pair's affine map over a coarser cell of ``affine_cell`` px (tens of
+  points). Leaning on the identity instead (a translation) puts keypoints a pixel or more off where
+  two views differ in scale (tests/test_pipeline_tracks.py), and tenths of a pixel on real scenes.
 
 The files it writes (``features.h5``, ``matches_idx.h5``) and their crash safety: :mod:`.h5io`.
 """
@@ -31,7 +34,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import pycolmap
 
-from .h5io import consolidate, iter_pair_matches, read_features, read_index_matches, write_features, write_index_matches
+from .h5io import consolidate, iter_pair_matches, matches_kind, read_features, read_index_matches, write_features, write_index_matches
 from .utils import h5_in_memory, logger
 
 Pair = tuple[str, str]
@@ -40,8 +43,10 @@ Pair = tuple[str, str]
 # the score is pair_score(): mean certainty x epipolar inlier share
 MAX_KEYPOINTS = 16384
 confs = {
-    "dense": {"cell_size": 4.0, "max_keypoints": MAX_KEYPOINTS, "refine": "flow", "min_pair_score": 0.07},
-    "sparse": {"cell_size": 2.0, "max_keypoints": MAX_KEYPOINTS, "refine": "flow", "min_pair_score": 0.0},
+    "dense": {"cell_size": 4.0, "max_keypoints": MAX_KEYPOINTS, "refine": "flow", "min_pair_score": 0.07,
+              "affine_cell": 16.0},
+    "sparse": {"cell_size": 2.0, "max_keypoints": MAX_KEYPOINTS, "refine": "flow", "min_pair_score": 0.0,
+               "affine_cell": 0.0},
 }
 DEFAULTS = confs["dense"]
 
@@ -112,11 +117,12 @@ def _cell_centres(ids: np.ndarray, size: tuple[int, int], cell: float) -> np.nda
 
 
 def _local_affine(groups: np.ndarray, p: np.ndarray, q: np.ndarray, w: np.ndarray, n: int,
-                  reg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  reg: float, prior: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Weighted LS affine q ~ M (p - pm) + qm per group id in [0, n).
 
     Returns pm (n, 2), qm (n, 2), M (n, 2, 2). ``reg`` (px^2) ridge-regularizes the covariance
-    towards M = I, so that groups with one or collinear points fall back to a translation.
+    towards M = ``prior`` (n, 2, 2) (default: I), so that groups with one or collinear points fall
+    back to the prior's linear part.
     """
     sw = np.bincount(groups, w, n) + 1e-12
     pm = np.stack([np.bincount(groups, w * p[:, i], n) for i in range(2)], -1) / sw[:, None]
@@ -129,13 +135,26 @@ def _local_affine(groups: np.ndarray, p: np.ndarray, q: np.ndarray, w: np.ndarra
             Cpp[:, i, j] = np.bincount(groups, w * dp[:, i] * dp[:, j], n)
             Cqp[:, i, j] = np.bincount(groups, w * dq[:, i] * dp[:, j], n)
     eye = np.eye(2)[None] * (reg * sw)[:, None, None]
-    M = (Cqp + eye) @ np.linalg.inv(Cpp + eye)
+    M = (Cqp + (eye if prior is None else prior @ eye)) @ np.linalg.inv(Cpp + eye)
     return pm, qm, M
+
+
+def _coarse_affine(p: np.ndarray, q: np.ndarray, w: np.ndarray, at: np.ndarray, size: tuple[int, int],
+                   cell: float, reg: float, max_zoom: float = 4.0) -> np.ndarray:
+    """The affine map's linear part (K, 2, 2) at the points ``at`` (K, 2), fitted per ``cell``-px cell
+    to the matches p -> q (N, 2) with weights w (N,). A cell whose fit zooms lengths by more than
+    ``max_zoom`` (or less than its inverse: a mix of two motions, or outliers) gives the identity."""
+    ncols, nrows = int(np.ceil(size[0] / cell)), int(np.ceil(size[1] / cell))
+    _, _, M = _local_affine(_cells(p, size, cell), p, q, w, ncols * nrows, reg)
+    det = np.abs(np.linalg.det(M))
+    M[~((det > max_zoom ** -2) & (det < max_zoom ** 2))] = np.eye(2)
+    return M[_cells(at, size, cell)]
 
 
 def build_tracks(pair_matches: dict[Pair, tuple[np.ndarray, np.ndarray, np.ndarray]],
                  sizes: dict[str, tuple[int, int]], cell_size: float = DEFAULTS["cell_size"],
-                 max_keypoints: int = DEFAULTS["max_keypoints"], refine: str = DEFAULTS["refine"], iterations: int = 50, prior_weight: float = 0.01):
+                 max_keypoints: int = DEFAULTS["max_keypoints"], refine: str = DEFAULTS["refine"], iterations: int = 50,
+                 prior_weight: float = 0.01, affine_cell: float = DEFAULTS["affine_cell"]):
     """Quantize the raw matches of every pair onto per-image keypoints (see module docstring).
 
     pair_matches: (name0, name1) -> (kpts0 (N,2), kpts1 (N,2), scores (N,)) in pixels.
@@ -203,11 +222,12 @@ def build_tracks(pair_matches: dict[Pair, tuple[np.ndarray, np.ndarray, np.ndarr
     # 3) sub-pixel refinement by match consistency
     if refine == "flow" and pairs:
         keypoints = _refine_flow(pairs, pair_matches, raw_kp, keypoints, kp_mean, matches, sizes, cell_size,
-                                 iterations, prior_weight)
+                                 iterations, prior_weight, affine_cell)
     return ({n: k.astype(np.float32) for n, k in keypoints.items()}, kp_scores, matches)
 
 
-def _refine_flow(pairs, pair_matches, raw_kp, keypoints, prior, matches, sizes, cell, iterations, prior_weight):
+def _refine_flow(pairs, pair_matches, raw_kp, keypoints, prior, matches, sizes, cell, iterations, prior_weight,
+                 affine_cell):
     """Damped Jacobi on  sum_e |x_b - f_e(x_a)|^2 + |x_a - g_e(x_b)|^2 + w0 sum_k |x_k - prior_k|^2."""
     names = list(keypoints)
     offset = dict(zip(names, np.cumsum([0] + [len(keypoints[n]) for n in names[:-1]])))
@@ -227,7 +247,8 @@ def _refine_flow(pairs, pair_matches, raw_kp, keypoints, prior, matches, sizes, 
                                                  (b, a, k1, k0, raw_kp[(pi, 1)], idx[:, 1], idx[:, 0])):
             # affine fit per source keypoint over this pair's raw matches whose source point is in its cell
             ok = ia >= 0
-            pm, qm, M = _local_affine(ia[ok], pa[ok], pb[ok], sc[ok], len(keypoints[sa]), reg)
+            prior_M = _coarse_affine(pa, pb, sc, keypoints[sa], sizes[sa], affine_cell, reg) if affine_cell > 0 else None
+            pm, qm, M = _local_affine(ia[ok], pa[ok], pb[ok], sc[ok], len(keypoints[sa]), reg, prior=prior_M)
             Ms = M[s_idx]
             src.append(s_idx + offset[sa])
             dst.append(d_idx + offset[sb])
@@ -265,17 +286,21 @@ def transfer_error(features: Path, matches_idx: Path,
 
 
 def main(matches: Path, features: Path, matches_idx: Path, cell_size: float = DEFAULTS["cell_size"],
-         max_keypoints: int = DEFAULTS["max_keypoints"], refine: str = DEFAULTS["refine"], pairs: Optional[Sequence[Pair]] = None, min_pair_score: float = 0.0) -> TrackStats:
+         max_keypoints: int = DEFAULTS["max_keypoints"], refine: str = DEFAULTS["refine"], pairs: Optional[Sequence[Pair]] = None, min_pair_score: float = 0.0,
+         affine_cell: Optional[float] = None) -> TrackStats:
     """Read matches.h5, build shared keypoints, write features.h5 and matches_idx.h5 (atomically).
 
     ``min_pair_score``: a pair whose ``pair_score`` (mean certainty x epipolar inlier share) is below
     it is left out (it adds no keypoints and no matches). A dense matcher samples its matches even
     between views that share nothing, and such pairs pass COLMAP's looser verification on smooth
-    wrong warps.
+    wrong warps. ``affine_cell`` (None: the value of the matches' kind in ``confs``): see the module
+    docstring.
     """
     t0 = time.perf_counter()
     matches = Path(matches)
     consolidate(matches)  # pick up pairs a killed match run left in the journal
+    if affine_cell is None:
+        affine_cell = confs[matches_kind(matches)]["affine_cell"]
     wanted = None if pairs is None else {tuple(sorted(p)) for p in pairs}
     pair_matches, sizes, rejected = {}, {}, []
     for a, b, k0, k1, scores, s0, s1 in iter_pair_matches(matches):
@@ -288,7 +313,8 @@ def main(matches: Path, features: Path, matches_idx: Path, cell_size: float = DE
                 continue
         pair_matches[(a, b)] = (k0, k1, scores)
         sizes[a], sizes[b] = s0, s1
-    kps, kp_scores, idx_matches = build_tracks(pair_matches, sizes, cell_size, max_keypoints, refine)
+    kps, kp_scores, idx_matches = build_tracks(pair_matches, sizes, cell_size, max_keypoints, refine,
+                                               affine_cell=affine_cell)
     run_id = uuid.uuid4().hex
     with h5_in_memory(matches_idx) as f:
         write_index_matches(f, kps, idx_matches, run_id)

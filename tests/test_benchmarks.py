@@ -187,3 +187,23 @@ def test_matcher_spec_takes_the_cli_resolution():
         common.build_matcher("roma-tiny@225", "cpu")
     with pytest.raises(MatcherSpecError, match="precision"):
         common.build_matcher("roma-tiny+fp8", "cpu")
+
+
+# --------------------------------------------------------------------------------------------- remap
+def test_remap_ground_truth_epipolar_error_is_zero_on_true_matches_and_grows_with_an_offset():
+    """benchmarks/remap.py measures index matches in COLMAP pixels against GT cameras (pixel centres
+    at integers): true projections score ~0, and a 2 px shift across the epipolar lines in one image
+    scores about 2 / sqrt(2) (the Sampson distance spreads the error over both images)."""
+    remap = load_benchmark("remap")
+    evaluate = remap.evaluate
+    rng = np.random.default_rng(4)
+    K = np.array([[600.0, 0, 320], [0, 600, 240], [0, 0, 1]])
+    R, t = _rot([0, 1, 0.2], 12), np.array([-1.0, 0.1, 0.2])
+    x0, x1 = _synthetic_pair(rng, np.r_[np.c_[R, t], [[0, 0, 0, 1]]], K)
+    c0, c1 = evaluate.GTCamera(K, np.eye(3), np.zeros(3)), evaluate.GTCamera(K, R, t)
+    F = remap.gt_fundamental(c0, c1)
+    assert np.sqrt(remap.mapping.sampson_errors(F, x0, x1)).max() < 1e-6
+    line = np.c_[x0, np.ones(len(x0))] @ F.T  # epipolar lines in image 1
+    normal = line[:, :2] / np.linalg.norm(line[:, :2], axis=1, keepdims=True)
+    d = np.sqrt(remap.mapping.sampson_errors(F, x0, x1 + 2.0 * normal))
+    assert np.allclose(np.median(d), 2.0 / np.sqrt(2), atol=0.2)

@@ -24,7 +24,8 @@ def test_sparse_matches_keep_exact_positions():
     pts = {n: rng.random((300, 2)) * [400, 300] for n in "abc"}
     pm = {(a, b): (pts[a][:200].astype(np.float32), pts[b][:200].astype(np.float32), np.ones(200, np.float32))
           for a, b in [("a", "b"), ("a", "c"), ("b", "c")]}
-    kps, _, m = tracks.build_tracks(pm, {n: (400, 300) for n in "abc"}, cell_size=2.0, refine="flow")
+    kps, _, m = tracks.build_tracks(pm, {n: (400, 300) for n in "abc"}, cell_size=2.0, refine="flow",
+                                    affine_cell=tracks.confs["sparse"]["affine_cell"])
     for (a, b), (idx, _) in m.items():
         assert len(idx) > 190
         # matched keypoints are the original points of the same index
@@ -33,6 +34,37 @@ def test_sparse_matches_keep_exact_positions():
         assert (d == e).mean() > 0.98
         err = np.linalg.norm(kps[a][idx[:, 0]] - pts[a][d], axis=1)
         assert np.percentile(err, 95) < 1e-3  # a few cells hold two points: those are merged
+
+
+def test_flow_takes_the_linear_part_from_the_coarse_cell_across_zoom():
+    """Views 1.8x and 0.6x apart, dense samples (one to three per cell per pair): the linear part of the
+    per-cell maps comes from the coarse cells, so the keypoints land where the map puts them; leaning
+    on the identity (``affine_cell=0``) leaves them more than a pixel off (median)."""
+    rng = np.random.default_rng(3)
+    size = (480, 360)
+    maps = {"a": np.eye(3), "b": np.array([[1.8 * np.cos(0.3), -1.8 * np.sin(0.3), -90], [1.8 * np.sin(0.3), 1.8 * np.cos(0.3), -160], [0, 0, 1]]),
+            "c": np.array([[0.6, 0.1, 120], [-0.05, 0.7, 60], [0, 0, 1]])}  # world (= a) -> image
+
+    def to(n, xy_a):  # a's pixels -> n's pixels
+        return xy_a @ maps[n][:2, :2].T + maps[n][:2, 2]
+
+    pm = {}
+    for x, y in [("a", "b"), ("a", "c"), ("b", "c")]:
+        pts = rng.random((60000, 2)) * size  # in x, kept where y sees them
+        world = (pts - maps[x][:2, 2]) @ np.linalg.inv(maps[x][:2, :2]).T
+        q = to(y, world)
+        ok = (q >= 0).all(1) & (q < size).all(1)
+        ok &= np.arange(len(ok)) < np.flatnonzero(ok)[min(9999, ok.sum() - 1)] + 1  # ~10000 samples
+        pm[(x, y)] = (pts[ok].astype(np.float32), q[ok].astype(np.float32), np.ones(ok.sum(), np.float32))
+    errs = {}
+    for affine_cell in (0.0, 16.0):
+        kps, _, m = tracks.build_tracks(pm, {n: size for n in maps}, cell_size=4.0, affine_cell=affine_cell)
+        e = []
+        for (x, y), (idx, _) in m.items():
+            world = (kps[x][idx[:, 0]] - maps[x][:2, 2]) @ np.linalg.inv(maps[x][:2, :2]).T
+            e.append(np.linalg.norm(to(y, world) - kps[y][idx[:, 1]], axis=1))
+        errs[affine_cell] = float(np.median(np.concatenate(e)))
+    assert errs[16.0] < 0.05 and errs[16.0] < 0.3 * errs[0.0], errs
 
 
 def test_files_and_transfer_error(tmp_path):
