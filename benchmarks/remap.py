@@ -7,7 +7,8 @@ repeated, so a comparison costs tens of seconds a run instead of minutes.
 
 For each ``<outputs>/<matcher dir>/<run>/matches.h5`` (the layout ``benchmarks/sfm.py --outputs``
 writes; the images and ground truth come from ``<outputs>/variants/<run>`` or ``--data/<run>``) and
-each ``--option`` (a label and a JSON dict of ``tracks.main`` keyword arguments), it reports the
+each ``--option`` (a label and a JSON dict of ``tracks.main`` keyword arguments, and under
+``"mapping"`` those of ``mapping.main``), it reports the
 median epipolar error of the index matches under the ground-truth cameras (Sampson distance, px)
 and AUC@3 deg, the mean and spread over ``--seeds``.
 
@@ -62,13 +63,15 @@ def epipolar_median(features: Path, matches_idx: Path, gt: dict[str, evaluate.GT
 def remap(run: Path, images: Path, poses_gt: Path, options: dict, seed: int, num_threads: int) -> tuple[float, float]:
     """(epipolar median px, AUC@3) of one option set and mapper seed on a run's matches."""
     kind = matches_kind(run / "matches.h5")
+    options = dict(options)
+    map_options = {"options": mapping.mapper_options[kind], "num_threads": num_threads, "seed": seed,
+                   **mapping.verification_options[kind], **options.pop("mapping", {})}
     work = Path(tempfile.mkdtemp(prefix="remap-"))
     try:
         tracks.main(run / "matches.h5", work / "features.h5", work / "matches_idx.h5",
                     min_pair_score=tracks.confs[kind]["min_pair_score"], **options)
         epi = epipolar_median(work / "features.h5", work / "matches_idx.h5", evaluate.read_poses_gt(poses_gt))
-        res = mapping.main(work / "sfm", images, work / "features.h5", work / "matches_idx.h5",
-                           options=mapping.mapper_options[kind], num_threads=num_threads, seed=seed)
+        res = mapping.main(work / "sfm", images, work / "features.h5", work / "matches_idx.h5", **map_options)
         return epi, evaluate.evaluate_reconstruction(res.reconstruction, poses_gt)["auc@3"]
     finally:
         shutil.rmtree(work, ignore_errors=True)

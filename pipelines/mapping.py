@@ -27,6 +27,7 @@ Refuses (ValueError) features.h5 and matches_idx.h5 from two different runs of t
 from __future__ import annotations
 
 import os
+import copy
 import shutil
 import time
 from collections import Counter, deque
@@ -57,13 +58,24 @@ mapper_options = {
     "sparse": {"incremental": {}, "global": {}},
 }
 
+# Verification over the defaults, by matches kind. Dense matches refined on the photos sit well under
+# a pixel from their epipolar lines; the ones COLMAP's 4 px also admits (1-4 px off) bent the
+# uncalibrated rows. Their threshold is 1.5 px, or 2e-3 of the pair's longer side where that is more
+# (large photos: the matcher works at a fixed size, so its error in pixels grows with the photo).
+# Measured in docs/design/uncalibrated.md; SIFT keeps COLMAP's 4 px.
+verification_options = {
+    "dense": {"ransac_max_error": 1.5, "ransac_max_error_ratio": 2e-3},
+    "sparse": {},
+}
+
 T = TypeVar("T")
 R = TypeVar("R")
 
 # the step's defaults (reconstruct and the CLI read them here)
 confs = {
     "default": {"mapper": "global", "camera_mode": "auto", "camera_model": "SIMPLE_RADIAL", "min_model_size": 3,
-                "min_num_inliers": 15, "ransac_max_error": 4.0, "ransac_max_trials": 1000, "max_rotation_error": 30.0,
+                "min_num_inliers": 15, "ransac_max_error": 4.0, "ransac_max_error_ratio": 0.0,
+                "ransac_max_trials": 1000, "max_rotation_error": 30.0,
                 "num_threads": -1, "seed": 0, "calibrate": "compare"},
 }
 DEFAULTS = confs["default"]
@@ -308,7 +320,8 @@ def import_matches(database: Path, image_ids: dict[str, int], matches_idx: Path,
                    ransac_max_error: float = DEFAULTS["ransac_max_error"], skip_geometric_verification: bool = False,
                    seed: int = DEFAULTS["seed"], num_threads: int = 1,
                    ransac_max_trials: int = DEFAULTS["ransac_max_trials"],
-                   max_rotation_error: float = DEFAULTS["max_rotation_error"]) -> VerificationStats:
+                   max_rotation_error: float = DEFAULTS["max_rotation_error"],
+                   ransac_max_error_ratio: float = DEFAULTS["ransac_max_error_ratio"]) -> VerificationStats:
     """Write raw matches and verified two-view geometries of every pair into ``database``.
 
     Pairs with fewer than ``min_num_inliers`` matches cannot be verified and skip RANSAC (counted as
@@ -317,7 +330,9 @@ def import_matches(database: Path, image_ids: dict[str, int], matches_idx: Path,
     COLMAP's cap, 10000, which only pairs with a low inlier ratio reach, at ~10x the cost, for hardly
     any more inliers: docs/design/mapping.md). A verified pair whose relative rotation is more than
     ``max_rotation_error`` deg from the robust average over all pairs (``viewgraph``; 0 disables)
-    keeps its matches but not its geometry, and is listed in ``rotation_outliers``.
+    keeps its matches but not its geometry, and is listed in ``rotation_outliers``. A pair's RANSAC
+    threshold is ``ransac_max_error`` px, or ``ransac_max_error_ratio`` x its longer image side where
+    that is more.
     """
     matches = read_index_matches(matches_idx)
     stats = VerificationStats(num_pairs=len(matches))
@@ -345,7 +360,12 @@ def import_matches(database: Path, image_ids: dict[str, int], matches_idx: Path,
                 tvg = pycolmap.TwoViewGeometry()
                 tvg.config = degenerate
             else:
-                tvg = pycolmap.estimate_two_view_geometry(cams[a], kps[a], cams[b], kps[b], idx, opts)
+                pair_opts = opts
+                longer = max(cams[a].width, cams[a].height, cams[b].width, cams[b].height)
+                if ransac_max_error_ratio * longer > ransac_max_error:
+                    pair_opts = copy.deepcopy(opts)
+                    pair_opts.ransac.max_error = ransac_max_error_ratio * longer
+                tvg = pycolmap.estimate_two_view_geometry(cams[a], kps[a], cams[b], kps[b], idx, pair_opts)
             return tvg
 
         threads = 1 if skip_geometric_verification else _resolve_threads(num_threads)
@@ -577,6 +597,7 @@ def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_
          mapper: str = DEFAULTS["mapper"], camera_model: str = DEFAULTS["camera_model"],
          min_model_size: int = DEFAULTS["min_model_size"], min_num_inliers: int = DEFAULTS["min_num_inliers"],
          ransac_max_error: float = DEFAULTS["ransac_max_error"],
+         ransac_max_error_ratio: float = DEFAULTS["ransac_max_error_ratio"],
          ransac_max_trials: int = DEFAULTS["ransac_max_trials"], skip_geometric_verification: bool = False,
          num_threads: int = DEFAULTS["num_threads"], seed: int = DEFAULTS["seed"], options: Optional[dict] = None,
          max_rotation_error: float = DEFAULTS["max_rotation_error"], calibrate: str = DEFAULTS["calibrate"],
@@ -626,7 +647,8 @@ def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_
             drop_focal_priors(database)
         ver = import_matches(database, image_ids, matches_idx, min_num_inliers, ransac_max_error,
                              skip_geometric_verification, seed, num_threads=num_threads,
-                             ransac_max_trials=ransac_max_trials, max_rotation_error=max_rotation_error)
+                             ransac_max_trials=ransac_max_trials, max_rotation_error=max_rotation_error,
+                             ransac_max_error_ratio=ransac_max_error_ratio)
         times["verification"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         models: dict = {}

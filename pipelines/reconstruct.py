@@ -150,7 +150,8 @@ def map_matches(images: Path, outputs: Path, matches: Path, config: ReconstructC
                 max_rotation_error=config.max_rotation_error, overwrite=config.overwrite, progress=config.progress)
         fixed = out.principal_points.points
     with Timer(times, "mapping"):
-        out.mapping = mapping.main(outputs / "sfm", images, features, matches_idx, camera_mode=config.camera_mode,
+        out.mapping = mapping.main(outputs / "sfm", images, features, matches_idx, **mapping.verification_options[kind],
+                                   camera_mode=config.camera_mode,
                                    mapper=config.mapper, num_threads=config.num_threads, seed=config.seed,
                                    options=options, max_rotation_error=config.max_rotation_error,
                                    calibrate=config.calibrate, principal_points=fixed,

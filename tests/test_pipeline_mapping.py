@@ -271,6 +271,34 @@ def test_pairs_below_min_inliers_skip_ransac(run, tmp_path, monkeypatch):
     assert all(len(m) >= threshold for _, m in _tvgs(tmp_path / "db.db").values())
 
 
+def test_verification_threshold_is_px_or_a_share_of_the_longer_side(run, tmp_path, monkeypatch):
+    """Each pair's RANSAC threshold is ransac_max_error px, or ransac_max_error_ratio x the pair's longer
+    image side where that is more; dense matches get the tighter kind's options."""
+    out, _ = run
+    thresholds = []
+    real = pycolmap.estimate_two_view_geometry
+
+    def spy(*args):
+        thresholds.append(args[5].ransac.max_error)
+        return real(*args)
+
+    monkeypatch.setattr(mapping.pycolmap, "estimate_two_view_geometry", spy)
+    inliers = {}
+    for label, kw in {"sparse": mapping.verification_options["sparse"], "dense": mapping.verification_options["dense"],
+                      "ratio": {"ransac_max_error": 1.5, "ransac_max_error_ratio": 0.01}}.items():
+        thresholds.clear()
+        db = tmp_path / f"{label}.db"
+        ids = mapping.create_database(db, SCENE / "images", out / "features.h5")
+        mapping.import_matches(db, ids, out / "matches_idx.h5", max_rotation_error=0, **kw)
+        inliers[label] = sum(len(m) for _, m in _tvgs(db).values())
+        longer = 480  # the sample scene's images are 480 x 360
+        expected = max(kw.get("ransac_max_error", mapping.DEFAULTS["ransac_max_error"]),
+                       kw.get("ransac_max_error_ratio", 0.0) * longer)
+        assert thresholds and all(t == pytest.approx(expected) for t in thresholds), (label, set(thresholds))
+    assert mapping.verification_options["dense"]["ransac_max_error"] < mapping.DEFAULTS["ransac_max_error"]
+    assert inliers["dense"] < inliers["sparse"] and inliers["ratio"] > inliers["dense"], inliers
+
+
 def test_ransac_trial_cap_changes_only_low_ratio_pairs(run, tmp_path, monkeypatch):
     """Every pair's RANSAC gets the trial cap; a pair whose inlier ratio stops RANSAC before the cap
     ends exactly as with COLMAP's own cap, and the cap loses no verified pair here."""
