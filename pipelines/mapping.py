@@ -60,11 +60,11 @@ mapper_options = {
 
 # Verification over the defaults, by matches kind. Dense matches refined on the photos sit well under
 # a pixel from their epipolar lines; the ones COLMAP's 4 px also admits (1-4 px off) bent the
-# uncalibrated rows. Their threshold is 1.5 px, or 2e-3 of the pair's longer side where that is more
-# (large photos: the matcher works at a fixed size, so its error in pixels grows with the photo).
+# uncalibrated rows. Their threshold is 1.5 px, or 1.5e-3 of the pair's longer side where that is more
+# (photos over 1000 px: the matcher works at a fixed size, so its error in pixels grows with the photo).
 # Measured in docs/design/uncalibrated.md; SIFT keeps COLMAP's 4 px.
 verification_options = {
-    "dense": {"ransac_max_error": 1.5, "ransac_max_error_ratio": 2e-3},
+    "dense": {"ransac_max_error": 1.5, "ransac_max_error_ratio": 1.5e-3},
     "sparse": {},
 }
 
