@@ -26,8 +26,8 @@ Refuses (ValueError) features.h5 and matches_idx.h5 from two different runs of t
 """
 from __future__ import annotations
 
-import os
 import copy
+import os
 import shutil
 import time
 from collections import Counter, deque
