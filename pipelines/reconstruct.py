@@ -108,6 +108,7 @@ class MapOutcome:
     mapping: Optional[mapping.MappingResult] = None
     principal_points: Optional[principal_points_.PrincipalPoints] = None  # mode "sift": what the SIFT pass measured
     times: dict = field(default_factory=dict)
+    verification: dict = field(default_factory=dict)  # the RANSAC thresholds of this kind (mapping.verification_options)
 
     @property
     def failure(self) -> Optional[str]:
@@ -137,7 +138,9 @@ def map_matches(images: Path, outputs: Path, matches: Path, config: ReconstructC
     with Timer(times, "tracks"):
         ts = tracks.main(matches, features, matches_idx, cell_size, config.max_keypoints, config.refine, pairs=pairs,
                          min_pair_score=min_pair_score)
-    out = MapOutcome(kind, cell_size, min_pair_score, options, pp_mode, ts, times=times)
+    verification = {**{k: mapping.DEFAULTS[k] for k in ("ransac_max_error", "ransac_max_error_ratio")},
+                    **mapping.verification_options[kind]}
+    out = MapOutcome(kind, cell_size, min_pair_score, options, pp_mode, ts, times=times, verification=verification)
     if ts.num_images == 0:
         return out
     fixed = None
@@ -150,7 +153,7 @@ def map_matches(images: Path, outputs: Path, matches: Path, config: ReconstructC
                 max_rotation_error=config.max_rotation_error, overwrite=config.overwrite, progress=config.progress)
         fixed = out.principal_points.points
     with Timer(times, "mapping"):
-        out.mapping = mapping.main(outputs / "sfm", images, features, matches_idx, **mapping.verification_options[kind],
+        out.mapping = mapping.main(outputs / "sfm", images, features, matches_idx, **verification,
                                    camera_mode=config.camera_mode,
                                    mapper=config.mapper, num_threads=config.num_threads, seed=config.seed,
                                    options=options, max_rotation_error=config.max_rotation_error,
@@ -293,7 +296,8 @@ def main(images: Path, outputs: Path, config: Optional[ReconstructConfig] = None
     if mo.mapping is None:
         return finish(mo.failure, **files)
     res, ver = mo.mapping, mo.mapping.verification
-    report["verification"] = {"pairs": ver.num_pairs, "verified": ver.num_verified, "mean_inliers": ver.mean_inliers,
+    report["verification"] = {**mo.verification, "pairs": ver.num_pairs, "verified": ver.num_verified,
+                              "mean_inliers": ver.mean_inliers,
                               "configs": ver.configs,
                               "rotation_outliers": [[a, b, round(r, 1)] for a, b, r in ver.rotation_outliers]}
     report["calibration"] = res.calibration

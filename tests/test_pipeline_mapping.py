@@ -27,6 +27,8 @@ def test_sample_scene_registers_all(run):
     ev = report["evaluation"]  # poses_gt.txt next to images/ is found automatically
     assert ev["registered"] == 8 and ev["auc@5"] > 80, ev
     assert report["mean_reprojection_error"] < 1.0 and report["mean_track_length"] > 2.5
+    # SIFT matches are verified with COLMAP's threshold, and the report says which
+    assert report["verification"]["ransac_max_error"] == mapping.DEFAULTS["ransac_max_error"] == 4.0
     assert set(report["times"]) >= {"pairs", "match", "tracks", "mapping", "total"}
 
 

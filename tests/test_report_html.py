@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from roma_sfm.cli.main import app
 from roma_sfm.matcher import MatchResult
-from roma_sfm.pipelines import figures, match, reconstruct, report_html
+from roma_sfm.pipelines import figures, mapping, match, reconstruct, report_html
 from roma_sfm.pipelines import matchers
 
 from browser import chromium, open_page
@@ -142,6 +142,8 @@ def test_roma_run_report_has_warp_pictures(tmp_path):
     rep = reconstruct.main(images, tmp_path / "out", matcher=m, num_samples=2000, progress=False, num_threads=1,
                            gt_poses=None)
     assert len(rep.get("match_plots", [])) == 3
+    # dense matches get the tighter verification of their kind, and the report says so
+    assert rep["verification"]["ransac_max_error"] == mapping.verification_options["dense"]["ransac_max_error"] < 4
     again = figures.matcher_of(tmp_path / "out" / "matches.h5")  # what the page used to draw them
     assert again is not None and again.coarse_res == (112, 112) and again.upsample_res is None
     assert again.weights_id == m.weights_id
