@@ -69,7 +69,7 @@ def remap(run: Path, images: Path, poses_gt: Path, options: dict, seed: int, num
     work = Path(tempfile.mkdtemp(prefix="remap-"))
     try:
         tracks.main(run / "matches.h5", work / "features.h5", work / "matches_idx.h5",
-                    min_pair_score=tracks.confs[kind]["min_pair_score"], **options)
+                    min_pair_score=tracks.settings(kind)[1], **options)
         epi = epipolar_median(work / "features.h5", work / "matches_idx.h5", evaluate.read_poses_gt(poses_gt))
         res = mapping.main(work / "sfm", images, work / "features.h5", work / "matches_idx.h5", **map_options)
         return epi, evaluate.evaluate_reconstruction(res.reconstruction, poses_gt)["auc@3"]

@@ -250,20 +250,26 @@ def _tvgs(database):
     return out
 
 
+def _record_ransac(monkeypatch, what):
+    """What ``what(args)`` gives for each call of pycolmap.estimate_two_view_geometry made by mapping."""
+    seen = []
+    real = pycolmap.estimate_two_view_geometry
+
+    def spy(*args):
+        seen.append(what(args))
+        return real(*args)
+
+    monkeypatch.setattr(mapping.pycolmap, "estimate_two_view_geometry", spy)
+    return seen
+
+
 def test_pairs_below_min_inliers_skip_ransac(run, tmp_path, monkeypatch):
     """A pair with fewer matches than min_num_inliers cannot pass: RANSAC is not run for it."""
     out, _ = run
     idx = h5io.read_index_matches(out / "matches_idx.h5")
     counts = sorted(len(v) for v in idx.values())
     threshold = counts[len(counts) // 2]  # half of the pairs are below it
-    calls = []
-    real = pycolmap.estimate_two_view_geometry
-
-    def counting(*args):
-        calls.append(len(args[4]))
-        return real(*args)
-
-    monkeypatch.setattr(mapping.pycolmap, "estimate_two_view_geometry", counting)
+    calls = _record_ransac(monkeypatch, lambda args: len(args[4]))
     ids = mapping.create_database(tmp_path / "db.db", SCENE / "images", out / "features.h5")
     st = mapping.import_matches(tmp_path / "db.db", ids, out / "matches_idx.h5", min_num_inliers=threshold,
                                 ransac_max_trials=0)
@@ -277,14 +283,7 @@ def test_verification_threshold_is_px_or_a_share_of_the_longer_side(run, tmp_pat
     """Each pair's RANSAC threshold is ransac_max_error px, or ransac_max_error_ratio x the pair's longer
     image side where that is more; dense matches get the tighter kind's options."""
     out, _ = run
-    thresholds = []
-    real = pycolmap.estimate_two_view_geometry
-
-    def spy(*args):
-        thresholds.append(args[5].ransac.max_error)
-        return real(*args)
-
-    monkeypatch.setattr(mapping.pycolmap, "estimate_two_view_geometry", spy)
+    thresholds = _record_ransac(monkeypatch, lambda args: args[5].ransac.max_error)
     inliers = {}
     for label, kw in {"sparse": mapping.verification_options["sparse"], "dense": mapping.verification_options["dense"],
                       "ratio": {"ransac_max_error": 1.5, "ransac_max_error_ratio": 0.01}}.items():
@@ -305,12 +304,6 @@ def test_ransac_trial_cap_changes_only_low_ratio_pairs(run, tmp_path, monkeypatc
     """Every pair's RANSAC gets the trial cap; a pair whose inlier ratio stops RANSAC before the cap
     ends exactly as with COLMAP's own cap, and the cap loses no verified pair here."""
     out, _ = run
-    trials = []
-    real = pycolmap.estimate_two_view_geometry
-
-    def counting(*args):
-        trials.append(args[5].ransac.max_num_trials)
-        return real(*args)
 
     def verify(name, cap):
         db = tmp_path / name
@@ -319,7 +312,7 @@ def test_ransac_trial_cap_changes_only_low_ratio_pairs(run, tmp_path, monkeypatc
         return st, _tvgs(db)
 
     full, full_tvgs = verify("full.db", 0)
-    monkeypatch.setattr(mapping.pycolmap, "estimate_two_view_geometry", counting)
+    trials = _record_ransac(monkeypatch, lambda args: args[5].ransac.max_num_trials)
     capped, capped_tvgs = verify("capped.db", 200)
     assert trials and set(trials) == {200}
     assert capped.num_verified == full.num_verified
