@@ -86,6 +86,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--num-threads", type=int, default=2)
     ap.add_argument("--readme", type=Path, nargs="?", const=Path("docs/benchmarks.md"))
+    ap.add_argument("--marker", default="remap-table", help="the table's marker in --readme")
     args = ap.parse_args()
     options = dict((label, json.loads(text)) for label, text in (o.split("=", 1) for o in args.option))
     runs = sorted(r.parent for out in args.outputs for r in (out / args.matcher_dir).glob("*/matches.h5"))
@@ -113,7 +114,7 @@ def main() -> None:
             lines.append(f"\n{label} - {first}: {d.mean():+.2f} AUC@3 (paired bootstrap 95 %: "
                          f"{np.percentile(boot, 2.5):+.1f} to {np.percentile(boot, 97.5):+.1f}), better on "
                          f"{int((d > 0).sum())} of {len(d)} runs; mapper seeds {' '.join(map(str, args.seeds))}.")
-    publish("remap-table", lines, args.readme)
+    publish(args.marker, lines, args.readme)
 
 
 if __name__ == "__main__":

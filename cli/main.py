@@ -235,6 +235,10 @@ def _print_report(report: dict, title: str) -> None:
                     (f"fallback ({fb['matcher']})", f"{fb['kept']} of {fb['pairs']} pairs the sparse model did not "
                      f"verify kept ({fb['skipped']} not matched: no overlap in it; {fb['checked']} checked against "
                      "its geometry)"))
+    tries = (report.get("calibration") or {}).get("restarts") or []
+    if len(tries) > 1:  # the first mapping explained too little of the matches (mapping.map_restarts)
+        rows.append(("mapping tries", ", ".join(f"seed {t['seed']}: {t['images']} images, {t['support']} matches "
+                                                f"explained" for t in tries)))
     rows += _focal_rows(report.get("cameras") or [])
     if report.get("images_registered"):
         rows += [("3D points" + (" (model 0)" if len(models) > 1 else ""), str(report.get("points", 0))),
@@ -328,6 +332,9 @@ MIN_PAIR_SCORE_HELP = ("Leave out pairs whose score (mean match certainty x shar
 NUM_THREADS_HELP = "Threads for COLMAP's verification and mapping (-1: all cores)."
 MAX_ROTATION_ERROR_HELP = ("View-graph check: a verified pair whose relative rotation is more than this many "
                            "degrees from the robust average over all pairs is left out (look-alike views); 0: off.")
+RESTARTS_HELP = ("Global mapper: map again with the next seed, up to this many tries, while the model explains "
+                 f"less than {mapping.RESTART_BELOW:.0%} of the verified matches their own pairs explain "
+                 "(a failed focal calibration); the best try is kept. 1: map once.")
 VERBOSE_HELP = "Show COLMAP's own log, and full tracebacks on errors."
 POSES_GT_HELP = ("Ground-truth cameras (`name fx fy cx cy qw qx qy qz tx ty tz`) to score the model with: "
                  "'auto' uses IMAGES/../poses_gt.txt if it exists, 'none' skips.")
@@ -377,6 +384,7 @@ def reconstruct(
     num_threads: int = typer.Option(DEFAULTS.num_threads, "--num-threads", help=NUM_THREADS_HELP),
     max_rotation_error: float = typer.Option(DEFAULTS.max_rotation_error, "--max-rotation-error", min=0.0,
                                              help=MAX_ROTATION_ERROR_HELP),
+    restarts: int = typer.Option(DEFAULTS.restarts, "--restarts", min=1, help=RESTARTS_HELP),
     principal_point: Optional[PrincipalPoint] = typer.Option(None, "--principal-point", show_default=False,
                                                              help=PRINCIPAL_POINT_HELP),
     principal_point_min_images: int = typer.Option(DEFAULTS.principal_point_min_images, "--principal-point-min-images",
@@ -420,7 +428,7 @@ def reconstruct(
             calibrate=calibrate.value, camera_mode=camera_mode.value, device=device, gt_poses=gt, overwrite=overwrite, num_threads=num_threads,
             batch_size=batch_size, verbose=verbose, ray=ray, ray_workers=ray_workers,
             max_rotation_error=max_rotation_error, principal_point_min_images=principal_point_min_images,
-            principal_point=principal_point.value if principal_point else None, fallback=fb)
+            principal_point=principal_point.value if principal_point else None, fallback=fb, restarts=restarts)
         report = reconstruct_.main(images, out, config)
     _print_report(report, "roma-sfm reconstruct")
     if report["status"] != "ok":
@@ -545,6 +553,7 @@ def map_cmd(
     num_threads: int = typer.Option(DEFAULTS.num_threads, "--num-threads", help=NUM_THREADS_HELP),
     max_rotation_error: float = typer.Option(DEFAULTS.max_rotation_error, "--max-rotation-error", min=0.0,
                                              help=MAX_ROTATION_ERROR_HELP),
+    restarts: int = typer.Option(DEFAULTS.restarts, "--restarts", min=1, help=RESTARTS_HELP),
     principal_point: Optional[PrincipalPoint] = typer.Option(None, "--principal-point", show_default=False,
                                                              help=PRINCIPAL_POINT_HELP),
     principal_point_min_images: int = typer.Option(DEFAULTS.principal_point_min_images, "--principal-point-min-images",
@@ -565,7 +574,7 @@ def map_cmd(
     config = reconstruct_.ReconstructConfig(cell_size=cell_size, min_pair_score=min_pair_score,
                                             max_keypoints=max_keypoints, mapper=mapper.value,
                                             calibrate=calibrate.value, camera_mode=camera_mode.value, num_threads=num_threads,
-                                            max_rotation_error=max_rotation_error,
+                                            max_rotation_error=max_rotation_error, restarts=restarts,
                                             principal_point_min_images=principal_point_min_images,
                                             principal_point=principal_point.value if principal_point else None)
     mapping.set_colmap_verbosity(verbose)

@@ -76,7 +76,7 @@ confs = {
     "default": {"mapper": "global", "camera_mode": "auto", "camera_model": "SIMPLE_RADIAL", "min_model_size": 3,
                 "min_num_inliers": 15, "ransac_max_error": 4.0, "ransac_max_error_ratio": 0.0,
                 "ransac_max_trials": 1000, "max_rotation_error": 30.0,
-                "num_threads": -1, "seed": 0, "calibrate": "compare"},
+                "num_threads": -1, "seed": 0, "calibrate": "compare", "restarts": 4},
 }
 DEFAULTS = confs["default"]
 MAPPERS = ("incremental", "global")
@@ -94,6 +94,10 @@ SUPPORT_ERROR = 1.0
 # (nearly all explained: no candidate can be clearly better; relative to the two-view share, so
 # that matches less precise than 1 px, as dense ones are, do not trigger it by themselves)
 COMPARE_BELOW = 0.95
+# map again with the next seed (up to ``restarts`` tries) while the best model explains less than
+# this share of it: good models explain 0.95-0.99 of it, a failed view-graph calibration 0.6-0.86
+# (docs/design/uncalibrated.md)
+RESTART_BELOW = 0.9
 CAMERA_MODES = ("auto", "single", "per_folder", "per_image")
 # Both mappers keep every principal point at the image centre. A real lens's lies a few pixels off
 # it, which bends every pose; a camera shared by enough registered images makes it observable, so a
@@ -562,19 +566,21 @@ def prefer_start_values(calibrated: list, start: list, support: Callable[[pycolm
 
 
 def compare_start_values(models: dict, run: Callable, database: Path, start_db: Path, images: Path,
-                         start_tmp: Path, models_tmp: Path, opts, seed: int, calibration: dict) -> dict:
+                         start_tmp: Path, models_tmp: Path, opts, seed: int, calibration: dict,
+                         evidence: tuple[list, dict, int]) -> dict:
     """calibrate="compare", after the mapping from calibrated focals (``models``, in ``database`` /
     ``models_tmp``): map ``start_db`` (the database before calibration) into ``start_tmp`` too,
     unless the calibrated model explains ``COMPARE_BELOW`` of what the pairs' own geometries explain
     (:func:`two_view_support`); if :func:`prefer_start_values`, its database and models take the
-    others' place. Returns the models kept and fills ``calibration`` ("used", "matches",
-    "two-view", "support")."""
-    pairs, kps = verified_inliers(start_db)  # as verified, before the calibration
+    others' place. ``evidence``: (pairs, keypoints) of :func:`verified_inliers` and the
+    :func:`two_view_support` of the database as verified. Returns the models kept and fills
+    ``calibration`` ("used", "matches", "two-view", "support")."""
+    pairs, kps, two_view = evidence
     total = int(sum(len(m) for _, _, m in pairs))
     ranked_calib = rank_models(models.values())
     support = {"view graph": epipolar_support(ranked_calib[0], pairs, kps) if ranked_calib else 0}
     calibration.update(matches=total, support=support)
-    calibration["two-view"] = two_view_support(start_db)
+    calibration["two-view"] = two_view
     if support["view graph"] < COMPARE_BELOW * calibration["two-view"]:
         start_tmp.mkdir()
         pycolmap.set_random_seed(seed)
@@ -593,6 +599,80 @@ def compare_start_values(models: dict, run: Callable, database: Path, start_db: 
     return models
 
 
+def map_candidate(database: Path, images: Path, models_dir: Path, run: Callable, opts, seed: int,
+                  calibrate: Optional[str], evidence: tuple[list, dict, int]) -> tuple[dict, dict]:
+    """One mapping of ``database`` into ``models_dir`` with ``seed``; ``calibrate`` (None: keep the
+    database's focals) as in :func:`main`, ``evidence`` as in :func:`compare_start_values`. Returns
+    (models, calibration record)."""
+    calibration: dict = {}
+    start_db = database.with_name(database.name + ".start")
+    start_tmp = models_dir.with_name(models_dir.name + ".start")
+    try:
+        if calibrate:
+            calibration = {"mode": calibrate, "used": "view graph"}
+            if calibrate == "compare":
+                shutil.copyfile(database, start_db)
+            calibrate_focals(database, seed)
+        pycolmap.set_random_seed(seed)
+        opts.random_seed = seed
+        models = run(database, images, models_dir, opts)
+        if calibrate == "compare":
+            models = compare_start_values(models, run, database, start_db, images, start_tmp, models_dir,
+                                          opts, seed, calibration, evidence)
+    finally:
+        start_db.unlink(missing_ok=True)
+        shutil.rmtree(start_tmp, ignore_errors=True)
+    return models, calibration
+
+
+def map_restarts(database: Path, images: Path, models_dir: Path, run: Callable, opts, seed: int, restarts: int,
+                 calibrate: Optional[str]) -> tuple[dict, dict]:
+    """:func:`map_candidate`, again with seeds ``seed + 1``, ... (up to ``restarts`` tries in all, each
+    from the verified database as it is now) while the best candidate's largest model explains less
+    than ``RESTART_BELOW`` of what the pairs' own two-view geometries explain
+    (:func:`epipolar_support` against :func:`two_view_support`). Keeps the candidate that registers
+    the most images, then has the most support. Why: the view-graph calibration re-estimates every
+    relative pose by RANSAC, and some seeds leave focals and poses that no later step repairs; such a
+    model explains far fewer matches than a good one (docs/design/uncalibrated.md). The kept
+    candidate's database and models end in ``database`` and ``models_dir``; the calibration record
+    gets "restarts": [{seed, used, images, support}] and "two-view"."""
+    base_db = database.with_name(database.name + ".verified")
+    cand_db = database.with_name(database.name + ".candidate")
+    cand_dir = models_dir.with_name(models_dir.name + ".candidate")
+    shutil.copyfile(database, base_db)
+    pairs, kps = verified_inliers(base_db)
+    two_view = two_view_support(base_db)
+    best: tuple = (-1, -1)  # (images, support) of the kept candidate
+    models, calibration, tried = {}, {}, []
+    try:
+        for i in range(max(restarts, 1)):
+            if i and best[1] >= RESTART_BELOW * two_view:
+                break
+            db, out = (database, models_dir) if i == 0 else (cand_db, cand_dir)
+            if i:
+                shutil.copyfile(base_db, cand_db)
+                shutil.rmtree(cand_dir, ignore_errors=True)
+                cand_dir.mkdir()
+            cand, cal = map_candidate(db, images, out, run, opts, seed + i, calibrate, (pairs, kps, two_view))
+            ranked = rank_models(cand.values())
+            score = (ranked[0].num_reg_images(), epipolar_support(ranked[0], pairs, kps)) if ranked else (0, 0)
+            tried.append({"seed": seed + i, "used": cal.get("used"), "images": score[0], "support": score[1]})
+            if score > best:
+                if i:
+                    os.replace(cand_db, database)
+                    replace_dir(cand_dir, models_dir)
+                best, models, calibration = score, cand, cal
+    finally:
+        for f in (base_db, cand_db):
+            f.unlink(missing_ok=True)
+        shutil.rmtree(cand_dir, ignore_errors=True)
+    calibration.update(restarts=tried, **{"two-view": two_view})
+    if len(tried) > 1:
+        logger.info("mapping: %d tries (images/support of %d two-view: %s), kept %d images/%d", len(tried),
+                    two_view, ", ".join(f"{t['images']}/{t['support']}" for t in tried), *best)
+    return models, calibration
+
+
 def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_mode: str = DEFAULTS["camera_mode"],
          mapper: str = DEFAULTS["mapper"], camera_model: str = DEFAULTS["camera_model"],
          min_model_size: int = DEFAULTS["min_model_size"], min_num_inliers: int = DEFAULTS["min_num_inliers"],
@@ -601,7 +681,7 @@ def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_
          ransac_max_trials: int = DEFAULTS["ransac_max_trials"], skip_geometric_verification: bool = False,
          num_threads: int = DEFAULTS["num_threads"], seed: int = DEFAULTS["seed"], options: Optional[dict] = None,
          max_rotation_error: float = DEFAULTS["max_rotation_error"], calibrate: str = DEFAULTS["calibrate"],
-         principal_point_min_images: int = 0,
+         principal_point_min_images: int = 0, restarts: int = DEFAULTS["restarts"],
          principal_points: Optional[dict[str, tuple[float, float]]] = None) -> MappingResult:
     """Database, verification and mapping; returns the largest model (None if nothing registered).
 
@@ -611,7 +691,9 @@ def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_
     the mapper that runs are applied. ``calibrate`` (``CALIBRATION_MODES``, global mapper only):
     estimate the focal lengths from the view graph, EXIF focals as start values
     (:func:`drop_focal_priors`, :func:`calibrate_focals`); "compare" may also map from the start
-    values and keep those (:func:`compare_start_values`). Then every model of ``min_model_size``
+    values and keep those (:func:`compare_start_values`). A model that explains too few of the verified
+    matches is mapped again with the next seeds, up to ``restarts`` tries (:func:`map_restarts`).
+    Then every model of ``min_model_size``
     images gets the principal points of its cameras of ``principal_point_min_images`` images refined
     (:func:`refine_principal_points`; 0, the mappers' own behaviour: never; reconstruct decides by
     :mod:`.principal_points`' mode). ``principal_points``: {image name: (cx,
@@ -629,9 +711,11 @@ def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_
     check_same_run(features, matches_idx)
     times: dict[str, float] = {}
     t0 = time.perf_counter()
-    models_tmp, start_tmp = sfm_dir / "models.tmp", sfm_dir / "models.start.tmp"
-    for d in (models_tmp, start_tmp):
-        shutil.rmtree(d, ignore_errors=True)  # what a killed run left
+    models_tmp = sfm_dir / "models.tmp"
+    for left in sfm_dir.glob("models.tmp*"):  # what a killed run left (models, candidates)
+        shutil.rmtree(left, ignore_errors=True)
+    for left in sfm_dir.glob("database.tmp.db.*"):
+        left.unlink()
     models_tmp.mkdir()
     calibration: dict = {}
     shifts: dict[int, tuple[float, float]] = {}
@@ -662,21 +746,8 @@ def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_
             opts.random_seed = seed
             set_options(opts, (options or {}).get(mapper, {}))
             run = getattr(pycolmap, entry)
-            start_db = database.with_name(database.name + ".start")
-            try:
-                if calibrating:
-                    calibration = {"mode": calibrate, "used": "view graph"}
-                    if calibrate == "compare":
-                        shutil.copyfile(database, start_db)
-                    calibrate_focals(database, seed)
-                pycolmap.set_random_seed(seed)
-                models = run(database, images, models_tmp, opts)
-                if calibrating and calibrate == "compare":
-                    models = compare_start_values(models, run, database, start_db, images, start_tmp, models_tmp,
-                                                  opts, seed, calibration)
-            finally:
-                start_db.unlink(missing_ok=True)
-                shutil.rmtree(start_tmp, ignore_errors=True)
+            models, calibration = map_restarts(database, images, models_tmp, run, opts, seed, restarts,
+                                               calibrate if calibrating else None)
             times["mapping"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             for key in sorted(models, key=lambda k: model_size(models[k]), reverse=True):

@@ -49,6 +49,7 @@ class ReconstructConfig:
     camera_mode: str = mapping.DEFAULTS["camera_mode"]
     num_threads: int = mapping.DEFAULTS["num_threads"]
     max_rotation_error: float = mapping.DEFAULTS["max_rotation_error"]
+    restarts: int = mapping.DEFAULTS["restarts"]
     principal_point: Optional[str] = None  # a principal_points.MODES; None: the default of the matches' kind
     principal_point_min_images: int = principal_points_.DEFAULTS["min_images"]
     seed: int = match.DEFAULTS["seed"]
@@ -157,7 +158,7 @@ def map_matches(images: Path, outputs: Path, matches: Path, config: ReconstructC
                                    camera_mode=config.camera_mode,
                                    mapper=config.mapper, num_threads=config.num_threads, seed=config.seed,
                                    options=options, max_rotation_error=config.max_rotation_error,
-                                   calibrate=config.calibrate, principal_points=fixed,
+                                   calibrate=config.calibrate, principal_points=fixed, restarts=config.restarts,
                                    principal_point_min_images=(config.principal_point_min_images
                                                                if out.principal_point == "refine" else 0))
     times.update({f"mapping/{k}": v for k, v in out.mapping.seconds.items()})

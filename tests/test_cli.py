@@ -75,6 +75,8 @@ def test_reconstruct_sample_scene_with_sift(recon):
     assert rep["config"]["matcher"] == "sift" and rep["evaluation"]["auc@5"] > 90
     assert rep["config"]["calibrate"] == "compare" and rep["calibration"]["used"] in ("view graph", "start values")
     assert 0 < rep["calibration"]["support"]["view graph"] <= rep["calibration"]["matches"]
+    (first,) = rep["calibration"]["restarts"]  # the model explains enough: mapped once
+    assert first["seed"] == 0 and first["images"] == 8 and "mapping tries" not in res.output
     for f in ("cameras", "images", "points3D"):
         assert (out / "sparse" / "0" / f"{f}.bin").is_file() and (out / "sparse" / "0" / f"{f}.txt").is_file()
     rec = pycolmap.Reconstruction(str(out / "sparse" / "0"))
@@ -107,6 +109,22 @@ def test_steps_chained_reproduce_the_model(recon, tmp_path):
     assert "Plotly.newPlot" in (out / "report.html").read_text(encoding="utf-8")  # export writes the page too
     assert abs(rep["points"] - ref["points"]) <= 0.1 * ref["points"]
     assert rep["evaluation"]["auc@5"] > 90
+
+
+def test_reconstruct_restarts_are_reported(recon, tmp_path, monkeypatch):
+    """--restarts N: while no model explains RESTART_BELOW of the matches (here: never, by patching it
+    above 1), N mappings with seeds 0..N-1, each in report.json and in the summary."""
+    from roma_sfm.pipelines import mapping
+
+    monkeypatch.setattr(mapping, "RESTART_BELOW", 2.0)
+    out = tmp_path / "restarts"
+    out.mkdir()
+    (out / "matches.h5").write_bytes((recon[0] / "matches.h5").read_bytes())  # resumed: no matching
+    res = invoke("reconstruct", IMAGES, "-o", out, "--matcher", "sift", "--num-threads", 1, "--restarts", 2)
+    assert res.exit_code == 0, res.output
+    tries = json.loads((out / "report.json").read_text())["calibration"]["restarts"]
+    assert [t["seed"] for t in tries] == [0, 1] and all(t["images"] == 8 for t in tries)
+    assert "mapping tries" in res.output and "seed 1: 8 images" in res.output
 
 
 @pytest.mark.parametrize("mode", ["centre", "sift"])

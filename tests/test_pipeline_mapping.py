@@ -170,6 +170,44 @@ def test_calibration_compare_maps_twice_and_keeps_the_chosen_start(run, tmp_path
     assert list(res.calibration["support"]) == ["view graph"]
 
 
+def test_restarts_map_again_while_the_model_explains_too_little(run, tmp_path, monkeypatch):
+    """A model that explains less than RESTART_BELOW of the two-view support is mapped again with the
+    next seed, up to ``restarts`` tries; the kept candidate registers the most images, then has the
+    most support, and its models are the ones written and returned. A model that explains enough
+    is mapped once."""
+    out, _ = run
+    real, seeds, by_model = pycolmap.global_mapping, [], {}
+    support = {0: 10, 1: 30, 2: 50}  # of a two-view support of 100: all too little
+
+    def spy(database, images, path, opts):
+        models = real(database, images, path, opts)
+        seeds.append(opts.random_seed)
+        if opts.random_seed == 2:  # most support, but one image fewer: must lose
+            for rec in models.values():
+                rec.deregister_frame(next(iter(rec.reg_frame_ids())))
+        by_model.update({id(rec): opts.random_seed for rec in models.values()})
+        return models
+
+    monkeypatch.setattr(pycolmap, "global_mapping", spy)
+    monkeypatch.setattr(mapping, "epipolar_support", lambda rec, pairs, kps, err=1.0: support[by_model[id(rec)]])
+    monkeypatch.setattr(mapping, "two_view_support", lambda database, err=1.0: 100)
+    kw = dict(num_threads=1, calibrate="always", restarts=3)
+    res = mapping.main(tmp_path / "sfm", SCENE / "images", out / "features.h5", out / "matches_idx.h5", **kw)
+    assert seeds == [0, 1, 2]
+    assert by_model[id(res.reconstruction)] == 1
+    tried = res.calibration["restarts"]
+    assert [t["seed"] for t in tried] == [0, 1, 2] and [t["support"] for t in tried] == [10, 30, 50]
+    assert tried[2]["images"] == tried[1]["images"] - 1 and res.calibration["two-view"] == 100
+    assert sorted(p.name for p in (tmp_path / "sfm").iterdir()) == ["database.db", "models"]
+    written = pycolmap.Reconstruction(tmp_path / "sfm" / "models" / "0")
+    assert written.num_points3D() == res.reconstruction.num_points3D()
+    assert written.num_reg_images() == res.reconstruction.num_reg_images() == tried[1]["images"]
+    seeds.clear()
+    support[0] = int(100 * mapping.RESTART_BELOW)  # enough: no second try
+    res = mapping.main(tmp_path / "sfm2", SCENE / "images", out / "features.h5", out / "matches_idx.h5", **kw)
+    assert seeds == [0] and len(res.calibration["restarts"]) == 1
+
+
 def test_start_values_need_more_images_or_clearly_more_support(run):
     """prefer_start_values: more registered images win; at equal counts the start values need
     START_VALUES_MARGIN x the support; ties keep the calibrated model."""
