@@ -62,9 +62,11 @@ mapper_options = {
 # a pixel from their epipolar lines; the ones COLMAP's 4 px also admits (1-4 px off) bent the
 # uncalibrated rows. Their threshold is 1.5 px, or 1.5e-3 of the pair's longer side where that is more
 # (photos over 1000 px: the matcher works at a fixed size, so its error in pixels grows with the photo).
-# Measured in docs/design/uncalibrated.md; SIFT keeps COLMAP's 4 px.
+# The view-graph calibration then re-estimates their relative poses at 0.5 px instead of 1: at 1 px
+# its RANSAC left failed calibrations more often. Measured in docs/design/uncalibrated.md; SIFT keeps
+# COLMAP's 4 px and 1 px.
 verification_options = {
-    "dense": {"ransac_max_error": 1.5, "ransac_max_error_ratio": 1.5e-3},
+    "dense": {"ransac_max_error": 1.5, "ransac_max_error_ratio": 1.5e-3, "calibration_max_error": 0.5},
     "sparse": {},
 }
 
@@ -76,7 +78,8 @@ confs = {
     "default": {"mapper": "global", "camera_mode": "auto", "camera_model": "SIMPLE_RADIAL", "min_model_size": 3,
                 "min_num_inliers": 15, "ransac_max_error": 4.0, "ransac_max_error_ratio": 0.0,
                 "ransac_max_trials": 1000, "max_rotation_error": 30.0,
-                "num_threads": -1, "seed": 0, "calibrate": "compare", "restarts": 4},
+                "num_threads": -1, "seed": 0, "calibrate": "compare", "restarts": 4,
+                "calibration_max_error": 1.0},
 }
 DEFAULTS = confs["default"]
 MAPPERS = ("incremental", "global")
@@ -155,11 +158,14 @@ def drop_focal_priors(database: Path) -> None:
                 db.update_camera(cam)
 
 
-def calibrate_focals(database: Path, seed: int = DEFAULTS["seed"]) -> bool:
+def calibrate_focals(database: Path, seed: int = DEFAULTS["seed"],
+                     max_error: float = DEFAULTS["calibration_max_error"]) -> bool:
     """Estimate the focal lengths of cameras without a prior from the verified pairs' fundamental
-    matrices (GLOMAP's view-graph calibration, which its global mapper expects)."""
+    matrices (GLOMAP's view-graph calibration, which its global mapper expects); it then
+    re-estimates each pair's relative pose by RANSAC at ``max_error`` px."""
     options = pycolmap.ViewGraphCalibrationOptions()
     options.random_seed = seed
+    options.relpose_max_error = max_error
     ok = bool(pycolmap.calibrate_view_graph(database, options))
     logger.info("mapping: view-graph calibration of the focal lengths %s", "done" if ok else "failed")
     return ok
@@ -600,10 +606,11 @@ def compare_start_values(models: dict, run: Callable, database: Path, start_db: 
 
 
 def map_candidate(database: Path, images: Path, models_dir: Path, run: Callable, opts, seed: int,
-                  calibrate: Optional[str], evidence: tuple[list, dict, int]) -> tuple[dict, dict]:
+                  calibrate: Optional[str], evidence: tuple[list, dict, int],
+                  calibration_max_error: float = DEFAULTS["calibration_max_error"]) -> tuple[dict, dict]:
     """One mapping of ``database`` into ``models_dir`` with ``seed``; ``calibrate`` (None: keep the
-    database's focals) as in :func:`main`, ``evidence`` as in :func:`compare_start_values`. Returns
-    (models, calibration record)."""
+    database's focals) and ``calibration_max_error`` as in :func:`main`, ``evidence`` as in
+    :func:`compare_start_values`. Returns (models, calibration record)."""
     calibration: dict = {}
     start_db = database.with_name(database.name + ".start")
     start_tmp = models_dir.with_name(models_dir.name + ".start")
@@ -612,7 +619,7 @@ def map_candidate(database: Path, images: Path, models_dir: Path, run: Callable,
             calibration = {"mode": calibrate, "used": "view graph"}
             if calibrate == "compare":
                 shutil.copyfile(database, start_db)
-            calibrate_focals(database, seed)
+            calibrate_focals(database, seed, calibration_max_error)
         pycolmap.set_random_seed(seed)
         opts.random_seed = seed
         models = run(database, images, models_dir, opts)
@@ -626,7 +633,8 @@ def map_candidate(database: Path, images: Path, models_dir: Path, run: Callable,
 
 
 def map_restarts(database: Path, images: Path, models_dir: Path, run: Callable, opts, seed: int, restarts: int,
-                 calibrate: Optional[str]) -> tuple[dict, dict]:
+                 calibrate: Optional[str], calibration_max_error: float = DEFAULTS["calibration_max_error"]
+                 ) -> tuple[dict, dict]:
     """:func:`map_candidate`, again with seeds ``seed + 1``, ... (up to ``restarts`` tries in all, each
     from the verified database as it is now) while the best candidate's largest model explains less
     than ``RESTART_BELOW`` of what the pairs' own two-view geometries explain
@@ -653,7 +661,8 @@ def map_restarts(database: Path, images: Path, models_dir: Path, run: Callable, 
                 shutil.copyfile(base_db, cand_db)
                 shutil.rmtree(cand_dir, ignore_errors=True)
                 cand_dir.mkdir()
-            cand, cal = map_candidate(db, images, out, run, opts, seed + i, calibrate, (pairs, kps, two_view))
+            cand, cal = map_candidate(db, images, out, run, opts, seed + i, calibrate, (pairs, kps, two_view),
+                                      calibration_max_error)
             ranked = rank_models(cand.values())
             score = (ranked[0].num_reg_images(), epipolar_support(ranked[0], pairs, kps)) if ranked else (0, 0)
             tried.append({"seed": seed + i, "used": cal.get("used"), "images": score[0], "support": score[1]})
@@ -682,6 +691,7 @@ def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_
          num_threads: int = DEFAULTS["num_threads"], seed: int = DEFAULTS["seed"], options: Optional[dict] = None,
          max_rotation_error: float = DEFAULTS["max_rotation_error"], calibrate: str = DEFAULTS["calibrate"],
          principal_point_min_images: int = 0, restarts: int = DEFAULTS["restarts"],
+         calibration_max_error: float = DEFAULTS["calibration_max_error"],
          principal_points: Optional[dict[str, tuple[float, float]]] = None) -> MappingResult:
     """Database, verification and mapping; returns the largest model (None if nothing registered).
 
@@ -691,7 +701,8 @@ def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_
     the mapper that runs are applied. ``calibrate`` (``CALIBRATION_MODES``, global mapper only):
     estimate the focal lengths from the view graph, EXIF focals as start values
     (:func:`drop_focal_priors`, :func:`calibrate_focals`); "compare" may also map from the start
-    values and keep those (:func:`compare_start_values`). A model that explains too few of the verified
+    values and keep those (:func:`compare_start_values`); the calibration re-estimates the pairs'
+    relative poses at ``calibration_max_error`` px. A model that explains too few of the verified
     matches is mapped again with the next seeds, up to ``restarts`` tries (:func:`map_restarts`).
     Then every model of ``min_model_size``
     images gets the principal points of its cameras of ``principal_point_min_images`` images refined
@@ -747,7 +758,7 @@ def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_
             set_options(opts, (options or {}).get(mapper, {}))
             run = getattr(pycolmap, entry)
             models, calibration = map_restarts(database, images, models_tmp, run, opts, seed, restarts,
-                                               calibrate if calibrating else None)
+                                               calibrate if calibrating else None, calibration_max_error)
             times["mapping"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             for key in sorted(models, key=lambda k: model_size(models[k]), reverse=True):

@@ -29,6 +29,7 @@ def test_sample_scene_registers_all(run):
     assert report["mean_reprojection_error"] < 1.0 and report["mean_track_length"] > 2.5
     # SIFT matches are verified with COLMAP's threshold, and the report says which
     assert report["verification"]["ransac_max_error"] == mapping.DEFAULTS["ransac_max_error"] == 4.0
+    assert report["verification"]["calibration_max_error"] == mapping.DEFAULTS["calibration_max_error"] == 1.0
     assert set(report["times"]) >= {"pairs", "match", "tracks", "mapping", "total"}
 
 
@@ -208,6 +209,26 @@ def test_restarts_map_again_while_the_model_explains_too_little(run, tmp_path, m
     assert seeds == [0] and len(res.calibration["restarts"]) == 1
 
 
+def test_calibration_re_estimates_poses_at_the_given_error(run, tmp_path, monkeypatch):
+    """calibration_max_error reaches the view-graph calibration's relative-pose RANSAC, per try."""
+    out, _ = run
+    real, seen = pycolmap.calibrate_view_graph, []
+
+    def spy(database, options):
+        seen.append((options.relpose_max_error, options.random_seed))
+        return real(database, options)
+
+    monkeypatch.setattr(pycolmap, "calibrate_view_graph", spy)
+    monkeypatch.setattr(mapping, "RESTART_BELOW", 2.0)  # every try runs
+    res = mapping.main(tmp_path / "sfm", SCENE / "images", out / "features.h5", out / "matches_idx.h5",
+                       num_threads=1, calibrate="always", restarts=2, calibration_max_error=0.5)
+    assert seen == [(0.5, 0), (0.5, 1)] and res.reconstruction.num_reg_images() == 8
+    seen.clear()
+    mapping.main(tmp_path / "sfm2", SCENE / "images", out / "features.h5", out / "matches_idx.h5",
+                 num_threads=1, calibrate="always", restarts=1)
+    assert seen == [(mapping.DEFAULTS["calibration_max_error"], 0)]
+
+
 def test_start_values_need_more_images_or_clearly_more_support(run):
     """prefer_start_values: more registered images win; at equal counts the start values need
     START_VALUES_MARGIN x the support; ties keep the calibrated model."""
@@ -328,7 +349,8 @@ def test_verification_threshold_is_px_or_a_share_of_the_longer_side(run, tmp_pat
         thresholds.clear()
         db = tmp_path / f"{label}.db"
         ids = mapping.create_database(db, SCENE / "images", out / "features.h5")
-        mapping.import_matches(db, ids, out / "matches_idx.h5", max_rotation_error=0, **kw)
+        ransac = {k: v for k, v in kw.items() if k.startswith("ransac_")}  # the rest is the calibration's
+        mapping.import_matches(db, ids, out / "matches_idx.h5", max_rotation_error=0, **ransac)
         inliers[label] = sum(len(m) for _, m in _tvgs(db).values())
         longer = 480  # the sample scene's images are 480 x 360
         expected = max(kw.get("ransac_max_error", mapping.DEFAULTS["ransac_max_error"]),

@@ -144,6 +144,7 @@ def test_roma_run_report_has_warp_pictures(tmp_path):
     assert len(rep.get("match_plots", [])) == 3
     # dense matches get the tighter verification of their kind, and the report says so
     assert rep["verification"]["ransac_max_error"] == mapping.verification_options["dense"]["ransac_max_error"] < 4
+    assert rep["verification"]["calibration_max_error"] == 0.5 < mapping.DEFAULTS["calibration_max_error"]
     again = figures.matcher_of(tmp_path / "out" / "matches.h5")  # what the page used to draw them
     assert again is not None and again.coarse_res == (112, 112) and again.upsample_res is None
     assert again.weights_id == m.weights_id
