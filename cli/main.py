@@ -332,9 +332,9 @@ MIN_PAIR_SCORE_HELP = ("Leave out pairs whose score (mean match certainty x shar
 NUM_THREADS_HELP = "Threads for COLMAP's verification and mapping (-1: all cores)."
 MAX_ROTATION_ERROR_HELP = ("View-graph check: a verified pair whose relative rotation is more than this many "
                            "degrees from the robust average over all pairs is left out (look-alike views); 0: off.")
-RESTARTS_HELP = ("Global mapper: map again with the next seed, up to this many tries, while the model explains "
-                 f"less than {mapping.RESTART_BELOW:.0%} of the verified matches their own pairs explain "
-                 "(a failed focal calibration); the best try is kept. 1: map once.")
+RESTARTS_HELP = ("Map again with the next seed, up to this many tries, while the model explains less than "
+                 f"{mapping.RESTART_BELOW:.0%} of the verified matches their own pairs explain (as after a failed "
+                 "focal calibration); the best try is kept. 1: map once.")
 VERBOSE_HELP = "Show COLMAP's own log, and full tracebacks on errors."
 POSES_GT_HELP = ("Ground-truth cameras (`name fx fy cx cy qw qx qy qz tx ty tz`) to score the model with: "
                  "'auto' uses IMAGES/../poses_gt.txt if it exists, 'none' skips.")
