@@ -647,9 +647,10 @@ def map_restarts(database: Path, images: Path, models_dir: Path, run: Callable, 
     base_db = database.with_name(database.name + ".verified")
     cand_db = database.with_name(database.name + ".candidate")
     cand_dir = models_dir.with_name(models_dir.name + ".candidate")
-    shutil.copyfile(database, base_db)
-    pairs, kps = verified_inliers(base_db)
-    two_view = two_view_support(base_db)
+    pairs, kps = verified_inliers(database)  # as verified, before any calibration changes it
+    two_view = two_view_support(database)
+    if restarts > 1:  # later tries start from the database as verified
+        shutil.copyfile(database, base_db)
     best: tuple = (-1, -1)  # (images, support) of the kept candidate
     models, calibration, tried = {}, {}, []
     try:
@@ -664,7 +665,9 @@ def map_restarts(database: Path, images: Path, models_dir: Path, run: Callable, 
             cand, cal = map_candidate(db, images, out, run, opts, seed + i, calibrate, (pairs, kps, two_view),
                                       calibration_max_error)
             ranked = rank_models(cand.values())
-            score = (ranked[0].num_reg_images(), epipolar_support(ranked[0], pairs, kps)) if ranked else (0, 0)
+            known = cal.get("support", {}).get(cal.get("used"))  # compare's count for the model it kept
+            score = ((ranked[0].num_reg_images(), known if known is not None else epipolar_support(ranked[0], pairs, kps))
+                     if ranked else (0, 0))
             tried.append({"seed": seed + i, "used": cal.get("used"), "images": score[0], "support": score[1]})
             if score > best:
                 if i:
