@@ -666,8 +666,9 @@ def map_restarts(database: Path, images: Path, models_dir: Path, run: Callable, 
                                       calibration_max_error)
             ranked = rank_models(cand.values())
             known = cal.get("support", {}).get(cal.get("used"))  # compare's count for the model it kept
-            score = ((ranked[0].num_reg_images(), known if known is not None else epipolar_support(ranked[0], pairs, kps))
-                     if ranked else (0, 0))
+            if known is None and ranked:
+                known = epipolar_support(ranked[0], pairs, kps)
+            score = (ranked[0].num_reg_images(), known) if ranked else (0, 0)
             tried.append({"seed": seed + i, "used": cal.get("used"), "images": score[0], "support": score[1]})
             if score > best:
                 if i:
