@@ -392,3 +392,34 @@ def test_blend_interpolates_two_checkpoints_of_one_model(photos, tmp_path):
         blend_weights(str(tmp_path / "a.safetensors"), str(tmp_path / "c.safetensors"), 0.5, str(tmp_path / "x"))
     with pytest.raises(ValueError, match="alpha"):
         blend_weights(str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"), 1.5, str(tmp_path / "x"))
+
+
+def test_average_writes_the_uniform_soup_of_several_checkpoints(tmp_path):
+    """--average OUT A B C: each floating tensor is the mean of the three, computed in float32; the
+    metadata records the members; bad coefficient lists are refused."""
+    from roma_sfm.models.roma import RoMa
+    from roma_sfm.train.checkpoints import average_weights
+    from roma_sfm.train.trainer import main
+    from roma_sfm.weights import load_checkpoint, save_checkpoint
+
+    paths = []
+    for i in range(3):
+        torch.manual_seed(10 + i)
+        paths.append(str(tmp_path / f"m{i}.safetensors"))
+        save_checkpoint(paths[-1], RoMa(TINY), {"step": i}, dtype=torch.float32)
+    states = [load_checkpoint(p)[0].state_dict() for p in paths]
+    assert main(["--average", str(tmp_path / "soup.safetensors"), *paths]) == 0
+    soup, meta = load_checkpoint(tmp_path / "soup.safetensors")
+    for k, v in soup.state_dict().items():
+        if v.is_floating_point():
+            mean = sum(s[k].float() for s in states) / 3
+            torch.testing.assert_close(v, mean.half().float(), rtol=0, atol=2e-3, msg=k)
+    w = "decoder.conv_refiner.1.out_conv.weight"
+    assert not torch.allclose(soup.state_dict()[w], states[0][w], atol=1e-3)
+    assert meta["step"] == 2 and meta["average"]["members"] == ["m0.safetensors", "m1.safetensors", "m2.safetensors"]
+    with pytest.raises(ValueError, match="sum to 1"):
+        average_weights(paths[:2], [0.5, 0.6], str(tmp_path / "x"))
+    with pytest.raises(ValueError, match="one coefficient"):
+        average_weights(paths, [0.5, 0.5], str(tmp_path / "x"))
+    with pytest.raises(SystemExit):
+        main(["--average", str(tmp_path / "y.safetensors"), paths[0]])

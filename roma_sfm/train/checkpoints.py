@@ -9,7 +9,7 @@ import os
 import random
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -97,24 +97,40 @@ def export_weights(checkpoint: str, out: str, dtype: torch.dtype = torch.float16
     return save_checkpoint(out, model, meta, dtype=dtype)
 
 
+def average_weights(paths: Sequence[str], coefficients: Sequence[float], out: str,
+                    dtype: torch.dtype = torch.float16, key: str = "average", record: Optional[dict] = None) -> Path:
+    """``sum_i coefficients[i] * weights_i`` of roma-sfm checkpoints of one model, in float32 (a model
+    soup when the coefficients are equal: fine-tunes of one set of weights averaged in weight space).
+    Integer buffers and the metadata come from the last checkpoint; ``record`` (default: the members
+    and their coefficients) is stored under the metadata's ``key``."""
+    from ..weights import load_checkpoint, save_checkpoint
+
+    if len(paths) != len(coefficients) or not paths:
+        raise ValueError(f"need one coefficient per checkpoint, got {len(paths)} checkpoints and "
+                         f"{len(coefficients)} coefficients")
+    if any(c < 0 for c in coefficients) or abs(sum(coefficients) - 1.0) > 1e-6:
+        raise ValueError(f"coefficients must be >= 0 and sum to 1, got {list(coefficients)}")
+    models = [load_checkpoint(p) for p in paths]
+    last, meta = models[-1]
+    for (m, _), p in zip(models, paths):
+        if m.cfg != last.cfg:
+            raise ValueError(f"{p} and {paths[-1]} hold different models ({m.cfg.name} / {last.cfg.name})")
+    states = [m.state_dict() for m, _ in models]
+    mixed = {k: sum(c * s[k].float() for c, s in zip(coefficients, states)).to(v.dtype) if v.is_floating_point() else v
+             for k, v in states[-1].items()}
+    last.load_state_dict(mixed)
+    record = record or {"members": [Path(p).name for p in paths], "coefficients": [float(c) for c in coefficients]}
+    return save_checkpoint(out, last, {**meta, key: record}, dtype=dtype)
+
+
 def blend_weights(a: str, b: str, alpha: float, out: str, dtype: torch.dtype = torch.float16) -> Path:
     """``(1 - alpha) * A + alpha * B`` of two roma-sfm checkpoints of one model (weight-space
     interpolation between weights and their fine-tuned successor, as in WiSE-FT); integer buffers
     and the metadata come from B, which gains a ``blend`` entry."""
-    from ..weights import load_checkpoint, save_checkpoint
-
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
-    model_a, _ = load_checkpoint(a)
-    model_b, meta = load_checkpoint(b)
-    if model_a.cfg != model_b.cfg:
-        raise ValueError(f"{a} and {b} hold different models ({model_a.cfg.name} / {model_b.cfg.name})")
-    sa = model_a.state_dict()
-    mixed = {k: torch.lerp(sa[k].float(), v.float(), alpha).to(v.dtype) if v.is_floating_point() else v
-             for k, v in model_b.state_dict().items()}
-    model_b.load_state_dict(mixed)
-    meta = {**meta, "blend": {"a": Path(a).name, "b": Path(b).name, "alpha": alpha}}
-    return save_checkpoint(out, model_b, meta, dtype=dtype)
+    return average_weights([a, b], [1.0 - alpha, alpha], out, dtype, key="blend",
+                           record={"a": Path(a).name, "b": Path(b).name, "alpha": alpha})
 
 
 def training_data_summary(train_cfg: dict) -> str:

@@ -53,7 +53,7 @@ from ..matcher import autocast_dtype, resolve_device, torch_threads
 from ..models.decoder import seed_second_pass_refiners
 from ..models.roma import RoMa
 from ..presets import DEVICE, PRECISION, RomaConfig, get_preset
-from .checkpoints import (atomic_save, blend_weights, export_weights, load_weights, get_rng_state, no_prior,
+from .checkpoints import (atomic_save, average_weights, blend_weights, export_weights, load_weights, get_rng_state, no_prior,
                           prior_training, remove_stale_tmp, set_rng_state, write_text_atomic)
 from .data import DepthPairs, MixedPairs, SynthConfig, SyntheticPairs, collate
 from .logs import CsvLog
@@ -553,6 +553,9 @@ def _parser() -> argparse.ArgumentParser:
                         ".safetensors and exit")
     p.add_argument("--blend", nargs=4, metavar=("A", "B", "ALPHA", "OUT"),
                    help="only write (1 - ALPHA) * A + ALPHA * B of two .safetensors weights of one model and exit")
+    p.add_argument("--average", nargs="+", metavar="PATH",
+                   help="OUT A B [C ...]: only write the uniform average (a model soup) of the .safetensors "
+                        "weights A, B, ... of one model to OUT and exit")
     optional_types = {"model": json.loads, "depth_index": str, "val_root": str, "encoder_lr": float,
                       "init_from": str}
     for f in dataclasses.fields(TrainConfig):
@@ -596,6 +599,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.blend:
         a, b, alpha, out = args.blend
         blend_weights(a, b, float(alpha), out)
+        return 0
+    if args.average:
+        if len(args.average) < 3:
+            raise SystemExit("--average needs OUT and at least two weights files")
+        out, *members = args.average
+        average_weights(members, [1.0 / len(members)] * len(members), out)
         return 0
     res = train(config_from_args(argv))
     print(json.dumps({k: v for k, v in res.items() if k != "last_losses"}, default=str))
