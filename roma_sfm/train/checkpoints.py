@@ -110,15 +110,17 @@ def average_weights(paths: Sequence[str], coefficients: Sequence[float], out: st
                          f"{len(coefficients)} coefficients")
     if any(c < 0 for c in coefficients) or abs(sum(coefficients) - 1.0) > 1e-6:
         raise ValueError(f"coefficients must be >= 0 and sum to 1, got {list(coefficients)}")
-    models = [load_checkpoint(p) for p in paths]
-    last, meta = models[-1]
-    for (m, _), p in zip(models, paths):
-        if m.cfg != last.cfg:
-            raise ValueError(f"{p} and {paths[-1]} hold different models ({m.cfg.name} / {last.cfg.name})")
-    states = [m.state_dict() for m, _ in models]
-    mixed = {k: sum(c * s[k].float() for c, s in zip(coefficients, states)).to(v.dtype) if v.is_floating_point() else v
-             for k, v in states[-1].items()}
-    last.load_state_dict(mixed)
+    last, meta = load_checkpoint(paths[-1])
+    target = last.state_dict()
+    sums = {k: coefficients[-1] * v.float() for k, v in target.items() if v.is_floating_point()}
+    for p, c in zip(paths[:-1], coefficients[:-1]):  # one further model in memory at a time
+        model, _ = load_checkpoint(p)
+        if model.cfg != last.cfg:
+            raise ValueError(f"{p} and {paths[-1]} hold different models ({model.cfg.name} / {last.cfg.name})")
+        for k, v in model.state_dict().items():
+            if k in sums:
+                sums[k] += c * v.float()
+    last.load_state_dict({k: sums[k].to(v.dtype) if k in sums else v for k, v in target.items()})
     record = record or {"members": [Path(p).name for p in paths], "coefficients": [float(c) for c in coefficients]}
     return save_checkpoint(out, last, {**meta, key: record}, dtype=dtype)
 
