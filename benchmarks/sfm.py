@@ -68,6 +68,17 @@ def run_ours(images: Path, gt: Optional[Path], out: Path, matcher: str, num_thre
             "fallback": {k: v for k, v in rep.get("fallback", {}).items() if k != "dropped"}}
 
 
+def sift_database(images: Path, db: Path, num_threads: int,
+                  camera_mode: pycolmap.CameraMode = pycolmap.CameraMode.AUTO) -> None:
+    """COLMAP's SIFT extraction and exhaustive matching of ``images`` into ``db``, with its defaults."""
+    ext = pycolmap.FeatureExtractionOptions()
+    ext.num_threads = num_threads
+    pycolmap.extract_features(db, images, camera_mode=camera_mode, extraction_options=ext, device=pycolmap.Device.cpu)
+    mopt = pycolmap.FeatureMatchingOptions()
+    mopt.num_threads = num_threads
+    pycolmap.match_exhaustive(db, matching_options=mopt, device=pycolmap.Device.cpu)
+
+
 def run_peers(images: Path, gt: Optional[Path], out: Path, num_threads: int, peers=("colmap", "glomap")
               ) -> list[dict]:
     """COLMAP's SIFT extraction + exhaustive matching once (defaults: 8192 features), then each peer's
@@ -76,13 +87,7 @@ def run_peers(images: Path, gt: Optional[Path], out: Path, num_threads: int, pee
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     db = out / "database.db"
-    ext = pycolmap.FeatureExtractionOptions()
-    ext.num_threads = num_threads
-    pycolmap.extract_features(db, images, camera_mode=pycolmap.CameraMode.AUTO, extraction_options=ext,
-                              device=pycolmap.Device.cpu)
-    mopt = pycolmap.FeatureMatchingOptions()
-    mopt.num_threads = num_threads
-    pycolmap.match_exhaustive(db, matching_options=mopt, device=pycolmap.Device.cpu)
+    sift_database(images, db, num_threads)
     t_features = time.perf_counter() - t0
     with pycolmap.Database.open(db) as d:
         n_img, n_verified = d.num_images(), d.num_verified_image_pairs()

@@ -1,0 +1,167 @@
+"""Internet photos of a landmark: two-view relative pose against a COLMAP-SIFT pseudo ground truth.
+
+    python benchmarks/landmark.py [--matcher roma sift-opencv ...] [--images DIR] [--write-readme]
+
+The Strecha scenes come from one calibrated camera; tourists' photos do not (mixed cameras and
+sizes, no EXIF, people in front, sky, big scale and light changes). The shared data hold one such
+set, ``demo/sacre-coeur`` (10 photos, EVALUATION ONLY), without ground truth. This benchmark makes
+one: COLMAP's SIFT extraction (a camera per image, SIMPLE_RADIAL), exhaustive matching and
+incremental mapping with pycolmap's defaults, kept only if every image registers. It then scores
+every pair of images that share at least ``--min-covisible`` 3-D points with ``pose.py``'s protocol
+(essential matrix RANSAC, pose error = max(rotation, translation angle), AUC@5/10/20).
+
+The pseudo ground truth is SIFT's own reconstruction, bundle-adjusted over all views, so it leans
+towards SIFT; read it as a proxy, not a truth. Matches are undistorted by its cameras before scoring.
+The ground truth is cached in ``--work`` as ``NAME/poses_gt.txt`` beside a link to the images (NAME:
+the image folder's name), so ``benchmarks/sfm.py --data WORK --scenes NAME --variants original``
+can map the same photos against it.
+Table markers: ``landmark-table``.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pycolmap
+
+from common import DATA, add_common_args, fmt, run_matchers, set_threads
+from pose import evaluate
+from readme import publish
+from sfm import sift_database
+
+from roma_sfm.pipelines.mapping import rank_models
+
+
+def build_pseudo_gt(images: Path, work: Path, num_threads: int = 2) -> pycolmap.Reconstruction:
+    """COLMAP-SIFT reconstruction of ``images`` (cached in ``work``); raises if an image is left out."""
+    model_dir = work / "model"
+    if not (model_dir / "images.bin").is_file():
+        work.mkdir(parents=True, exist_ok=True)
+        db = work / "database.db"
+        db.unlink(missing_ok=True)
+        sift_database(images, db, num_threads, pycolmap.CameraMode.PER_IMAGE)
+        opts = pycolmap.IncrementalPipelineOptions()
+        opts.num_threads = num_threads
+        opts.random_seed = 0
+        (work / "mapping").mkdir(exist_ok=True)
+        models = rank_models(pycolmap.incremental_mapping(db, images, work / "mapping", opts).values())
+        if not models:
+            raise RuntimeError(f"COLMAP-SIFT found no model in {images}")
+        model_dir.mkdir(exist_ok=True)
+        models[0].write(model_dir)
+    rec = pycolmap.Reconstruction(model_dir)
+    n_images = sum(1 for p in images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if rec.num_reg_images() < n_images:
+        raise RuntimeError(f"the pseudo ground truth registers {rec.num_reg_images()} of {n_images} images; "
+                           "it must register all of them")
+    return rec
+
+
+def intrinsics(camera: pycolmap.Camera) -> np.ndarray:
+    """3x3 K with pixel centres at integers (the pairs files' convention; COLMAP's are at +0.5)."""
+    f, cx, cy = camera.params[0], camera.params[1], camera.params[2]
+    return np.array([[f, 0, cx - 0.5], [0, f, cy - 0.5], [0, 0, 1.0]])
+
+
+def world_to_camera(image: pycolmap.Image) -> np.ndarray:
+    """4x4 world-to-camera matrix of a registered image."""
+    T = np.eye(4)
+    T[:3] = image.cam_from_world().matrix()
+    return T
+
+
+def undistort(camera: pycolmap.Camera, kpts: np.ndarray) -> np.ndarray:
+    """(N, 2) pixels (COLMAP convention) of ``camera`` -> where its pinhole part alone would see them."""
+    if len(kpts) == 0:
+        return np.asarray(kpts, np.float64).reshape(0, 2)
+    return camera.cam_from_img(np.asarray(kpts, np.float64)) * camera.params[0] + camera.params[1:3][None]
+
+
+def undistorting(match_fn: Callable[[Path, Path], tuple[np.ndarray, np.ndarray]], rec: pycolmap.Reconstruction
+                 ) -> Callable[[Path, Path], tuple[np.ndarray, np.ndarray]]:
+    """``match_fn`` with its keypoints undistorted by the pseudo ground truth's cameras, so that
+    ``intrinsics`` applies to them."""
+    cameras = {im.name: rec.cameras[im.camera_id] for im in rec.images.values()}
+
+    def fn(path0: Path, path1: Path) -> tuple[np.ndarray, np.ndarray]:
+        k0, k1 = match_fn(path0, path1)
+        return undistort(cameras[path0.name], k0), undistort(cameras[path1.name], k1)
+    return fn
+
+
+def covisible(rec: pycolmap.Reconstruction) -> dict[tuple[int, int], int]:
+    """Number of 3-D points seen by both images of each pair of image ids (i < j)."""
+    counts: dict[tuple[int, int], int] = {}
+    for point in rec.points3D.values():
+        ids = sorted({el.image_id for el in point.track.elements})
+        for a in range(len(ids)):
+            for b in range(a + 1, len(ids)):
+                counts[ids[a], ids[b]] = counts.get((ids[a], ids[b]), 0) + 1
+    return counts
+
+
+def write_ground_truth(rec: pycolmap.Reconstruction, images: Path, work: Path, min_covisible: int) -> list[dict]:
+    """Pairs (``read_pairs_gt`` dicts, names relative to ``work``); writes ``work/NAME/poses_gt.txt``."""
+    scene = work / images.name
+    scene.mkdir(parents=True, exist_ok=True)
+    link = scene / "images"
+    if not link.exists():
+        link.symlink_to(images.resolve(), target_is_directory=True)
+    lines, pairs = [], []
+    for image in sorted(rec.images.values(), key=lambda im: im.name):
+        K = intrinsics(rec.cameras[image.camera_id])
+        q = image.cam_from_world().rotation.quat  # x, y, z, w
+        t = image.cam_from_world().translation
+        lines.append(" ".join([image.name, *(f"{v:.6f}" for v in (K[0, 0], K[1, 1], K[0, 2], K[1, 2], q[3], q[0],
+                                                                     q[1], q[2], *t))]))
+    (scene / "poses_gt.txt").write_text("\n".join(lines) + "\n")
+    for (a, b), n in sorted(covisible(rec).items(), key=lambda kv: (rec.images[kv[0][0]].name,
+                                                                    rec.images[kv[0][1]].name)):
+        if n < min_covisible:
+            continue
+        ia, ib = rec.images[a], rec.images[b]
+        if ia.name > ib.name:
+            ia, ib = ib, ia
+        pairs.append({"name0": f"{images.name}/images/{ia.name}", "name1": f"{images.name}/images/{ib.name}", "rot0": 0, "rot1": 0,
+                      "K0": intrinsics(rec.cameras[ia.camera_id]), "K1": intrinsics(rec.cameras[ib.camera_id]),
+                      "T_0to1": world_to_camera(ib) @ np.linalg.inv(world_to_camera(ia))})
+    return pairs
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(ap)
+    ap.add_argument("--images", type=Path, default=DATA / "demo" / "sacre-coeur")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/roma-sfm-landmark"),
+                    help="cache of the pseudo ground truth")
+    ap.add_argument("--min-covisible", type=int, default=20, help="3-D points two images must share to be a pair")
+    ap.add_argument("--ransac-px", type=float, default=0.5)
+    args = ap.parse_args(argv)
+    if not args.images.is_dir():
+        ap.error(f"image folder not found: {args.images} (the shared evaluation data, see ../shared/data/README.md)")
+    set_threads(args.threads)
+    rec = build_pseudo_gt(args.images, args.work, args.threads)
+    pairs = write_ground_truth(rec, args.images, args.work, args.min_covisible)[:args.limit]
+    k1 = max((abs(cam.params[3]) for cam in rec.cameras.values() if len(cam.params) > 3), default=0.0)
+
+    lines = ["| matcher | pairs | AUC@5 | AUC@10 | AUC@20 | failed | matches (median) | s / pair |",
+             "|---|---|---|---|---|---|---|---|"]
+    results = run_matchers(
+        args, lines, lambda timed, log: evaluate(undistorting(timed, rec), pairs, args.work, args.ransac_px, args.seed, log),
+        lambda name, r: (f"| {name} | {r['pairs']} | {fmt(r['auc@5'])} | {fmt(r['auc@10'])} | {fmt(r['auc@20'])} "
+                         f"| {r['failed']} | {r['median_matches']:.0f} | {fmt(r['seconds_per_pair'], 2)} |"))
+    lines += ["", f"Relative pose on the {len(pairs)} pairs of `{args.images.name}` ({rec.num_reg_images()} photos) "
+              f"that share >= {args.min_covisible} points of a COLMAP-SIFT pseudo ground truth (mean reprojection "
+              f"error {rec.compute_mean_reprojection_error():.2f} px; matches undistorted by its SIMPLE_RADIAL "
+              f"cameras, |k| up to {k1:.3f}): essential matrix RANSAC at {args.ransac_px:g} px, AUC in %. Dense matchers: "
+              f"{args.num_samples} balanced samples. `python benchmarks/landmark.py` on {args.threads} CPU threads "
+              f"({platform.processor() or platform.machine()}); s / pair = matching only."]
+    table = publish("landmark-table", lines, args.readme if args.write_readme else None)
+    return {"table": table, "results": results}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""benchmarks/landmark.py: the pseudo ground truth's pairs agree with its own observations."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+from bench_loader import load as load_benchmark
+
+from roma_sfm.pipelines.evaluate import read_poses_gt
+
+landmark = load_benchmark("landmark")
+IMAGES = landmark.DATA / "demo" / "sacre-coeur"
+
+
+def skew(t: np.ndarray) -> np.ndarray:
+    return np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])
+
+
+@pytest.mark.skipif(not IMAGES.is_dir(), reason=f"shared evaluation data absent: {IMAGES}")
+def test_pairs_fit_the_pseudo_ground_truths_observations(tmp_path: Path):
+    rec = landmark.build_pseudo_gt(IMAGES, tmp_path, num_threads=2)
+    pairs = landmark.write_ground_truth(rec, IMAGES, tmp_path, min_covisible=20)
+    assert len(pairs) >= 20
+    by_name = {im.name: im for im in rec.images.values()}
+    poses = read_poses_gt(tmp_path / IMAGES.name / "poses_gt.txt")
+    assert set(poses) == set(by_name)
+    for pair in pairs[:10]:
+        im0, im1 = by_name[Path(pair["name0"]).name], by_name[Path(pair["name1"]).name]
+        assert np.allclose(poses[im0.name].K, pair["K0"]) and np.allclose(poses[im1.name].K, pair["K1"])
+        shared = {}
+        for im, side in ((im0, 0), (im1, 1)):
+            for p2d in im.points2D:
+                if p2d.has_point3D():
+                    shared.setdefault(p2d.point3D_id, [None, None])[side] = p2d.xy
+        obs = np.array([v for v in shared.values() if v[0] is not None and v[1] is not None], np.float64)
+        assert len(obs) >= 20
+        cams = [rec.cameras[im0.camera_id], rec.cameras[im1.camera_id]]
+        # the pairs' convention: undistorted, pixel centres at integers
+        x0, x1 = (landmark.undistort(cams[i], obs[:, i]) - 0.5 for i in (0, 1))
+        T = pair["T_0to1"]
+        F = np.linalg.inv(pair["K1"]).T @ skew(T[:3, 3]) @ T[:3, :3] @ np.linalg.inv(pair["K0"])
+        h0, h1 = np.c_[x0, np.ones(len(x0))], np.c_[x1, np.ones(len(x1))]
+        line = h0 @ F.T
+        dist = np.abs(np.sum(h1 * line, 1)) / np.linalg.norm(line[:, :2], axis=1)
+        assert np.median(dist) < 1.0, pair["name0"]
+    # COLMAP's radial model puts a point at (1 + k r^2) times its pinhole radius: undistorting a corner
+    # moves it towards the principal point when k > 0, away when k < 0, and leaves the point itself
+    for cam in rec.cameras.values():
+        pp = cam.params[1:3]
+        assert np.allclose(landmark.undistort(cam, pp[None]), pp[None], atol=1e-6)
+        moved = np.linalg.norm(landmark.undistort(cam, np.zeros((1, 2))) - pp) - np.linalg.norm(pp)
+        assert np.sign(moved) == -np.sign(cam.params[3]) or abs(cam.params[3]) < 1e-4
