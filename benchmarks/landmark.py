@@ -36,18 +36,20 @@ from roma_sfm.pipelines.mapping import rank_models
 
 
 def build_pseudo_gt(images: Path, work: Path, num_threads: int = 2) -> pycolmap.Reconstruction:
-    """COLMAP-SIFT reconstruction of ``images`` (cached in ``work``); raises if an image is left out."""
-    model_dir = work / "model"
+    """COLMAP-SIFT reconstruction of ``images`` (cached in ``work/NAME/pseudo_gt``, NAME the folder's
+    name); raises if an image is left out."""
+    cache = work / images.name / "pseudo_gt"
+    model_dir = cache / "model"
     if not (model_dir / "images.bin").is_file():
-        work.mkdir(parents=True, exist_ok=True)
-        db = work / "database.db"
+        cache.mkdir(parents=True, exist_ok=True)
+        db = cache / "database.db"
         db.unlink(missing_ok=True)
         sift_database(images, db, num_threads, pycolmap.CameraMode.PER_IMAGE)
         opts = pycolmap.IncrementalPipelineOptions()
         opts.num_threads = num_threads
         opts.random_seed = 0
-        (work / "mapping").mkdir(exist_ok=True)
-        models = rank_models(pycolmap.incremental_mapping(db, images, work / "mapping", opts).values())
+        (cache / "mapping").mkdir(exist_ok=True)
+        models = rank_models(pycolmap.incremental_mapping(db, images, cache / "mapping", opts).values())
         if not models:
             raise RuntimeError(f"COLMAP-SIFT found no model in {images}")
         model_dir.mkdir(exist_ok=True)
