@@ -27,8 +27,8 @@ from typing import Callable
 import numpy as np
 import pycolmap
 
-from common import DATA, add_common_args, fmt, run_matchers, set_threads
-from pose import evaluate
+from common import DATA, add_common_args, run_matchers, set_threads
+from pose import TABLE_HEADER, evaluate, table_row
 from readme import publish
 from sfm import sift_database
 
@@ -149,12 +149,10 @@ def main(argv=None) -> dict:
     pairs = write_ground_truth(rec, args.images, args.work, args.min_covisible)[:args.limit]
     k1 = max((abs(cam.params[3]) for cam in rec.cameras.values() if len(cam.params) > 3), default=0.0)
 
-    lines = ["| matcher | pairs | AUC@5 | AUC@10 | AUC@20 | failed | matches (median) | s / pair |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = list(TABLE_HEADER)
     results = run_matchers(
         args, lines, lambda timed, log: evaluate(undistorting(timed, rec), pairs, args.work, args.ransac_px, args.seed, log),
-        lambda name, r: (f"| {name} | {r['pairs']} | {fmt(r['auc@5'])} | {fmt(r['auc@10'])} | {fmt(r['auc@20'])} "
-                         f"| {r['failed']} | {r['median_matches']:.0f} | {fmt(r['seconds_per_pair'], 2)} |"))
+        table_row)
     lines += ["", f"Relative pose on the {len(pairs)} pairs of `{args.images.name}` ({rec.num_reg_images()} photos) "
               f"that share >= {args.min_covisible} points of a COLMAP-SIFT pseudo ground truth (mean reprojection "
               f"error {rec.compute_mean_reprojection_error():.2f} px; matches undistorted by its SIMPLE_RADIAL "

@@ -36,6 +36,16 @@ THRESHOLDS = (5, 10, 20)
 REFERENCE = {"sift-opencv": (73.9, 84.9, 91.0)}  # data README, OpenCV SIFT 8000 / ratio 0.8 / 0.5 px
 
 
+TABLE_HEADER = ("| matcher | pairs | AUC@5 | AUC@10 | AUC@20 | failed | matches (median) | s / pair |",
+                "|---|---|---|---|---|---|---|---|")
+
+
+def table_row(name: str, r: dict) -> str:
+    """One matcher's row of the pose table (``evaluate``'s metrics plus seconds per pair)."""
+    return (f"| {name} | {r['pairs']} | {fmt(r['auc@5'])} | {fmt(r['auc@10'])} | {fmt(r['auc@20'])} "
+            f"| {r['failed']} | {r['median_matches']:.0f} | {fmt(r['seconds_per_pair'], 2)} |")
+
+
 def pair_pose_error(pair: dict, k0: np.ndarray, k1: np.ndarray, ransac_px: float = 0.5) -> float:
     """Pose error (deg) of one GT pair from matches in COLMAP convention (pixel centres at +0.5);
     the GT intrinsics put pixel centres at integers, hence the -0.5. inf if no pose is found."""
@@ -83,12 +93,10 @@ def main(argv=None) -> dict:
     total = len(pairs)
     pairs = pairs[:args.limit]
 
-    lines = ["| matcher | pairs | AUC@5 | AUC@10 | AUC@20 | failed | matches (median) | s / pair |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = list(TABLE_HEADER)
     results = run_matchers(
         args, lines, lambda timed, log: evaluate(timed, pairs, args.scenes, args.ransac_px, args.seed, log),
-        lambda name, r: (f"| {name} | {r['pairs']} | {fmt(r['auc@5'])} | {fmt(r['auc@10'])} | {fmt(r['auc@20'])} "
-                         f"| {r['failed']} | {r['median_matches']:.0f} | {fmt(r['seconds_per_pair'], 2)} |"))
+        table_row)
     ref = ", ".join(f"{k}: {' / '.join(f'{v:.1f}' for v in vals)}" for k, vals in REFERENCE.items())
     subset = f"the first {len(pairs)}" if args.limit and len(pairs) < total else f"all {len(pairs)}"
     lines += ["", f"Relative pose on {subset} pairs of `{args.pairs.name}` (Strecha, 768x512): essential matrix RANSAC "
