@@ -15,6 +15,10 @@ towards SIFT; read it as a proxy, not a truth. Matches are undistorted by its ca
 The ground truth is cached in ``--work`` as ``NAME/poses_gt.txt`` beside a link to the images (NAME:
 the image folder's name), so ``benchmarks/sfm.py --data WORK --scenes NAME --variants original``
 can map the same photos against it.
+The pairs are also scored apart by how much the two photos differ in the scale of what they
+share (``content_scale``: the median ratio of focal length over depth across their common 3-D
+points, as one factor >= 1): below ``--scale-split`` and at or above it, the failure mode of
+RoMa-tiny on these photos.
 Table markers: ``landmark-table``.
 """
 from __future__ import annotations
@@ -27,11 +31,12 @@ from typing import Callable
 import numpy as np
 import pycolmap
 
-from common import DATA, add_common_args, run_matchers, set_threads
-from pose import TABLE_HEADER, evaluate, table_row
+from common import DATA, add_common_args, fmt, run_matchers, set_threads
+from pose import TABLE_HEADER, THRESHOLDS, evaluate, table_row
 from readme import publish
 from sfm import sift_database
 
+from roma_sfm.pipelines.evaluate import pose_auc
 from roma_sfm.pipelines.mapping import rank_models
 
 
@@ -105,6 +110,39 @@ def covisible(rec: pycolmap.Reconstruction) -> dict[tuple[int, int], int]:
     return counts
 
 
+def content_scale(f0: float, z0: np.ndarray, f1: float, z1: np.ndarray) -> float:
+    """How many times larger one view shows the points both see than the other (>= 1).
+
+    f0, f1: focal lengths (px); z0, z1: (N,) depths of the same N points in each camera. A point
+    of size d spans f d / z pixels, so the ratio of the two views is (f0 / z0) / (f1 / z1); its
+    median over the points, folded so that 2x and 1/2x read alike.
+    """
+    r = float(np.median((f0 / np.asarray(z0, np.float64)) / (f1 / np.asarray(z1, np.float64))))
+    return max(r, 1 / r)
+
+
+def pair_scale(rec: pycolmap.Reconstruction, a: int, b: int) -> float:
+    """:func:`content_scale` of the registered images ``a`` and ``b`` over their common 3-D points."""
+    ims = rec.images[a], rec.images[b]
+    common = set.intersection(*({p.point3D_id for p in im.points2D if p.has_point3D()} for im in ims))
+    X = np.array([rec.points3D[i].xyz for i in common], np.float64).reshape(-1, 3)
+    z = [(X @ im.cam_from_world().rotation.matrix().T + im.cam_from_world().translation)[:, 2] for im in ims]
+    return content_scale(rec.cameras[ims[0].camera_id].params[0], z[0], rec.cameras[ims[1].camera_id].params[0], z[1])
+
+
+def split_rows(names: list[str], results: dict[str, dict], scales: list[float], split: float) -> list[str]:
+    """A table of AUC@5/10/20 per matcher on the pairs below ``split`` and at or above it."""
+    near = np.asarray(scales) < split
+    lines = [f"| matcher | AUC@5 / 10 / 20, pairs < {split:g}x apart ({int(near.sum())}) "
+             f"| pairs >= {split:g}x apart ({int((~near).sum())}) |", "|---|---|---|"]
+    for name in names:
+        errors = np.asarray(results[name]["errors"], np.float64)
+        cells = [" / ".join(fmt(a) for a in pose_auc(list(errors[sel]), THRESHOLDS)) if sel.any() else "-"
+                 for sel in (near, ~near)]
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
+    return lines
+
+
 def write_ground_truth(rec: pycolmap.Reconstruction, images: Path, work: Path, min_covisible: int) -> list[dict]:
     """Pairs (``read_pairs_gt`` dicts, names relative to ``work``); writes ``work/NAME/poses_gt.txt``."""
     scene = work / images.name
@@ -129,7 +167,8 @@ def write_ground_truth(rec: pycolmap.Reconstruction, images: Path, work: Path, m
             ia, ib = ib, ia
         pairs.append({"name0": f"{images.name}/images/{ia.name}", "name1": f"{images.name}/images/{ib.name}", "rot0": 0, "rot1": 0,
                       "K0": intrinsics(rec.cameras[ia.camera_id]), "K1": intrinsics(rec.cameras[ib.camera_id]),
-                      "T_0to1": world_to_camera(ib) @ np.linalg.inv(world_to_camera(ia))})
+                      "T_0to1": world_to_camera(ib) @ np.linalg.inv(world_to_camera(ia)),
+                      "scale": pair_scale(rec, a, b)})
     return pairs
 
 
@@ -141,6 +180,8 @@ def main(argv=None) -> dict:
                     help="cache of the pseudo ground truth")
     ap.add_argument("--min-covisible", type=int, default=20, help="3-D points two images must share to be a pair")
     ap.add_argument("--ransac-px", type=float, default=0.5)
+    ap.add_argument("--scale-split", type=float, default=1.5,
+                    help="second table: pairs below / at or above this change of scale")
     args = ap.parse_args(argv)
     if not args.images.is_dir():
         ap.error(f"image folder not found: {args.images} (the shared evaluation data, see ../shared/data/README.md)")
@@ -158,7 +199,10 @@ def main(argv=None) -> dict:
               f"error {rec.compute_mean_reprojection_error():.2f} px; matches undistorted by its SIMPLE_RADIAL "
               f"cameras, |k| up to {k1:.3f}): essential matrix RANSAC at {args.ransac_px:g} px, AUC in %. Dense matchers: "
               f"{args.num_samples} balanced samples. `python benchmarks/landmark.py` on {args.threads} CPU threads "
-              f"({platform.processor() or platform.machine()}); s / pair = matching only."]
+              f"({platform.processor() or platform.machine()}); s / pair = matching only.", ""]
+    lines += split_rows(list(results), results, [p["scale"] for p in pairs], args.scale_split)
+    lines += ["", "The same pairs split by how much the two photos differ in the scale of what they share "
+              "(pseudo ground truth: focal length over depth of their common points)."]
     table = publish("landmark-table", lines, args.readme if args.write_readme else None)
     return {"table": table, "results": results}
 

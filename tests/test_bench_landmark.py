@@ -20,6 +20,7 @@ def test_pairs_fit_the_pseudo_ground_truths_observations(tmp_path: Path):
     rec = landmark.build_pseudo_gt(IMAGES, tmp_path, num_threads=2)
     pairs = landmark.write_ground_truth(rec, IMAGES, tmp_path, min_covisible=20)
     assert len(pairs) >= 20
+    assert all(p["scale"] >= 1.0 for p in pairs) and max(p["scale"] for p in pairs) > 1.5  # photos 2x apart exist
     by_name = {im.name: im for im in rec.images.values()}
     poses = read_poses_gt(tmp_path / IMAGES.name / "poses_gt.txt")
     assert set(poses) == set(by_name)
@@ -49,3 +50,21 @@ def test_pairs_fit_the_pseudo_ground_truths_observations(tmp_path: Path):
         assert np.allclose(landmark.undistort(cam, pp[None]), pp[None], atol=1e-6)
         moved = np.linalg.norm(landmark.undistort(cam, np.zeros((1, 2))) - pp) - np.linalg.norm(pp)
         assert np.sign(moved) == -np.sign(cam.params[3]) or abs(cam.params[3]) < 1e-4
+
+
+def test_content_scale_is_the_ratio_of_focal_over_depth_folded():
+    z = np.array([2.0, 3.0, 4.0])
+    # the same points twice as far in a camera of the same focal: half the size there
+    assert landmark.content_scale(1000.0, z, 1000.0, 2 * z) == pytest.approx(2.0)
+    assert landmark.content_scale(1000.0, 2 * z, 1000.0, z) == pytest.approx(2.0)
+    # a longer focal at the same depth shows them larger by the focal ratio
+    assert landmark.content_scale(500.0, z, 1500.0, z) == pytest.approx(3.0)
+    assert landmark.content_scale(800.0, z, 800.0, z) == pytest.approx(1.0)
+
+
+def test_split_rows_scores_each_side_of_the_split():
+    results = {"m": {"errors": [0.0, 0.0, 90.0, 90.0]}}
+    lines = landmark.split_rows(["m"], results, [1.0, 1.2, 2.0, 3.0], 1.5)
+    assert "(2)" in lines[0] and lines[2].startswith("| m |")
+    near, far = lines[2].split("|")[2:4]
+    assert near.strip() == "100.0 / 100.0 / 100.0" and far.strip() == "0.0 / 0.0 / 0.0"

@@ -5,8 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from roma_sfm.train.scenes import (Rect, SceneConfig, ScenePairs, covisible_warp, intrinsics, look_at, render_pair,
-                                   shade, trace)
+from roma_sfm.train.scenes import (Rect, SceneConfig, ScenePairs, camera_pair, covisible_warp, intrinsics, look_at,
+                                   make_world, render_pair, shade, trace)
 
 SIZE = (96, 128)  # (H, W)
 
@@ -38,9 +38,10 @@ def plane_homography(cam_A, cam_B):
     return cv2.getPerspectiveTransform(proj[0], proj[1])
 
 
-@pytest.mark.parametrize("roll,f_B", [(0.0, 100.0), (30.0, 250.0)])
-def test_warp_of_a_plane_is_its_homography(roll, f_B):
+@pytest.mark.parametrize("roll,f_B,aspect_B", [(0.0, 100.0, 1.0), (30.0, 250.0, 1.0), (10.0, 150.0, 0.6)])
+def test_warp_of_a_plane_is_its_homography(roll, f_B, aspect_B):
     cam_A, cam_B = two_cameras(roll=roll, f_B=f_B)
+    cam_B[0][1, 1] *= aspect_B  # a stretched view: fy != fx
     rects = [wall()]
     vA, vB = trace(*cam_A, SIZE, rects), trace(*cam_B, SIZE, rects)
     warp, mask = covisible_warp(vA, vB)
@@ -124,3 +125,17 @@ def test_render_pair_layouts(tmp_path):
         s = render_pair(rng, textures, (112, 112), SceneConfig(layouts=(layout,), neg_prob=0.0))
         assert s["mask"].mean() >= SceneConfig().min_overlap, layout
         assert s["im_A"].std() > 5 and s["im_B"].std() > 5, layout
+
+
+def test_aspect_stretches_each_view_within_its_range():
+    world = make_world(np.random.default_rng(0), "street", 4, SceneConfig())
+    ratios = []
+    for seed in range(8):
+        for cfg, lo, hi in ((SceneConfig(), 1.0, 1.0), (SceneConfig(aspect=(0.5, 2.0)), 0.5, 2.0)):
+            cams = camera_pair(np.random.default_rng(seed), world, SIZE, cfg, negative=False)
+            for K, _, _ in cams:
+                r = K[1, 1] / K[0, 0]
+                assert lo - 1e-9 <= r <= hi + 1e-9
+                if hi > lo:
+                    ratios.append(r)
+    assert min(ratios) < 0.9 and max(ratios) > 1.1  # both ways, not a constant

@@ -50,6 +50,9 @@ class SceneConfig:
     exposure: tuple[float, float] = (0.5, 1.6)  # global gain per view, log-uniform
     texture_frac: tuple[float, float] = (0.3, 1.0)  # side of a texture crop / photo side
     repeat_texture_prob: float = 0.3  # facades share one texture (repeated structure)
+    # fy / fx of each view, log-uniform: a photo of another aspect stretched to the square input
+    # (a portrait 3:4 beside a landscape 4:3 differ by 0.56x); (1, 1) keeps square pixels
+    aspect: tuple[float, float] = (1.0, 1.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -399,7 +402,8 @@ def _sky(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return np.broadcast_to(top * (1 - t) + bottom * t, (h, w, 3)).astype(np.float32)
 
 
-def _camera_pair(rng: np.random.Generator, world: World, size: tuple[int, int], cfg: SceneConfig, negative: bool):
+def camera_pair(rng: np.random.Generator, world: World, size: tuple[int, int], cfg: SceneConfig, negative: bool):
+    """Cameras (K, R, t) of A and B around the world's target: B zoomed, turned and rolled per ``cfg``."""
     h, w = size
     target, dist, heights, bounds = world.target, world.distance, world.heights, world.bounds
     az = rng.uniform(*world.azimuths)
@@ -428,7 +432,12 @@ def _camera_pair(rng: np.random.Generator, world: World, size: tuple[int, int], 
     f_B = float(np.clip(zoom * f_A * dist_B / dist, w / 2 / math.tan(math.radians(60)), w / 2 / math.tan(math.radians(4))))
     roll = cfg.roll if rng.random() > cfg.wide_roll_prob else 90.0
     R_B, t_B = look_at(C_B, tgt_B, math.radians(rng.uniform(-roll, roll)))
-    return (intrinsics(f_A, w, h), R_A, t_A), (intrinsics(f_B, w, h), R_B, t_B)
+    K_A, K_B = intrinsics(f_A, w, h), intrinsics(f_B, w, h)
+    if cfg.aspect[0] != cfg.aspect[1] or cfg.aspect[0] != 1.0:
+        lo, hi = math.log(cfg.aspect[0]), math.log(cfg.aspect[1])
+        K_A[1, 1] *= math.exp(rng.uniform(lo, hi))
+        K_B[1, 1] *= math.exp(rng.uniform(lo, hi))
+    return (K_A, R_A, t_A), (K_B, R_B, t_B)
 
 
 def render_pair(rng: np.random.Generator, textures: Sequence[list[np.ndarray]], size: tuple[int, int],
@@ -440,7 +449,7 @@ def render_pair(rng: np.random.Generator, textures: Sequence[list[np.ndarray]], 
         layout = str(rng.choice(cfg.layouts))
         world = make_world(rng, layout, len(textures), cfg)
         rects = world.rects
-        cam_A, cam_B = _camera_pair(rng, world, size, cfg, negative)
+        cam_A, cam_B = camera_pair(rng, world, size, cfg, negative)
         vA = trace(*cam_A, size, rects)
         vB = trace(*cam_B, size, rects)
         warp, mask = covisible_warp(vA, vB)
