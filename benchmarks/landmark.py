@@ -99,15 +99,15 @@ def undistorting(match_fn: Callable[[Path, Path], tuple[np.ndarray, np.ndarray]]
     return fn
 
 
-def covisible(rec: pycolmap.Reconstruction) -> dict[tuple[int, int], int]:
-    """Number of 3-D points seen by both images of each pair of image ids (i < j)."""
-    counts: dict[tuple[int, int], int] = {}
-    for point in rec.points3D.values():
+def covisible(rec: pycolmap.Reconstruction) -> dict[tuple[int, int], list[int]]:
+    """Ids of the 3-D points seen by both images of each pair of image ids (i < j)."""
+    common: dict[tuple[int, int], list[int]] = {}
+    for point_id, point in rec.points3D.items():
         ids = sorted({el.image_id for el in point.track.elements})
         for a in range(len(ids)):
             for b in range(a + 1, len(ids)):
-                counts[ids[a], ids[b]] = counts.get((ids[a], ids[b]), 0) + 1
-    return counts
+                common.setdefault((ids[a], ids[b]), []).append(point_id)
+    return common
 
 
 def content_scale(f0: float, z0: np.ndarray, f1: float, z1: np.ndarray) -> float:
@@ -121,22 +121,24 @@ def content_scale(f0: float, z0: np.ndarray, f1: float, z1: np.ndarray) -> float
     return max(r, 1 / r)
 
 
-def pair_scale(rec: pycolmap.Reconstruction, a: int, b: int) -> float:
-    """:func:`content_scale` of the registered images ``a`` and ``b`` over their common 3-D points."""
-    ims = rec.images[a], rec.images[b]
-    common = set.intersection(*({p.point3D_id for p in im.points2D if p.has_point3D()} for im in ims))
-    X = np.array([rec.points3D[i].xyz for i in common], np.float64).reshape(-1, 3)
-    z = [(X @ im.cam_from_world().rotation.matrix().T + im.cam_from_world().translation)[:, 2] for im in ims]
-    return content_scale(rec.cameras[ims[0].camera_id].params[0], z[0], rec.cameras[ims[1].camera_id].params[0], z[1])
+def pair_scale(rec: pycolmap.Reconstruction, a: int, b: int, points: list[int]) -> float:
+    """:func:`content_scale` of the registered images ``a`` and ``b`` over the 3-D points ``points``."""
+    X = np.array([rec.points3D[i].xyz for i in points], np.float64).reshape(-1, 3)
+    f, z = [], []
+    for im in (rec.images[a], rec.images[b]):
+        T = world_to_camera(im)
+        f.append(rec.cameras[im.camera_id].params[0])
+        z.append(X @ T[2, :3] + T[2, 3])
+    return content_scale(f[0], z[0], f[1], z[1])
 
 
-def split_rows(names: list[str], results: dict[str, dict], scales: list[float], split: float) -> list[str]:
+def split_rows(results: dict[str, dict], scales: list[float], split: float) -> list[str]:
     """A table of AUC@5/10/20 per matcher on the pairs below ``split`` and at or above it."""
     near = np.asarray(scales) < split
     lines = [f"| matcher | AUC@5 / 10 / 20, pairs < {split:g}x apart ({int(near.sum())}) "
              f"| pairs >= {split:g}x apart ({int((~near).sum())}) |", "|---|---|---|"]
-    for name in names:
-        errors = np.asarray(results[name]["errors"], np.float64)
+    for name, r in results.items():
+        errors = np.asarray(r["errors"], np.float64)
         cells = [" / ".join(fmt(a) for a in pose_auc(list(errors[sel]), THRESHOLDS)) if sel.any() else "-"
                  for sel in (near, ~near)]
         lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
@@ -158,9 +160,9 @@ def write_ground_truth(rec: pycolmap.Reconstruction, images: Path, work: Path, m
         lines.append(" ".join([image.name, *(f"{v:.6f}" for v in (K[0, 0], K[1, 1], K[0, 2], K[1, 2], q[3], q[0],
                                                                      q[1], q[2], *t))]))
     (scene / "poses_gt.txt").write_text("\n".join(lines) + "\n")
-    for (a, b), n in sorted(covisible(rec).items(), key=lambda kv: (rec.images[kv[0][0]].name,
-                                                                    rec.images[kv[0][1]].name)):
-        if n < min_covisible:
+    for (a, b), points in sorted(covisible(rec).items(), key=lambda kv: (rec.images[kv[0][0]].name,
+                                                                         rec.images[kv[0][1]].name)):
+        if len(points) < min_covisible:
             continue
         ia, ib = rec.images[a], rec.images[b]
         if ia.name > ib.name:
@@ -168,7 +170,7 @@ def write_ground_truth(rec: pycolmap.Reconstruction, images: Path, work: Path, m
         pairs.append({"name0": f"{images.name}/images/{ia.name}", "name1": f"{images.name}/images/{ib.name}", "rot0": 0, "rot1": 0,
                       "K0": intrinsics(rec.cameras[ia.camera_id]), "K1": intrinsics(rec.cameras[ib.camera_id]),
                       "T_0to1": world_to_camera(ib) @ np.linalg.inv(world_to_camera(ia)),
-                      "scale": pair_scale(rec, a, b)})
+                      "scale": pair_scale(rec, a, b, points)})
     return pairs
 
 
@@ -200,7 +202,7 @@ def main(argv=None) -> dict:
               f"cameras, |k| up to {k1:.3f}): essential matrix RANSAC at {args.ransac_px:g} px, AUC in %. Dense matchers: "
               f"{args.num_samples} balanced samples. `python benchmarks/landmark.py` on {args.threads} CPU threads "
               f"({platform.processor() or platform.machine()}); s / pair = matching only.", ""]
-    lines += split_rows(list(results), results, [p["scale"] for p in pairs], args.scale_split)
+    lines += split_rows(results, [p["scale"] for p in pairs], args.scale_split)
     lines += ["", "The same pairs split by how much the two photos differ in the scale of what they share "
               "(pseudo ground truth: focal length over depth of their common points)."]
     table = publish("landmark-table", lines, args.readme if args.write_readme else None)

@@ -64,7 +64,7 @@ def test_content_scale_is_the_ratio_of_focal_over_depth_folded():
 
 def test_split_rows_scores_each_side_of_the_split():
     results = {"m": {"errors": [0.0, 0.0, 90.0, 90.0]}}
-    lines = landmark.split_rows(["m"], results, [1.0, 1.2, 2.0, 3.0], 1.5)
+    lines = landmark.split_rows(results, [1.0, 1.2, 2.0, 3.0], 1.5)
     assert "(2)" in lines[0] and lines[2].startswith("| m |")
     near, far = lines[2].split("|")[2:4]
     assert near.strip() == "100.0 / 100.0 / 100.0" and far.strip() == "0.0 / 0.0 / 0.0"

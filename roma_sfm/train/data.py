@@ -38,6 +38,11 @@ EVAL_ONLY = ("scenes", "pairs", "homography", "demo")
 PathLike = Union[str, os.PathLike]
 
 
+def log_uniform(rng: np.random.Generator, bounds: Sequence[float]) -> float:
+    """A draw in [bounds[0], bounds[1]] uniform in log scale (zoom and gain factors: x and 1/x alike)."""
+    return math.exp(rng.uniform(math.log(bounds[0]), math.log(bounds[1])))
+
+
 def check_training_path(path: PathLike) -> None:
     """Refuse the evaluation folders of the shared data layout (data/{scenes,pairs,homography,demo})."""
     p = Path(path).resolve()
@@ -232,7 +237,7 @@ def make_synthetic_pair(img: np.ndarray, rng: np.random.Generator, size: tuple[i
         ang_A = math.radians(rng.uniform(-cfg.rot_A, cfg.rot_A))
         M_A = _similarity(c_out, c_A, ang_A, px_A)  # A pixel -> photo
         # B: A's view rotated, zoomed, shifted, then its corners jittered (perspective)
-        zoom = math.exp(rng.uniform(math.log(cfg.scale_rel[0]), math.log(cfg.scale_rel[1])))
+        zoom = log_uniform(rng, cfg.scale_rel)
         c_B = c_A + rng.uniform(-cfg.shift_rel, cfg.shift_rel, 2) * L_A
         ang_B = math.radians(rng.uniform(-cfg.rot_rel, cfg.rot_rel))
         M_B0 = _similarity(c_out, c_B, ang_A + ang_B, px_A / zoom)  # B pixel -> photo, before perspective

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .data import collect_images, photometric, read_rgb, to_tensor
+from .data import collect_images, log_uniform, photometric, read_rgb, to_tensor
 
 PathLike = Union[str, os.PathLike]
 
@@ -420,7 +420,7 @@ def camera_pair(rng: np.random.Generator, world: World, size: tuple[int, int], c
     C_A = place(target, dist, az, math.radians(rng.uniform(-5, 25)))
     R_A, t_A = look_at(C_A, target, math.radians(rng.uniform(-5, 5)))
     # B: around the target, another distance and focal: zoom is the scale of the target in B / in A
-    zoom = math.exp(rng.uniform(math.log(cfg.zoom[0]), math.log(cfg.zoom[1])))
+    zoom = log_uniform(rng, cfg.zoom)
     view_w = dist * w / f_A  # width of A's view at the target
     tgt_B = target + rng.uniform(-cfg.target_shift, cfg.target_shift, 3) * view_w * np.array([1, 1, 0.5])
     if negative:
@@ -433,10 +433,9 @@ def camera_pair(rng: np.random.Generator, world: World, size: tuple[int, int], c
     roll = cfg.roll if rng.random() > cfg.wide_roll_prob else 90.0
     R_B, t_B = look_at(C_B, tgt_B, math.radians(rng.uniform(-roll, roll)))
     K_A, K_B = intrinsics(f_A, w, h), intrinsics(f_B, w, h)
-    if cfg.aspect[0] != cfg.aspect[1] or cfg.aspect[0] != 1.0:
-        lo, hi = math.log(cfg.aspect[0]), math.log(cfg.aspect[1])
-        K_A[1, 1] *= math.exp(rng.uniform(lo, hi))
-        K_B[1, 1] *= math.exp(rng.uniform(lo, hi))
+    if tuple(cfg.aspect) != (1.0, 1.0):  # no draw at the default: older seeds render as before
+        K_A[1, 1] *= log_uniform(rng, cfg.aspect)
+        K_B[1, 1] *= log_uniform(rng, cfg.aspect)
     return (K_A, R_A, t_A), (K_B, R_B, t_B)
 
 
@@ -460,7 +459,7 @@ def render_pair(rng: np.random.Generator, textures: Sequence[list[np.ndarray]], 
     images = []
     for v, (ld, rgb, amb) in ((vA, light_A), (vB, light_B)):
         img = shade(v, rects, textures, rng, ld, rgb, amb, rng.random() < cfg.shadow_prob, _sky(rng, h, w))
-        img *= math.exp(rng.uniform(math.log(cfg.exposure[0]), math.log(cfg.exposure[1])))
+        img *= log_uniform(rng, cfg.exposure)
         images.append(photometric(rng, np.clip(img, 0, 255).astype(np.uint8)))
     return {"im_A": images[0], "im_B": images[1], "warp": warp, "mask": mask}
 
