@@ -61,6 +61,26 @@ def test_sift_matcher_colmap_convention(scene):
     assert np.median(err) < 0.5
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_shortlist_finds_the_exact_neighbours(dtype):
+    """Either candidate product (the faster one is picked per machine) gives the exact 2 nearest rows."""
+    import torch
+
+    from roma_sfm.pipelines.matchers.sift import candidate_dtype, shortlist
+
+    g = torch.Generator().manual_seed(1)
+    Y = torch.nn.functional.normalize(torch.randn(500, 128, generator=g), dim=1)
+    a, b = torch.randperm(500, generator=g)[:300], torch.randperm(500, generator=g)[:300]
+    b = torch.where(a == b, (b + 1) % 500, b)  # each row lies near Y[a], then Y[b], far from the rest
+    X = 0.65 * Y[a] + 0.35 * Y[b] + 0.01 * torch.randn(300, 128, generator=g)
+    d2, idx = shortlist(X, Y, 2, chunk=128, dtype=getattr(torch, dtype))
+    true = torch.cdist(X.double(), Y.double()).square()
+    ref_d2, ref_idx = true.topk(2, 1, largest=False)
+    assert torch.equal(idx, ref_idx)
+    assert torch.allclose(d2.double(), ref_d2, rtol=1e-4, atol=1e-4)
+    assert candidate_dtype() in (torch.float32, torch.bfloat16)
+
+
 @pytest.mark.parametrize("conf", ["sift", "sift-opencv", "sift-colmap"])
 def test_sift_keypoints_follow_upscaling(scene, conf):
     """Every SIFT backend gives COLMAP-convention keypoints: in an image upscaled 2x (cv2.resize keeps

@@ -9,8 +9,10 @@ defaults. Every setting matches the descriptors the same way (:func:`ratio_match
 from __future__ import annotations
 
 import os
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Iterable, Iterator
 
 import cv2
@@ -53,21 +55,47 @@ class SparseMatches:
         raise NotImplementedError("a sparse matcher has no dense warp to re-query")
 
 
-def shortlist(X: "torch.Tensor", Y: "torch.Tensor", k: int, chunk: int = 1024) -> tuple["torch.Tensor", "torch.Tensor"]:
+@lru_cache(maxsize=None)
+def candidate_dtype() -> "torch.dtype":
+    """The dtype of :func:`shortlist`'s candidate product on this machine: bfloat16 or float32.
+
+    bfloat16 is several times faster than float32 on CPUs with bf16 units and several times slower
+    on those without (emulated, e.g. AVX2-only), so one timing of both decides, once per process.
+    """
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    X, Y = torch.randn(1024, 128, generator=g), torch.randn(2048, 128, generator=g)
+    best = {}
+    with torch.inference_mode():
+        for dtype in (torch.float32, torch.bfloat16):
+            x, y = X.to(dtype), Y.to(dtype)
+            times = []
+            for _ in range(3):
+                t = time.perf_counter()
+                x @ y.T
+                times.append(time.perf_counter() - t)
+            best[dtype] = min(times)
+    return torch.bfloat16 if best[torch.bfloat16] < best[torch.float32] else torch.float32
+
+
+def shortlist(X: "torch.Tensor", Y: "torch.Tensor", k: int, chunk: int = 1024,
+              dtype: "torch.dtype | None" = None) -> tuple["torch.Tensor", "torch.Tensor"]:
     """The k nearest rows of Y (L2) for every row of X: squared distances (n, k), ascending, and indices.
 
-    X (n, D), Y (m, D) float32. Candidates come from a bfloat16 product (several times faster than
-    float32 on CPUs with bf16 units; its ~3 significant digits only reorder near ties), then
-    ``2k`` of them are re-ranked with exact float32 distances, so the result is exact unless a true
+    X (n, D), Y (m, D) float32. Candidates come from a product in ``dtype`` (default:
+    :func:`candidate_dtype`; bfloat16's ~3 significant digits only reorder near ties), then ``2k``
+    of them are re-ranked with exact float32 distances, so the result is exact unless a true
     neighbour ranks below ``2k`` in bfloat16.
     """
     import torch
 
+    dtype = candidate_dtype() if dtype is None else dtype
     short = min(2 * k, len(Y))
-    Yb = Y.bfloat16()
-    bias = -(Y * Y).sum(1)[None].bfloat16()  # score 2 x.y - |y|^2: largest for the nearest y
+    Yc = Y.to(dtype)
+    bias = -(Y * Y).sum(1)[None].to(dtype)  # score 2 x.y - |y|^2: largest for the nearest y
     with torch.inference_mode():
-        cand = torch.cat([((2 * X[s:s + chunk]).bfloat16() @ Yb.T).add_(bias).topk(short, 1)[1]
+        cand = torch.cat([((2 * X[s:s + chunk]).to(dtype) @ Yc.T).add_(bias).topk(short, 1)[1]
                           for s in range(0, len(X), chunk)])
         d2 = (X[:, None, :] - Y[cand]).square_().sum(-1)
         d2, order = d2.sort(1)
@@ -79,8 +107,8 @@ def ratio_matches(da: np.ndarray, db: np.ndarray, ratio: float, mutual: bool = T
     """Nearest-neighbour matches that pass the ratio test (and the mutual check): (i, j, ratio) (M,).
 
     da (n, D), db (m, D) float32, m >= 2. A brute-force matcher (:func:`shortlist` both ways, the
-    way back only for the db rows that some kept match points to), with exact distances: ~3x faster
-    than a float32 one and several times faster than cv2.BFMatcher, the same matches bar ties.
+    way back only for the db rows that some kept match points to), with exact distances: faster
+    than cv2.BFMatcher, the same matches bar ties.
     """
     import torch
 
