@@ -24,6 +24,7 @@ Table markers: ``landmark-table``.
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 from pathlib import Path
 from typing import Callable
@@ -36,17 +37,27 @@ from pose import TABLE_HEADER, THRESHOLDS, evaluate, table_row
 from readme import publish
 from sfm import sift_database
 
+from roma_sfm.io import IMAGE_EXTENSIONS
 from roma_sfm.pipelines.evaluate import pose_auc
 from roma_sfm.pipelines.mapping import rank_models
+
+def cache_key(images: Path) -> dict:
+    """What the cached pseudo ground truth depends on: pycolmap's version and the images (names, sizes)."""
+    files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    return {"pycolmap": pycolmap.__version__, "images": [[p.name, p.stat().st_size] for p in files]}
 
 
 def build_pseudo_gt(images: Path, work: Path, num_threads: int = 2) -> pycolmap.Reconstruction:
     """COLMAP-SIFT reconstruction of ``images`` (cached in ``work/NAME/pseudo_gt``, NAME the folder's
-    name); raises if an image is left out."""
+    name, and built again when :func:`cache_key` changes); raises if an image is left out."""
     cache = work / images.name / "pseudo_gt"
     model_dir = cache / "model"
-    if not (model_dir / "images.bin").is_file():
+    key = cache_key(images)
+    key_file = cache / "key.json"
+    fresh = key_file.is_file() and json.loads(key_file.read_text()) == key
+    if not (fresh and (model_dir / "images.bin").is_file()):
         cache.mkdir(parents=True, exist_ok=True)
+        key_file.unlink(missing_ok=True)
         db = cache / "database.db"
         db.unlink(missing_ok=True)
         sift_database(images, db, num_threads, pycolmap.CameraMode.PER_IMAGE)
@@ -59,8 +70,9 @@ def build_pseudo_gt(images: Path, work: Path, num_threads: int = 2) -> pycolmap.
             raise RuntimeError(f"COLMAP-SIFT found no model in {images}")
         model_dir.mkdir(exist_ok=True)
         models[0].write(model_dir)
+        key_file.write_text(json.dumps(key))
     rec = pycolmap.Reconstruction(model_dir)
-    n_images = sum(1 for p in images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    n_images = len(key["images"])
     if rec.num_reg_images() < n_images:
         raise RuntimeError(f"the pseudo ground truth registers {rec.num_reg_images()} of {n_images} images; "
                            "it must register all of them")

@@ -68,3 +68,37 @@ def test_split_rows_scores_each_side_of_the_split():
     assert "(2)" in lines[0] and lines[2].startswith("| m |")
     near, far = lines[2].split("|")[2:4]
     assert near.strip() == "100.0 / 100.0 / 100.0" and far.strip() == "0.0 / 0.0 / 0.0"
+
+
+def test_pseudo_gt_cache_is_rebuilt_when_its_key_changes(tmp_path: Path, monkeypatch):
+    """A cached model is reused while pycolmap and the images are the same, rebuilt otherwise."""
+    import json
+
+    import pycolmap
+
+    images = tmp_path / "photos"
+    images.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        (images / name).write_bytes(b"x" * 10)
+
+    class Rebuilt(Exception):
+        pass
+
+    def no_colmap(*args, **kwargs):
+        raise Rebuilt
+
+    monkeypatch.setattr(landmark, "sift_database", no_colmap)
+    cache = tmp_path / "work" / "photos" / "pseudo_gt"
+    (cache / "model").mkdir(parents=True)
+    pycolmap.Reconstruction().write(cache / "model")  # an empty model: reused, it registers 0 of 2
+    (cache / "key.json").write_text(json.dumps(landmark.cache_key(images)))
+    with pytest.raises(RuntimeError, match="registers 0 of 2"):
+        landmark.build_pseudo_gt(images, tmp_path / "work")
+    stale = dict(landmark.cache_key(images), pycolmap="0.0.0")
+    (cache / "key.json").write_text(json.dumps(stale))
+    with pytest.raises(Rebuilt):
+        landmark.build_pseudo_gt(images, tmp_path / "work")
+    assert not (cache / "key.json").exists()  # a failed rebuild leaves no key: the next run rebuilds
+    before = landmark.cache_key(images)
+    (images / "b.jpg").write_bytes(b"y" * 11)  # a changed image changes the key
+    assert landmark.cache_key(images) != before
