@@ -9,7 +9,6 @@ defaults. Every setting matches the descriptors the same way (:func:`ratio_match
 from __future__ import annotations
 
 import os
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
@@ -59,24 +58,17 @@ class SparseMatches:
 def candidate_dtype() -> "torch.dtype":
     """The dtype of :func:`shortlist`'s candidate product on this machine: bfloat16 or float32.
 
-    bfloat16 is several times faster than float32 on CPUs with bf16 units and several times slower
-    on those without (emulated, e.g. AVX2-only), so one timing of both decides, once per process.
+    bfloat16 is several times faster than float32 where oneDNN has bf16 kernels for the CPU, and
+    several times slower where it has none (e.g. AVX2-only CPUs). Decided by the CPU, not by a
+    timing, so that one machine always gives the same matches.
     """
     import torch
 
-    g = torch.Generator().manual_seed(0)
-    X, Y = torch.randn(1024, 128, generator=g), torch.randn(2048, 128, generator=g)
-    best = {}
-    with torch.inference_mode():
-        for dtype in (torch.float32, torch.bfloat16):
-            x, y = X.to(dtype), Y.to(dtype)
-            times = []
-            for _ in range(3):
-                t = time.perf_counter()
-                x @ y.T
-                times.append(time.perf_counter() - t)
-            best[dtype] = min(times)
-    return torch.bfloat16 if best[torch.bfloat16] < best[torch.float32] else torch.float32
+    try:
+        bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without oneDNN
+        bf16 = False
+    return torch.bfloat16 if bf16 else torch.float32
 
 
 def shortlist(X: "torch.Tensor", Y: "torch.Tensor", k: int, chunk: int = 1024,
