@@ -41,6 +41,7 @@ from roma_sfm.io import IMAGE_EXTENSIONS
 from roma_sfm.pipelines.evaluate import pose_auc
 from roma_sfm.pipelines.mapping import rank_models
 
+
 def cache_key(images: Path) -> dict:
     """What the cached pseudo ground truth depends on: pycolmap's version and the images (names, sizes)."""
     files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
