@@ -63,7 +63,7 @@ def test_sift_matcher_colmap_convention(scene):
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_shortlist_finds_the_exact_neighbours(dtype):
-    """Either candidate product (the faster one is picked per machine) gives the exact 2 nearest rows."""
+    """Either candidate product (bfloat16 where the CPU has bf16 kernels) gives the exact 2 nearest rows."""
     import torch
 
     from roma_sfm.pipelines.matchers.sift import candidate_dtype, shortlist
