@@ -82,8 +82,9 @@ def build_pseudo_gt(images: Path, work: Path, num_threads: int = 2) -> pycolmap.
 
 def intrinsics(camera: pycolmap.Camera) -> np.ndarray:
     """3x3 K with pixel centres at integers (the pairs files' convention; COLMAP's are at +0.5)."""
-    f, cx, cy = camera.params[0], camera.params[1], camera.params[2]
-    return np.array([[f, 0, cx - 0.5], [0, f, cy - 0.5], [0, 0, 1.0]])
+    K = np.asarray(camera.calibration_matrix(), np.float64).copy()
+    K[:2, 2] -= 0.5
+    return K
 
 
 def world_to_camera(image: pycolmap.Image) -> np.ndarray:
@@ -97,7 +98,8 @@ def undistort(camera: pycolmap.Camera, kpts: np.ndarray) -> np.ndarray:
     """(N, 2) pixels (COLMAP convention) of ``camera`` -> where its pinhole part alone would see them."""
     if len(kpts) == 0:
         return np.asarray(kpts, np.float64).reshape(0, 2)
-    return camera.cam_from_img(np.asarray(kpts, np.float64)) * camera.params[0] + camera.params[1:3][None]
+    K = np.asarray(camera.calibration_matrix(), np.float64)
+    return camera.cam_from_img(np.asarray(kpts, np.float64)) * np.diag(K)[None, :2] + K[None, :2, 2]
 
 
 def undistorting(match_fn: Callable[[Path, Path], tuple[np.ndarray, np.ndarray]], rec: pycolmap.Reconstruction
@@ -140,7 +142,7 @@ def pair_scale(rec: pycolmap.Reconstruction, a: int, b: int, points: list[int]) 
     f, z = [], []
     for im in (rec.images[a], rec.images[b]):
         T = world_to_camera(im)
-        f.append(rec.cameras[im.camera_id].params[0])
+        f.append(rec.cameras[im.camera_id].mean_focal_length())
         z.append(X @ T[2, :3] + T[2, 3])
     return content_scale(f[0], z[0], f[1], z[1])
 

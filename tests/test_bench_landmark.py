@@ -62,6 +62,18 @@ def test_content_scale_is_the_ratio_of_focal_over_depth_folded():
     assert landmark.content_scale(800.0, z, 800.0, z) == pytest.approx(1.0)
 
 
+def test_intrinsics_and_undistort_keep_fx_and_fy_apart():
+    """A camera model with fx != fy: K carries both, and undistorting a distortion-free camera is
+    the identity (the pinhole part is re-applied with each axis's own focal)."""
+    import pycolmap
+
+    cam = pycolmap.Camera(model="PINHOLE", width=640, height=480, params=[500.0, 700.0, 320.0, 240.0])
+    K = landmark.intrinsics(cam)
+    assert np.allclose(K, [[500, 0, 319.5], [0, 700, 239.5], [0, 0, 1]])
+    pts = np.array([[10.0, 20.0], [600.0, 400.0], [320.0, 240.0]])
+    assert np.allclose(landmark.undistort(cam, pts), pts, atol=1e-6)
+
+
 def test_split_rows_scores_each_side_of_the_split():
     results = {"m": {"errors": [0.0, 0.0, 90.0, 90.0]}}
     lines = landmark.split_rows(results, [1.0, 1.2, 2.0, 3.0], 1.5)
