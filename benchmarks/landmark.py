@@ -82,7 +82,7 @@ def build_pseudo_gt(images: Path, work: Path, num_threads: int = 2) -> pycolmap.
 
 def intrinsics(camera: pycolmap.Camera) -> np.ndarray:
     """3x3 K with pixel centres at integers (the pairs files' convention; COLMAP's are at +0.5)."""
-    K = np.asarray(camera.calibration_matrix(), np.float64).copy()
+    K = np.array(camera.calibration_matrix(), np.float64)
     K[:2, 2] -= 0.5
     return K
 

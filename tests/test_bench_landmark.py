@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import numpy as np
+import pycolmap
 import pytest
 from bench_loader import load as load_benchmark
 
@@ -65,8 +66,6 @@ def test_content_scale_is_the_ratio_of_focal_over_depth_folded():
 def test_intrinsics_and_undistort_keep_fx_and_fy_apart():
     """A camera model with fx != fy: K carries both, and undistorting a distortion-free camera is
     the identity (the pinhole part is re-applied with each axis's own focal)."""
-    import pycolmap
-
     cam = pycolmap.Camera(model="PINHOLE", width=640, height=480, params=[500.0, 700.0, 320.0, 240.0])
     K = landmark.intrinsics(cam)
     assert np.allclose(K, [[500, 0, 319.5], [0, 700, 239.5], [0, 0, 1]])
@@ -85,8 +84,6 @@ def test_split_rows_scores_each_side_of_the_split():
 def test_pseudo_gt_cache_is_rebuilt_when_its_key_changes(tmp_path: Path, monkeypatch):
     """A cached model is reused while pycolmap and the images are the same, rebuilt otherwise."""
     import json
-
-    import pycolmap
 
     images = tmp_path / "photos"
     images.mkdir()
