@@ -205,7 +205,8 @@ def main(argv=None) -> dict:
     set_threads(args.threads)
     rec = build_pseudo_gt(args.images, args.work, args.threads)
     pairs = write_ground_truth(rec, args.images, args.work, args.min_covisible)[:args.limit]
-    k1 = max((abs(cam.params[3]) for cam in rec.cameras.values() if len(cam.params) > 3), default=0.0)
+    models = "/".join(sorted({cam.model.name for cam in rec.cameras.values()}))
+    dist = max((abs(cam.params[i]) for cam in rec.cameras.values() for i in cam.extra_params_idxs()), default=0.0)
 
     lines = list(TABLE_HEADER)
     results = run_matchers(
@@ -213,8 +214,8 @@ def main(argv=None) -> dict:
         table_row)
     lines += ["", f"Relative pose on the {len(pairs)} pairs of `{args.images.name}` ({rec.num_reg_images()} photos) "
               f"that share >= {args.min_covisible} points of a COLMAP-SIFT pseudo ground truth (mean reprojection "
-              f"error {rec.compute_mean_reprojection_error():.2f} px; matches undistorted by its SIMPLE_RADIAL "
-              f"cameras, |k| up to {k1:.3f}): essential matrix RANSAC at {args.ransac_px:g} px, AUC in %. Dense matchers: "
+              f"error {rec.compute_mean_reprojection_error():.2f} px; matches undistorted by its {models} "
+              f"cameras, distortion parameters up to {dist:.3f} in magnitude): essential matrix RANSAC at {args.ransac_px:g} px, AUC in %. Dense matchers: "
               f"{args.num_samples} balanced samples. `python benchmarks/landmark.py` on {args.threads} CPU threads "
               f"({platform.processor() or platform.machine()}); s / pair = matching only.", ""]
     lines += split_rows(results, [p["scale"] for p in pairs], args.scale_split)
