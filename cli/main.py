@@ -278,7 +278,8 @@ OUTPUT_DIR_OPT = typer.Option(None, "-o", "--output", file_okay=False, show_defa
 MATCHER_HELP = ("'roma' (the shipped model), a preset name (roma-tiny, roma-outdoor, roma-indoor; "
                 "`roma-sfm models`), a checkpoint file (.safetensors or public .pth), or 'sift' "
                 "('sift-opencv' for OpenCV's SIFT defaults, 'sift-colmap' for COLMAP's extractor). Default: "
-                "roma if the shipped weights are installed, else sift (with a notice).")
+                "roma once the shipped weights' metadata recommends them (MODEL_CARD.md), else sift (with a "
+                "notice saying why).")
 FALLBACK_HELP = ("A RoMa model (as --matcher) for the pairs that the SIFT matches cannot verify: the SIFT model is "
                  "built first, those pairs are matched densely, checked against its epipolar geometry, and the "
                  "model is built again with them. --resolution, --zoom and --precision then apply to it.")
