@@ -215,7 +215,8 @@ def main(argv=None) -> dict:
     lines += ["", f"Relative pose on the {len(pairs)} pairs of `{args.images.name}` ({rec.num_reg_images()} photos) "
               f"that share >= {args.min_covisible} points of a COLMAP-SIFT pseudo ground truth (mean reprojection "
               f"error {rec.compute_mean_reprojection_error():.2f} px; matches undistorted by its {models} "
-              f"cameras, distortion parameters up to {dist:.3f} in magnitude): essential matrix RANSAC at {args.ransac_px:g} px, AUC in %. Dense matchers: "
+              f"cameras, distortion parameters up to {dist:.3f} in magnitude): essential matrix RANSAC at "
+              f"{args.ransac_px:g} px, AUC in %. Dense matchers: "
               f"{args.num_samples} balanced samples. `python benchmarks/landmark.py` on {args.threads} CPU threads "
               f"({platform.processor() or platform.machine()}); s / pair = matching only.", ""]
     lines += split_rows(results, [p["scale"] for p in pairs], args.scale_split)
