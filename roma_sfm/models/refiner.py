@@ -60,10 +60,23 @@ def dw_block(dim: int, kernel_size: int, bn_momentum: float) -> nn.Sequential:
     )
 
 
+BAND_BYTES = 8 << 20  # inference refines large inputs in row bands of about this many bytes
+
+
 class ConvRefiner(nn.Module):
+    """Warp refinement at one scale: stacked features, warped features, displacement embedding and
+    local correlation through depthwise blocks to a displacement and a certainty delta.
+
+    Without gradients, an input over ``2 * band_bytes`` is refined in row bands (each with the
+    convolutions' halo of rows around it): the same numbers, but each band's activations stay in the
+    CPU's cache, which makes the second pass's finest scales several times faster on CPU.
+    """
+
     def __init__(self, cfg: RefinerConfig):
         super().__init__()
         self.corr_radius = cfg.corr_radius
+        self.halo = (cfg.kernel_size // 2) * (1 + cfg.hidden_blocks)  # rows each output row depends on
+        self.band_bytes = BAND_BYTES
         dim = cfg.in_dim
         self.block1 = dw_block(dim, cfg.kernel_size, cfg.bn_momentum)
         self.hidden_blocks = nn.Sequential(*[dw_block(dim, cfg.kernel_size, cfg.bn_momentum)
@@ -75,9 +88,33 @@ class ConvRefiner(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """f_A, f_B: (B,C,h,w); warp (B,2,h,w) -> displacement (B,2,h,w), certainty logit delta (B,1,h,w)."""
         b, _, h, w = f_A.shape
+        grid = pixel_grid(h, w, f_A.device).permute(2, 0, 1)[None]
+        rows = self.band_rows(f_A, f_B)
+        if rows >= h:
+            d = self.refine(f_A, f_B, warp, grid, scale_factor)
+        else:
+            bands = []
+            for y0 in range(0, h, rows):
+                a, z = max(0, y0 - self.halo), min(h, y0 + rows + self.halo)
+                out = self.refine(f_A[:, :, a:z], f_B, warp[:, :, a:z], grid[:, :, a:z], scale_factor)
+                bands.append(out[:, :, y0 - a:y0 - a + min(rows, h - y0)])
+            d = torch.cat(bands, dim=2)
+        return d[:, :2], d[:, 2:]
+
+    def band_rows(self, f_A: torch.Tensor, f_B: torch.Tensor) -> int:
+        """Rows per band: all of them while training or for inputs up to ``2 * band_bytes``."""
+        b, c, h, w = f_A.shape
+        in_dim = self.block1[0].in_channels
+        total = b * in_dim * h * w * f_A.element_size()
+        if torch.is_grad_enabled() or total <= 2 * self.band_bytes:
+            return h
+        return max(4 * self.halo, self.band_bytes // (b * in_dim * w * f_A.element_size()))
+
+    def refine(self, f_A: torch.Tensor, f_B: torch.Tensor, warp: torch.Tensor, grid: torch.Tensor,
+               scale_factor: float) -> torch.Tensor:
+        """Rows of A (B,C,r,w), all of B, the rows' warp (B,2,r,w) and pixel grid (1,2,r,w) -> (B,3,r,w)."""
         with torch.no_grad():
             f_B_warped = F.grid_sample(f_B, warp.permute(0, 2, 3, 1), mode="bilinear", align_corners=False)
-        grid = pixel_grid(h, w, f_A.device).permute(2, 0, 1)[None]
         disp = self.disp_emb(40 / 32 * scale_factor * (warp - grid))
         parts = [f_A, f_B_warped, disp.to(f_A.dtype)]
         if self.corr_radius:
@@ -86,5 +123,4 @@ class ConvRefiner(nn.Module):
         d = torch.cat(parts, dim=1).contiguous(memory_format=torch.channels_last)
         d = self.hidden_blocks(self.block1(d))
         with torch.autocast(device_type=d.device.type, enabled=False):  # the head runs in fp32
-            d = self.out_conv(d.float())
-        return d[:, :2], d[:, 2:]
+            return self.out_conv(d.float())
