@@ -89,7 +89,7 @@ class ConvRefiner(nn.Module):
         """f_A, f_B: (B,C,h,w); warp (B,2,h,w) -> displacement (B,2,h,w), certainty logit delta (B,1,h,w)."""
         b, _, h, w = f_A.shape
         grid = pixel_grid(h, w, f_A.device).permute(2, 0, 1)[None]
-        rows = self.band_rows(f_A, f_B)
+        rows = self.band_rows(f_A)
         if rows >= h:
             d = self.refine(f_A, f_B, warp, grid, scale_factor)
         else:
@@ -101,14 +101,14 @@ class ConvRefiner(nn.Module):
             d = torch.cat(bands, dim=2)
         return d[:, :2], d[:, 2:]
 
-    def band_rows(self, f_A: torch.Tensor, f_B: torch.Tensor) -> int:
-        """Rows per band: all of them while training or for inputs up to ``2 * band_bytes``."""
-        b, c, h, w = f_A.shape
-        in_dim = self.block1[0].in_channels
-        total = b * in_dim * h * w * f_A.element_size()
-        if torch.is_grad_enabled() or total <= 2 * self.band_bytes:
+    def band_rows(self, f_A: torch.Tensor) -> int:
+        """Rows per band of A's (B,C,h,w) rows: all of them while training or for stacked inputs up to
+        ``2 * band_bytes``, else about ``band_bytes`` a band."""
+        b, _, h, w = f_A.shape
+        row_bytes = b * self.block1[0].in_channels * w * f_A.element_size()  # one row of the stacked input
+        if torch.is_grad_enabled() or h * row_bytes <= 2 * self.band_bytes:
             return h
-        return max(4 * self.halo, self.band_bytes // (b * in_dim * w * f_A.element_size()))
+        return max(4 * self.halo, self.band_bytes // row_bytes)
 
     def refine(self, f_A: torch.Tensor, f_B: torch.Tensor, warp: torch.Tensor, grid: torch.Tensor,
                scale_factor: float) -> torch.Tensor:
