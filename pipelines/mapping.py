@@ -65,8 +65,12 @@ mapper_options = {
 # The view-graph calibration then re-estimates their relative poses at 0.5 px instead of 1: at 1 px
 # its RANSAC left failed calibrations more often. Measured in docs/design/uncalibrated.md; SIFT keeps
 # COLMAP's 4 px and 1 px.
+# Dense matches' pairs are few (retrieval, the pair gate), so a right pair that the view-graph check
+# wrongly leaves out can be the one strong link between two parts of a scene: they are checked with
+# calibrated focals ("check_focals", CHECK_FOCALS). SIFT's exhaustive pairs gained nothing from it.
 verification_options = {
-    "dense": {"ransac_max_error": 1.5, "ransac_max_error_ratio": 1.5e-3, "calibration_max_error": 0.5},
+    "dense": {"ransac_max_error": 1.5, "ransac_max_error_ratio": 1.5e-3, "calibration_max_error": 0.5,
+              "check_focals": "calibrated"},
     "sparse": {},
 }
 
@@ -79,13 +83,16 @@ confs = {
                 "min_num_inliers": 15, "ransac_max_error": 4.0, "ransac_max_error_ratio": 0.0,
                 "ransac_max_trials": 1000, "max_rotation_error": 30.0,
                 "num_threads": -1, "seed": 0, "calibrate": "compare", "restarts": 4,
-                "calibration_max_error": 1.0},
+                "calibration_max_error": 1.0, "check_focals": "start"},
 }
 DEFAULTS = confs["default"]
 MAPPERS = ("incremental", "global")
 # before the global mapper: "always" calibrate the focals from the view graph, "never", or
 # "compare": map with the calibrated focals and with the start values, keep the better model
 CALIBRATION_MODES = ("compare", "always", "never")
+# the focal lengths the view-graph check decomposes uncalibrated pairs with, when the global mapper
+# calibrates: "calibrated" (check_rotations_calibrated) or "start" (the guesses or EXIF focals)
+CHECK_FOCALS = ("calibrated", "start")
 # "compare" keeps the start values only if their model registers more images, or as many and is
 # supported by this factor more verified inlier matches (epipolar error <= SUPPORT_ERROR px):
 # calibration is better on average, the start values are the fallback for view graphs where it is
@@ -460,6 +467,56 @@ def _rotation_outliers(verified: list, kps: dict, cams: dict, max_error: float, 
     return outliers
 
 
+def check_rotations_calibrated(database: Path, image_ids: dict[str, int], stats: VerificationStats,
+                               max_error: float, seed: int = DEFAULTS["seed"],
+                               calibration_max_error: float = DEFAULTS["calibration_max_error"]) -> None:
+    """The view-graph check (:func:`_rotation_outliers`) on the verified pairs in ``database``, with
+    each camera's focal length from a view-graph calibration (:func:`calibrate_focals`, on a copy
+    without the pairs that a first check with the start values leaves out) instead of its start
+    value; the outliers lose their two-view geometry and ``stats`` is updated.
+
+    Why: an uncalibrated pair's rotation comes from K1^T F K0, and a focal guess 20-30 % off (a cropped
+    photo without EXIF) bends it by tens of degrees, so the check with the guesses left out right pairs,
+    some of them the only strong link between two parts of a scene. If the calibration fails the
+    start values are used, as before.
+    """
+    with pycolmap.Database.open(database) as db:
+        kps = {n: np.ascontiguousarray(db.read_keypoints(i)[:, :2], np.float64) for n, i in image_ids.items()}
+        start = {n: db.read_camera(db.read_image(i).camera_id) for n, i in image_ids.items()}
+        verified = [(a, b, db.read_two_view_geometry(image_ids[a], image_ids[b])) for a, b in stats.verified_pairs]
+    # 1. the check with the start values, so that look-alike pairs cannot mislead the calibration
+    first = _rotation_outliers(verified, kps, start, max_error, VerificationStats())
+    copy_db = database.with_name(database.name + ".check")
+    shutil.copyfile(database, copy_db)
+    try:
+        with pycolmap.Database.open(copy_db) as db:
+            for (a, b, _), bad in zip(verified, first):
+                if bad:
+                    db.delete_two_view_geometry(image_ids[a], image_ids[b])
+        focals = {}
+        if calibrate_focals(copy_db, seed, calibration_max_error):
+            with pycolmap.Database.open(copy_db) as db:
+                focals = {cam.camera_id: cam.focal_length for cam in db.read_all_cameras()}
+    finally:
+        copy_db.unlink(missing_ok=True)
+    # 2. every verified pair again, with the calibrated focals (copies: the database keeps its start values)
+    cams = {}
+    for n, cam in start.items():
+        cam = copy.deepcopy(cam)
+        if cam.camera_id in focals:
+            cam.focal_length = focals[cam.camera_id]
+        cams[n] = cam
+    outliers = _rotation_outliers(verified, kps, cams, max_error, stats)
+    with pycolmap.Database.open(database) as db:
+        for (a, b, _), bad in zip(verified, outliers):
+            if bad:
+                db.delete_two_view_geometry(image_ids[a], image_ids[b])
+    kept = [(a, b, len(tvg.inlier_matches)) for (a, b, tvg), bad in zip(verified, outliers) if not bad]
+    stats.verified_pairs = [(a, b) for a, b, _ in kept]
+    stats.num_verified = len(kept)
+    stats.mean_inliers = float(np.mean([n for _, _, n in kept])) if kept else 0.0
+
+
 def set_colmap_verbosity(verbose: bool) -> None:
     """COLMAP's own log: everything when ``verbose``, else warnings and errors only."""
     try:
@@ -696,7 +753,8 @@ def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_
          max_rotation_error: float = DEFAULTS["max_rotation_error"], calibrate: str = DEFAULTS["calibrate"],
          principal_point_min_images: int = 0, restarts: int = DEFAULTS["restarts"],
          calibration_max_error: float = DEFAULTS["calibration_max_error"],
-         principal_points: Optional[dict[str, tuple[float, float]]] = None) -> MappingResult:
+         principal_points: Optional[dict[str, tuple[float, float]]] = None,
+         check_focals: str = DEFAULTS["check_focals"]) -> MappingResult:
     """Database, verification and mapping; returns the largest model (None if nothing registered).
 
     ``num_threads`` (<= 0: all cores) is used by the verification and by the mapper. ``mapper``:
@@ -713,6 +771,7 @@ def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_
     (:func:`refine_principal_points`; 0, the mappers' own behaviour: never; reconstruct decides by
     :mod:`.principal_points`' mode). ``principal_points``: {image name: (cx,
     cy)} the cameras of those images keep instead of the image centre (:func:`create_database`).
+    ``check_focals`` (``CHECK_FOCALS``): the focals of the view-graph check when calibrating.
     """
     sfm_dir = Path(sfm_dir)
     sfm_dir.mkdir(parents=True, exist_ok=True)
@@ -721,6 +780,8 @@ def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_
                "global": ("GlobalPipelineOptions", "global_mapping")}
     if mapper not in MAPPERS:
         raise ValueError(f"mapper must be one of {'|'.join(MAPPERS)}, not {mapper!r}")
+    if check_focals not in CHECK_FOCALS:
+        raise ValueError(f"check_focals must be one of {'|'.join(CHECK_FOCALS)}, not {check_focals!r}")
     if calibrate not in CALIBRATION_MODES:
         raise ValueError(f"calibrate must be one of {'|'.join(CALIBRATION_MODES)}, not {calibrate!r}")
     check_same_run(features, matches_idx)
@@ -744,10 +805,16 @@ def main(sfm_dir: Path, images: Path, features: Path, matches_idx: Path, camera_
         calibrating = mapper == "global" and calibrate != "never"
         if calibrating:
             drop_focal_priors(database)
+        # calibrating: the view-graph check waits for calibrated focals (check_rotations_calibrated)
+        check_later = (calibrating and check_focals == "calibrated" and max_rotation_error > 0
+                       and not skip_geometric_verification)
         ver = import_matches(database, image_ids, matches_idx, min_num_inliers, ransac_max_error,
                              skip_geometric_verification, seed, num_threads=num_threads,
-                             ransac_max_trials=ransac_max_trials, max_rotation_error=max_rotation_error,
+                             ransac_max_trials=ransac_max_trials,
+                             max_rotation_error=0.0 if check_later else max_rotation_error,
                              ransac_max_error_ratio=ransac_max_error_ratio)
+        if check_later and ver.num_verified:
+            check_rotations_calibrated(database, image_ids, ver, max_rotation_error, seed, calibration_max_error)
         times["verification"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         models: dict = {}

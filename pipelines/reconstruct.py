@@ -140,7 +140,7 @@ def map_matches(images: Path, outputs: Path, matches: Path, config: ReconstructC
         ts = tracks.main(matches, features, matches_idx, cell_size, config.max_keypoints, config.refine, pairs=pairs,
                          min_pair_score=min_pair_score)
     verification = {**{k: mapping.DEFAULTS[k] for k in ("ransac_max_error", "ransac_max_error_ratio",
-                                                        "calibration_max_error")},
+                                                        "calibration_max_error", "check_focals")},
                     **mapping.verification_options[kind]}
     out = MapOutcome(kind, cell_size, min_pair_score, options, pp_mode, ts, times=times, verification=verification)
     if ts.num_images == 0:

@@ -161,3 +161,32 @@ def test_relative_rotation_from_e_and_f():
     assert viewgraph.rotation_angle(mapping.relative_rotation(tvg, cam, cam, p0, p1) @ R.T) < 1e-3
     tvg.config = C.PANORAMIC  # a pure rotation has no E to decompose
     assert mapping.relative_rotation(tvg, cam, cam, p0, p1) is None
+
+
+def test_check_with_calibrated_focals_leaves_out_the_look_alike_pair(two_walls, tmp_path):
+    """The check after a view-graph calibration of the focals (the start value here is 1.2 x 640 px,
+    the truth 600): the look-alike pair loses its geometry, the right pairs keep theirs, and the
+    database's cameras keep their start values (the calibration ran on a copy)."""
+    folder, features, matches_idx, n_look = two_walls
+    db_path = tmp_path / "check.db"
+    ids = mapping.create_database(db_path, folder, features)
+    mapping.drop_focal_priors(db_path)
+    stats = mapping.import_matches(db_path, ids, matches_idx, max_rotation_error=0)
+    assert stats.num_verified == 15 and stats.rotation_outliers == []
+    with mapping.pycolmap.Database.open(db_path) as db:
+        start = {c.camera_id: c.focal_length for c in db.read_all_cameras()}
+    mapping.check_rotations_calibrated(db_path, ids, stats, max_error=30.0)
+    assert [(a, b) for a, b, _ in stats.rotation_outliers] == [("0.png", "4.png")]
+    assert stats.num_verified == 14 and ("0.png", "4.png") not in stats.verified_pairs
+    with mapping.pycolmap.Database.open(db_path) as db:
+        assert db.num_verified_image_pairs() == 14
+        assert not db.exists_two_view_geometry(ids["0.png"], ids["4.png"])
+        assert len(db.read_matches(ids["0.png"], ids["4.png"])) == n_look  # its raw matches stay
+        assert {c.camera_id: c.focal_length for c in db.read_all_cameras()} == start
+    assert not list(tmp_path.glob("*.check"))
+
+
+def test_mapping_refuses_an_unknown_check_focals(two_walls, tmp_path):
+    folder, features, matches_idx, _ = two_walls
+    with pytest.raises(ValueError, match="check_focals"):
+        mapping.main(tmp_path / "sfm", folder, features, matches_idx, check_focals="exif")
