@@ -43,6 +43,24 @@ ROWS = [
 ]
 
 
+def timings(fn, repeats: int) -> tuple[list[float], float]:
+    """Seconds of ``repeats`` calls of ``fn()`` after a warm-up call, and the warm-up's own seconds."""
+    t = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return times, first
+
+
+def median_time(fn, repeats: int) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` calls after one warm-up."""
+    return float(np.median(timings(fn, repeats)[0]))
+
+
 def time_row(preset: str, kwargs: dict, repeats: int, compiled: bool = False,
              band_bytes: Optional[int] = None) -> tuple[float, float, float]:
     """Mean and std of the seconds per pair after a warm-up, and the warm-up's own seconds.
@@ -60,14 +78,7 @@ def time_row(preset: str, kwargs: dict, repeats: int, compiled: bool = False,
     rng = np.random.default_rng(0)
     a = (rng.random((512, 768, 3)) * 255).astype(np.uint8)
     b = (rng.random((512, 768, 3)) * 255).astype(np.uint8)
-    t = time.perf_counter()
-    m.match(a, b)  # warm-up
-    first = time.perf_counter() - t
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        m.match(a, b)
-        times.append(time.perf_counter() - t)
+    times, first = timings(lambda: m.match(a, b), repeats)
     return float(np.mean(times)), float(np.std(times)), first
 
 
@@ -86,27 +97,15 @@ def compile_table(repeats: int, threads: int) -> list[str]:
     return lines
 
 
-def median_time(fn, repeats: int) -> float:
-    """Median seconds of ``fn()`` over ``repeats`` calls after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
-
-
 class ConvStack(torch.nn.Module):
-    """A refiner's convolutions alone: its stacked input (B,C,h,w) -> displacement and certainty (B,3,h,w)."""
+    """A refiner's convolutions (:meth:`ConvRefiner.convs`) as a module to export."""
 
-    def __init__(self, refiner: torch.nn.Module):
+    def __init__(self, refiner: ConvRefiner):
         super().__init__()
         self.refiner = refiner
 
     def forward(self, d: torch.Tensor) -> torch.Tensor:
-        r = self.refiner
-        return r.out_conv(r.hidden_blocks(r.block1(d)))
+        return self.refiner.convs(d)
 
 
 class Pyramid(torch.nn.Module):

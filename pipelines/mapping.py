@@ -435,8 +435,8 @@ def relative_rotation(tvg, cam0: pycolmap.Camera, cam1: pycolmap.Camera, pts0: n
     return R if n >= 5 else None
 
 
-def _rotation_outliers(verified: list, kps: dict, cams: dict, max_error: float, stats: VerificationStats
-                       ) -> np.ndarray:
+def _rotation_outliers(verified: list, kps: dict, cams: dict, max_error: float, stats: VerificationStats,
+                       log: bool = True) -> np.ndarray:
     """(V,) bool over ``verified`` [(name0, name1, TwoViewGeometry)]: the view-graph check.
 
     A pair without a rotation (:func:`relative_rotation`) takes no part and is kept. Outliers go to
@@ -461,7 +461,7 @@ def _rotation_outliers(verified: list, kps: dict, cams: dict, max_error: float, 
             outliers[v] = True
             a, b, _ = verified[v]
             stats.rotation_outliers.append((a, b, float(r)))
-    if stats.rotation_outliers:
+    if stats.rotation_outliers and log:
         logger.info("mapping: %d verified pairs left out, their rotation is > %g deg off the view graph's",
                     len(stats.rotation_outliers), max_error)
     return outliers
@@ -485,7 +485,7 @@ def check_rotations_calibrated(database: Path, image_ids: dict[str, int], stats:
         start = {n: db.read_camera(db.read_image(i).camera_id) for n, i in image_ids.items()}
         verified = [(a, b, db.read_two_view_geometry(image_ids[a], image_ids[b])) for a, b in stats.verified_pairs]
     # 1. the check with the start values, so that look-alike pairs cannot mislead the calibration
-    first = _rotation_outliers(verified, kps, start, max_error, VerificationStats())
+    first = _rotation_outliers(verified, kps, start, max_error, VerificationStats(), log=False)
     copy_db = database.with_name(database.name + ".check")
     shutil.copyfile(database, copy_db)
     try:

@@ -120,7 +120,10 @@ class ConvRefiner(nn.Module):
         if self.corr_radius:
             parts.append(local_correlation(f_A, f_B, warp, self.corr_radius))
         # channels-last: oneDNN's depthwise and 1x1 convolutions are ~25% faster on CPU
-        d = torch.cat(parts, dim=1).contiguous(memory_format=torch.channels_last)
+        return self.convs(torch.cat(parts, dim=1).contiguous(memory_format=torch.channels_last))
+
+    def convs(self, d: torch.Tensor) -> torch.Tensor:
+        """The convolutions alone: the stacked input (B,C,r,w) -> displacement and certainty (B,3,r,w)."""
         d = self.hidden_blocks(self.block1(d))
         with torch.autocast(device_type=d.device.type, enabled=False):  # the head runs in fp32
             return self.out_conv(d.float())
