@@ -174,6 +174,35 @@ def summary_table(all_rows: dict[str, list[dict]]) -> str:
     return "\n".join(lines) + "\n" if len(lines) > 4 else ""
 
 
+def columns_table(columns: dict[str, dict[str, list[dict]]]) -> str:
+    """Our methods side by side, one column pair per label: AUC@3 and time over COLMAP-SIFT's, then
+    the better peer **of that column's own run** (peers move between runs). Bold: at or above it
+    with every image registered. Rows: the union of the columns' scene/variant names."""
+    names = list(dict.fromkeys(n for rows in columns.values() for n in rows if n != "mixed"))
+    head = "".join(f" ours ({label}) | its better peer |" for label in columns)
+    lines = ["| scene | variant |" + head, "|---|---|" + "---|---|" * len(columns)]
+    for name in names:
+        scene, _, variant = title(name).partition(" (")
+        cells = []
+        for rows in columns.values():
+            ours = next((r for r in rows.get(name, []) if r["method"].startswith("ours")), None)
+            peers = [r for r in rows.get(name, []) if not r["method"].startswith("ours")]
+            if ours is None or not peers:
+                cells += ["-", "-"]
+                continue
+            best = max(peers, key=lambda r: r["auc@3"])
+            colmap = next((r for r in peers if r["method"].startswith("COLMAP")), None)
+            done, total = ours["registered"].split("/")
+            above = done == total and round(ours["auc@3"], 1) >= round(best["auc@3"], 1)
+            auc = f"**{ours['auc@3']:.1f}**" if above else f"{ours['auc@3']:.1f}"
+            if done != total:
+                auc += f" ({ours['registered']})"
+            ratio = f", {ours['time'] / colmap['time']:.1f}x" if colmap else ""
+            cells += [auc + ratio, f"{best['auc@3']:.1f} ({best['method'].split()[0]})"]
+        lines.append(f"| {scene} | {variant.rstrip(')') or 'original'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def link_mixed(data: Path, scenes: list[str], out: Path) -> Path:
     """``out/images/<scene>/<image>``: symbolic links to the images of every scene; returns the folder."""
     images = out / "images"
@@ -248,7 +277,21 @@ def main(argv=None) -> int:
     parser.add_argument("--table", default="sfm-table", help="the markers in --readme to write between")
     parser.add_argument("--from-json", type=Path, nargs="+", default=None,
                         help="run nothing: tables from these --json dumps (later files replace rows of earlier ones)")
+    parser.add_argument("--column", nargs="+", action="append", default=None, metavar=("LABEL", "JSON"),
+                        help="run nothing: one column of a side-by-side table, from these --json dumps (repeatable)")
     args = parser.parse_args(argv)
+    if args.column:
+        columns = {}
+        for label, *paths in args.column:
+            columns[label] = {}
+            for path in paths:
+                columns[label].update(json.loads(Path(path).read_text()))
+        text = columns_table(columns)
+        print(text, flush=True)
+        if args.readme:
+            runs = " ".join(f"--column {' '.join([label, *(Path(p).name for p in paths)])}" for label, *paths in args.column)
+            write_table(args.table, text + f"\nTable from `python benchmarks/sfm.py {runs}`.", args.readme)
+        return 0
     if args.from_json:
         all_rows = {}
         for path in args.from_json:

@@ -1,4 +1,5 @@
 """benchmarks/sfm.py: the SIFT peers (COLMAP incremental and GLOMAP on one database), the mixed folder."""
+import json
 from pathlib import Path
 
 import pycolmap
@@ -46,3 +47,27 @@ def test_titles_and_summary_against_the_better_peer():
     text = sfm.summary_table(rows)
     assert "| s (wrong-exif) | ours (sift) | 3/3 | 80.0 | GLOMAP SIFT | 85.0 | -5.0 | 3.0x |" in text
     assert sfm.summary_table({"s": rows["s-wrong-exif"][:1]}) == ""  # no peers: no summary
+
+
+def test_columns_side_by_side_each_with_its_own_runs_peer(tmp_path):
+    row = dict(registered="3/3", time=30.0)
+    run_a = {"s-uncal": [{**row, "method": "ours (sift)", "auc@3": 80.0},
+                         {**row, "method": "COLMAP SIFT", "auc@3": 70.0, "time": 10.0},
+                         {**row, "method": "GLOMAP SIFT", "auc@3": 75.0}]}
+    run_b = {"s-uncal": [{**row, "method": "ours (roma)", "auc@3": 79.0, "registered": "2/3", "time": 100.0},
+                         {**row, "method": "COLMAP SIFT", "auc@3": 78.0, "time": 20.0}],
+             "t": [{**row, "method": "ours (roma)", "auc@3": 90.0}]}  # no peers: no cells
+    text = sfm.columns_table({"sift": run_a, "roma": run_b})
+    assert text.splitlines()[0] == "| scene | variant | ours (sift) | its better peer | ours (roma) | its better peer |"
+    assert "| s | uncal | **80.0**, 3.0x | 75.0 (GLOMAP) | 79.0 (2/3), 5.0x | 78.0 (COLMAP) |" in text
+    assert "| t | original | - | - | - | - |" in text
+    files = []
+    for i, run in enumerate((run_a, run_b)):
+        files.append(tmp_path / f"{i}.json")
+        files[-1].write_text(json.dumps(run))
+    doc = tmp_path / "doc.md"
+    doc.write_text("<!-- cols -->\n<!-- /cols -->\n")
+    assert sfm.main(["--column", "sift", str(files[0]), "--column", "roma", str(files[1]),
+                     "--readme", str(doc), "--table", "cols"]) == 0
+    written = doc.read_text()
+    assert "| s | uncal | **80.0**, 3.0x |" in written and "--column sift 0.json --column roma 1.json" in written
