@@ -166,13 +166,15 @@ def drop_focal_priors(database: Path) -> None:
 
 
 def calibrate_focals(database: Path, seed: int = DEFAULTS["seed"],
-                     max_error: float = DEFAULTS["calibration_max_error"]) -> bool:
+                     max_error: float = DEFAULTS["calibration_max_error"], reestimate: bool = True) -> bool:
     """Estimate the focal lengths of cameras without a prior from the verified pairs' fundamental
-    matrices (GLOMAP's view-graph calibration, which its global mapper expects); it then
-    re-estimates each pair's relative pose by RANSAC at ``max_error`` px."""
+    matrices (GLOMAP's view-graph calibration, which its global mapper expects); with ``reestimate``
+    it then re-estimates each pair's relative pose by RANSAC at ``max_error`` px, most of its time
+    on dense matches (a caller that only reads the focals leaves it out)."""
     options = pycolmap.ViewGraphCalibrationOptions()
     options.random_seed = seed
     options.relpose_max_error = max_error
+    options.reestimate_relative_pose = reestimate
     ok = bool(pycolmap.calibrate_view_graph(database, options))
     logger.info("mapping: view-graph calibration of the focal lengths %s", "done" if ok else "failed")
     return ok
@@ -494,7 +496,7 @@ def check_rotations_calibrated(database: Path, image_ids: dict[str, int], stats:
                 if bad:
                     db.delete_two_view_geometry(image_ids[a], image_ids[b])
         focals = {}
-        if calibrate_focals(copy_db, seed, calibration_max_error):
+        if calibrate_focals(copy_db, seed, calibration_max_error, reestimate=False):
             with pycolmap.Database.open(copy_db) as db:
                 focals = {cam.camera_id: cam.focal_length for cam in db.read_all_cameras()}
     finally:

@@ -423,3 +423,10 @@ def test_average_writes_the_uniform_soup_of_several_checkpoints(tmp_path):
         average_weights(paths, [0.5, 0.5], str(tmp_path / "x"))
     with pytest.raises(SystemExit):
         main(["--average", str(tmp_path / "y.safetensors"), paths[0]])
+
+
+def test_max_seconds_stops_on_time_with_a_checkpoint(photos, tmp_path):
+    res = train(tiny_cfg(photos, tmp_path / "run", steps=10_000, ckpt_every=10_000, val_every=0, max_seconds=2.0))
+    assert res["stopped_by"] == "max_seconds" and not res["finished"] and 0 < res["step"] < 10_000
+    assert res["seconds"] < 2.0 + 5.0
+    assert load(tmp_path / "run" / "last.pt")["step"] == res["step"]  # saved where it stopped

@@ -42,11 +42,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..lock import writes_into
 from ..matcher import autocast_dtype, resolve_device, torch_threads
@@ -123,6 +123,9 @@ class TrainConfig:
     # autocast, in the matcher's vocabulary (roma_sfm.presets.PRECISIONS): "auto" = on CUDA only (bf16,
     # else fp16 + grad scaler), "bf16" = also on the CPU (oneDNN's bf16 kernels), "fp32" = never
     precision: str = PRECISION
+    # stop with a checkpoint once this process has trained this long (seconds; 0 = no limit): a
+    # time-boxed run on a borrowed machine (roma_sfm.train.burst) ends on time whatever its speed
+    max_seconds: float = 0.0
     init_from: Optional[str] = None  # weights to start from (fresh optimizer); ignored when resuming
     resume: bool = True  # continue from out_dir/last.pt when it exists
     progress: bool = True
@@ -349,6 +352,31 @@ def with_saved_data_roots(cfg: TrainConfig) -> TrainConfig:
                                val_root=cfg.val_root or before.get("val_root"))
 
 
+def data_resolution(cfg: TrainConfig) -> tuple[int, int]:
+    """(H, W) the pairs are made at: with a second pass, its size (the first pass gets them shrunk, as
+    the pipeline resizes one photo to both sizes; an upsampled first-pass image would lack detail)."""
+    return second_pass_size(cfg.resolution, cfg.second_pass) if cfg.second_pass else tuple(cfg.resolution)
+
+
+def build_dataset(cfg: TrainConfig) -> Dataset:
+    """The training mix of ``cfg``: synthetic 2-D pairs, with rendered scenes (``p_scene``), depth
+    pairs (``p_depth``) and real tracks (``p_tracks``) drawn in their shares; index i is one pair."""
+    data_res = data_resolution(cfg)
+    synth = SyntheticPairs(cfg.train_roots, data_res, seed=cfg.seed, length=cfg.steps * cfg.batch_size,
+                           cfg=SynthConfig(**cfg.synth))
+    base = synth
+    if cfg.p_scene > 0:
+        scenes = ScenePairs(cfg.scene_roots or cfg.train_roots, data_res, seed=cfg.seed + 7_777_777,
+                            cfg=SceneConfig(**cfg.scenes))
+        base = MixedPairs(synth, scenes, cfg.p_scene, cfg.seed + 1)
+    depth = DepthPairs(cfg.depth_index, data_res) if cfg.depth_index else None
+    dataset = MixedPairs(base, depth, cfg.p_depth, cfg.seed)
+    if cfg.track_indexes and cfg.p_tracks > 0:
+        tracks = TrackPairs(cfg.track_indexes, data_res, seed=cfg.seed + 3_333_333, **cfg.tracks)
+        dataset = MixedPairs(dataset, tracks, cfg.p_tracks, cfg.seed + 2)
+    return dataset
+
+
 def train(cfg: TrainConfig, on_step: Optional[Callable[[int, dict], None]] = None) -> dict:
     """Train (or continue training) a RoMa model; returns a summary dict.
 
@@ -419,22 +447,8 @@ def _train(cfg: TrainConfig, on_step: Optional[Callable[[int, dict], None]]) -> 
             "prior": prior, **({"ema": ema.state} if ema is not None else {}),
         }, last)
 
-    # with a second pass the pairs are made at its size and shrunk for the first, as the pipeline
-    # resizes one photo to both sizes (an upsampled first-pass image would lack the fine detail)
-    data_res = second_pass_size(cfg.resolution, cfg.second_pass) if cfg.second_pass else tuple(cfg.resolution)
-    synth = SyntheticPairs(cfg.train_roots, data_res, seed=cfg.seed, length=cfg.steps * cfg.batch_size,
-                           cfg=SynthConfig(**cfg.synth))
-    base = synth
-    if cfg.p_scene > 0:
-        scenes = ScenePairs(cfg.scene_roots or cfg.train_roots, data_res, seed=cfg.seed + 7_777_777,
-                            cfg=SceneConfig(**cfg.scenes))
-        base = MixedPairs(synth, scenes, cfg.p_scene, cfg.seed + 1)
-    depth = DepthPairs(cfg.depth_index, data_res) if cfg.depth_index else None
-    dataset = MixedPairs(base, depth, cfg.p_depth, cfg.seed)
-    if cfg.track_indexes and cfg.p_tracks > 0:
-        tracks = TrackPairs(cfg.track_indexes, data_res, seed=cfg.seed + 3_333_333, **cfg.tracks)
-        dataset = MixedPairs(dataset, tracks, cfg.p_tracks, cfg.seed + 2)
-    loader = DataLoader(dataset, batch_sampler=StepBatches(start, cfg.steps, cfg.batch_size),
+    data_res = data_resolution(cfg)
+    loader = DataLoader(build_dataset(cfg), batch_sampler=StepBatches(start, cfg.steps, cfg.batch_size),
                         num_workers=cfg.num_workers, collate_fn=collate, worker_init_fn=_worker_init,
                         pin_memory=device.type == "cuda", persistent_workers=False)
     validator = Validator(cfg, loss_cfg) if cfg.val_root else None
@@ -469,7 +483,7 @@ def _train(cfg: TrainConfig, on_step: Optional[Callable[[int, dict], None]]) -> 
     val_res: dict[str, float] = {}
     step, parts = start, {}
     skipped = 0
-    stopped_by: Optional[int] = None
+    stopped_by: Optional[Union[int, str]] = None  # a signal number or "max_seconds"
     with _StopFlag() as stop, progress:
         for batch in loader:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
@@ -528,11 +542,15 @@ def _train(cfg: TrainConfig, on_step: Optional[Callable[[int, dict], None]]) -> 
             if stop.signum is not None:
                 stopped_by = stop.signum
                 break
+            if cfg.max_seconds and time.perf_counter() - t0 >= cfg.max_seconds and step < cfg.steps:
+                stopped_by = "max_seconds"
+                break
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
                 checkpoint(step)
         if stopped_by is not None:
             checkpoint(step)
-            console.print(f"[yellow]stopped by signal {stopped_by} at step {step}; checkpoint {last}[/]")
+            why = "the time limit" if stopped_by == "max_seconds" else f"signal {stopped_by}"
+            console.print(f"[yellow]stopped by {why} at step {step}; checkpoint {last}[/]")
     if stopped_by is None and validator and step == cfg.steps and not (cfg.val_every and step % cfg.val_every == 0):
         val_res = validator(model if ema is None else ema.averaged(model), device)
         val_log.write({"step": step, "time": elapsed + time.perf_counter() - t0, **val_res})
