@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -289,7 +290,8 @@ def main(argv=None) -> int:
         text = columns_table(columns)
         print(text, flush=True)
         if args.readme:
-            runs = " ".join(f"--column {' '.join([label, *(Path(p).name for p in paths)])}" for label, *paths in args.column)
+            runs = " ".join(f"--column {shlex.join([label, *(Path(p).name for p in paths)])}"
+                            for label, *paths in args.column)
             write_table(args.table, text + f"\nTable from `python benchmarks/sfm.py {runs}`.", args.readme)
         return 0
     if args.from_json:
