@@ -155,6 +155,13 @@ def title(name: str) -> str:
     return name
 
 
+def peer_rows(rows: list[dict]) -> tuple[Optional[dict], Optional[dict]]:
+    """The better peer's row (highest AUC@3) and COLMAP-SIFT's among a run's ``rows`` (None if absent)."""
+    peers = [r for r in rows if not r["method"].startswith("ours")]
+    best = max(peers, key=lambda r: r["auc@3"]) if peers else None
+    return best, next((r for r in peers if r["method"].startswith("COLMAP")), None)
+
+
 def summary_table(all_rows: dict[str, list[dict]]) -> str:
     """One line per scene/variant and our method: AUC@3 against the better peer, all registered?,
     and the time against COLMAP-SIFT's (the issue's targets). Empty when no row has peers."""
@@ -162,11 +169,9 @@ def summary_table(all_rows: dict[str, list[dict]]) -> str:
              "| scene | method | registered | AUC@3 | better peer | AUC@3 | margin | time / COLMAP's |",
              "|---|---|---|---|---|---|---|---|"]
     for name, rows in all_rows.items():
-        peers = [r for r in rows if not r["method"].startswith("ours")]
-        if name == "mixed" or not peers:
+        best, colmap = peer_rows(rows)
+        if name == "mixed" or best is None:
             continue
-        best = max(peers, key=lambda r: r["auc@3"])
-        colmap = next((r for r in peers if r["method"].startswith("COLMAP")), None)
         for r in rows:
             if r["method"].startswith("ours"):
                 ratio = f"{r['time'] / colmap['time']:.1f}x" if colmap else "-"
@@ -187,12 +192,10 @@ def columns_table(columns: dict[str, dict[str, list[dict]]]) -> str:
         cells = []
         for rows in columns.values():
             ours = next((r for r in rows.get(name, []) if r["method"].startswith("ours")), None)
-            peers = [r for r in rows.get(name, []) if not r["method"].startswith("ours")]
-            if ours is None or not peers:
+            best, colmap = peer_rows(rows.get(name, []))
+            if ours is None or best is None:
                 cells += ["-", "-"]
                 continue
-            best = max(peers, key=lambda r: r["auc@3"])
-            colmap = next((r for r in peers if r["method"].startswith("COLMAP")), None)
             done, total = ours["registered"].split("/")
             above = done == total and round(ours["auc@3"], 1) >= round(best["auc@3"], 1)
             auc = f"**{ours['auc@3']:.1f}**" if above else f"{ours['auc@3']:.1f}"
