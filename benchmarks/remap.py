@@ -60,6 +60,13 @@ def epipolar_median(features: Path, matches_idx: Path, gt: dict[str, evaluate.GT
     return float(np.median(np.concatenate(errs))) if errs else float("nan")
 
 
+def tracks_kwargs(kind: str, options: dict) -> dict:
+    """``tracks.main`` keyword arguments: the pipeline's cell size and pair gate for the matches'
+    kind (sparse and dense differ), then the option's own."""
+    cell_size, min_pair_score = tracks.settings(kind)
+    return {"cell_size": cell_size, "min_pair_score": min_pair_score, **options}
+
+
 def remap(run: Path, images: Path, poses_gt: Path, options: dict, seed: int, num_threads: int) -> tuple[float, float]:
     """(epipolar median px, AUC@3) of one option set and mapper seed on a run's matches."""
     kind = matches_kind(run / "matches.h5")
@@ -68,8 +75,7 @@ def remap(run: Path, images: Path, poses_gt: Path, options: dict, seed: int, num
                    **mapping.verification_options[kind], **options.pop("mapping", {})}
     work = Path(tempfile.mkdtemp(prefix="remap-"))
     try:
-        tracks.main(run / "matches.h5", work / "features.h5", work / "matches_idx.h5",
-                    min_pair_score=tracks.settings(kind)[1], **options)
+        tracks.main(run / "matches.h5", work / "features.h5", work / "matches_idx.h5", **tracks_kwargs(kind, options))
         epi = epipolar_median(work / "features.h5", work / "matches_idx.h5", evaluate.read_poses_gt(poses_gt))
         res = mapping.main(work / "sfm", images, work / "features.h5", work / "matches_idx.h5", **map_options)
         return epi, evaluate.evaluate_reconstruction(res.reconstruction, poses_gt)["auc@3"]

@@ -207,3 +207,16 @@ def test_remap_ground_truth_epipolar_error_is_zero_on_true_matches_and_grows_wit
     normal = line[:, :2] / np.linalg.norm(line[:, :2], axis=1, keepdims=True)
     d = np.sqrt(remap.mapping.sampson_errors(F, x0, x1 + 2.0 * normal))
     assert np.allclose(np.median(d), 2.0 / np.sqrt(2), atol=0.2)
+
+
+def test_remap_builds_tracks_with_the_pipelines_settings_of_the_matches_kind():
+    """Sparse and dense matches get their own cell size and pair gate (as reconstruct does), and an
+    option's values override them; remapping SIFT matches with the dense cell once skewed probes."""
+    remap = load_benchmark("remap")
+    tracks = remap.tracks
+    sparse, dense = remap.tracks_kwargs("sparse", {}), remap.tracks_kwargs("dense", {})
+    for kind, kwargs in (("sparse", sparse), ("dense", dense)):
+        assert kwargs == {k: tracks.confs[kind][k] for k in ("cell_size", "min_pair_score")}
+    assert sparse["cell_size"] != dense["cell_size"]
+    assert remap.tracks_kwargs("sparse", {"cell_size": 0.5, "refine": "mean"}) == {
+        "cell_size": 0.5, "min_pair_score": tracks.confs["sparse"]["min_pair_score"], "refine": "mean"}
