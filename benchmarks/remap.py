@@ -3,7 +3,9 @@
 Why: a change to the tracks or mapping step must be judged on the same matches, and one mapping of
 an uncalibrated variant is a lottery (the mapper's seed alone moves AUC@3 by tens of points), so
 every option set is mapped with several seeds and the runs are compared pair-wise. Matching is not
-repeated, so a comparison costs tens of seconds a run instead of minutes.
+repeated, so a comparison costs tens of seconds a run instead of minutes. Tracks and mapping take the
+pipeline's settings for the matches' kind (cell size, pair gate, RANSAC thresholds, principal points),
+except that a dense run's shared cameras keep centred principal points (their SIFT pass is not redone).
 
 For each ``<outputs>/<matcher dir>/<run>/matches.h5`` (the layout ``benchmarks/sfm.py --outputs``
 writes; the images and ground truth come from ``<outputs>/variants/<run>`` or ``--data/<run>``) and
@@ -27,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from roma_sfm.pipelines import evaluate, mapping, tracks
+from roma_sfm.pipelines import evaluate, mapping, principal_points, tracks
 from roma_sfm.pipelines.h5io import matches_kind, read_features, read_index_matches
 
 from readme import publish
@@ -67,11 +69,20 @@ def tracks_kwargs(kind: str, options: dict) -> dict:
     return {"cell_size": cell_size, "min_pair_score": min_pair_score, **options}
 
 
+def refined_principal_points(kind: str) -> int:
+    """``principal_point_min_images`` of ``mapping.main`` as reconstruct sets it for the matches' kind:
+    sparse runs refine the principal points of cameras shared by enough images in a final bundle
+    adjustment; dense runs' "sift" mode needs a SIFT pass that remapping leaves out (0: centred)."""
+    refine = principal_points.mode_for(kind) == "refine"
+    return principal_points.DEFAULTS["min_images"] if refine else 0
+
+
 def remap(run: Path, images: Path, poses_gt: Path, options: dict, seed: int, num_threads: int) -> tuple[float, float]:
     """(epipolar median px, AUC@3) of one option set and mapper seed on a run's matches."""
     kind = matches_kind(run / "matches.h5")
     options = dict(options)
     map_options = {"options": mapping.mapper_options[kind], "num_threads": num_threads, "seed": seed,
+                   "principal_point_min_images": refined_principal_points(kind),
                    **mapping.verification_options[kind], **options.pop("mapping", {})}
     work = Path(tempfile.mkdtemp(prefix="remap-"))
     try:

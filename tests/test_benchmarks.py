@@ -220,3 +220,6 @@ def test_remap_builds_tracks_with_the_pipelines_settings_of_the_matches_kind():
     assert sparse["cell_size"] != dense["cell_size"]
     assert remap.tracks_kwargs("sparse", {"cell_size": 0.5, "refine": "mean"}) == {
         "cell_size": 0.5, "min_pair_score": tracks.confs["sparse"]["min_pair_score"], "refine": "mean"}
+    # principal points: refined on shared cameras for sparse runs, as reconstruct does; centred for dense
+    assert remap.refined_principal_points("sparse") == remap.principal_points.DEFAULTS["min_images"] > 0
+    assert remap.refined_principal_points("dense") == 0
