@@ -20,7 +20,7 @@ import argparse
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 from readme import TARGET
@@ -96,16 +96,25 @@ class TimedMatcher:
         self.seconds: list[float] = []
 
     def __call__(self, a, b) -> tuple[np.ndarray, np.ndarray]:
+        return self.draws(a, b, [self.seed])[0]
+
+    def draws(self, a, b, seeds: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """One match of (a, b), then its matches sampled with each seed (timed: the match and the first
+        sample). A sparse matcher's matches are all of them, the same for every seed."""
         from roma_sfm.pipelines.matchers import SparseMatches
 
         t = time.perf_counter()
         res = self.matcher.match(str(a), str(b))
-        if isinstance(res, SparseMatches):  # every match of a sparse matcher, not the top num_samples
-            ka, kb = res.kpts_A, res.kpts_B
-        else:
-            ka, kb, _ = res.sample(num=self.num_samples, balanced=self.balanced, seed=self.seed)
-        self.seconds.append(time.perf_counter() - t)
-        return np.asarray(ka, np.float64).reshape(-1, 2), np.asarray(kb, np.float64).reshape(-1, 2)
+        out = []
+        for seed in seeds:
+            if isinstance(res, SparseMatches):  # every match of a sparse matcher, not the top num_samples
+                ka, kb = res.kpts_A, res.kpts_B
+            else:
+                ka, kb, _ = res.sample(num=self.num_samples, balanced=self.balanced, seed=seed)
+            out.append((np.asarray(ka, np.float64).reshape(-1, 2), np.asarray(kb, np.float64).reshape(-1, 2)))
+            if len(out) == 1:
+                self.seconds.append(time.perf_counter() - t)
+        return out
 
     @property
     def mean_seconds(self) -> float:

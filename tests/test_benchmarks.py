@@ -1,5 +1,7 @@
 """Two-view benchmarks (benchmarks/pose.py, benchmarks/planar.py): scoring on constructed inputs,
 and a smoke run of each script on 2 real pairs when ../shared/data is present."""
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -140,12 +142,38 @@ def test_pose_main_smoke(tmp_path):
     assert "| sift | 2 |" in text and "old" not in text and text.endswith("rest\n")
 
 
+def test_homography_draws_match_once_and_score_every_seed():
+    """--draws: one match per pair, one sample and RANSAC per seed; the shares are over (pair, draw)."""
+    rng = np.random.default_rng(3)
+    H = np.array([[1.1, 0.02, 15.0], [-0.03, 0.95, 8.0], [5e-5, 0.0, 1.0]])  # B -> A, 0-based
+    kB = rng.uniform(0, 500, (300, 2))
+    q = np.c_[kB, np.ones(len(kB))] @ H.T
+    kA = q[:, :2] / q[:, 2:]
+    val_B = rng.uniform(50, 450, (6, 2))
+    v = np.c_[val_B, np.ones(6)] @ H.T
+    pairs = [homography.HomographyPair(n, Path("a.png"), Path("b.png"), v[:, :2] / v[:, 2:], val_B, H) for n in "pq"]
+
+    class Fake:  # seed 10 draws the true matches, any other seed three matches (no H)
+        calls = 0
+
+        def draws(self, a, b, seeds):
+            self.calls += 1
+            return [(kA + 0.5, kB + 0.5) if s == 10 else (kA[:3] + 0.5, kB[:3] + 0.5) for s in seeds]
+
+    fake = Fake()
+    r = homography.evaluate(fake, pairs, seed=10, draws=2)
+    assert fake.calls == 2 and r["draws"] == 2
+    assert all(e[0] < 1e-3 and np.isinf(e[1]) for e in r["errors"].values())
+    assert r["<3px"] == pytest.approx(50.0) and r["failed"] == pytest.approx(1.0)  # 2 of 4 trials, per draw
+
+
 @needs_homog
 def test_homography_main_smoke():
     out = homography.main(["--names", "adam", "city", "--matcher", "sift", "--quiet", "--threads", "1"])
     r = out["results"]["sift"]
     assert r["pairs"] == 2 and set(r["errors"]) == {"adam", "city"}
-    assert all(np.isfinite(e) for e in r["errors"].values())
+    assert r["draws"] == homography.DRAWS and all(len(e) == r["draws"] for e in r["errors"].values())
+    assert all(np.isfinite(e).all() for e in r["errors"].values())
     assert all(0 < s <= 1 for s in r["gt_inlier_share"].values())  # SIFT solves both pairs
     assert "| sift | 2 |" in out["table"]
 
