@@ -176,6 +176,29 @@ def test_weights_metadata_names_the_training_data():
     assert "rendered 3-D scenes" in full and "multiview" in full and "(lund)" in full
 
 
+def test_soups_and_fine_tunes_keep_every_dataset_of_their_sources(tmp_path):
+    """A soup's metadata names the data of all its members, and a run started from weights names what
+    those were trained on besides its own (the data's licences follow the weights)."""
+    from roma_sfm.models.roma import RoMa
+    from roma_sfm.train.checkpoints import average_weights, export_weights, merge_training_data, prior_training
+    from roma_sfm.weights import load_checkpoint, save_checkpoint
+
+    assert merge_training_data(["a; b", None, "b; c", ""]) == "a; b; c"
+    paths = [str(tmp_path / f"m{i}.safetensors") for i in range(2)]
+    for p, data in zip(paths, ["warps; scenes", "warps; tracks"]):
+        save_checkpoint(p, RoMa(TINY), {"step": 5, "train_seconds": 2.0, "training_data": data}, dtype=torch.float32)
+    average_weights(paths, [0.5, 0.5], str(tmp_path / "soup.safetensors"))
+    assert load_checkpoint(tmp_path / "soup.safetensors")[1]["training_data"] == "warps; scenes; tracks"
+    prior = prior_training(str(tmp_path / "soup.safetensors"))
+    assert prior["steps"] == 5 and prior["training_data"] == "warps; scenes; tracks"
+    # a run from the soup on 2-D warps alone (a training checkpoint as the trainer writes it)
+    torch.save({"model": RoMa(TINY).state_dict(), "model_cfg": TINY.to_dict(), "step": 3, "elapsed": 1.0,
+                "train_cfg": {"p_scene": 0.0}, "prior": prior}, tmp_path / "last.pt")
+    export_weights(str(tmp_path / "last.pt"), str(tmp_path / "run.safetensors"))
+    meta = load_checkpoint(tmp_path / "run.safetensors")[1]
+    assert meta["step"] == 8 and meta["training_data"].startswith("warps; scenes; tracks; synthetic 2-D warps")
+
+
 def test_init_from_a_smaller_model_grows_it(photos, tmp_path):
     """Weights of a model without coarse context start a model with it: the old weights load,
     only the new blocks keep their initialisation, and the grown model first behaves as the old one."""

@@ -90,7 +90,8 @@ def export_weights(checkpoint: str, out: str, dtype: torch.dtype = torch.float16
     total = run_totals(ck)  # over every run since the random start (runs chained by init_from)
     meta = {"step": total["steps"], "train_seconds": total["seconds"],
             "run_step": int(ck["step"]), "run_seconds": float(ck.get("elapsed", 0.0)),
-            "training_data": training_data_summary(ck.get("train_cfg") or {}),
+            "training_data": merge_training_data([ck.get("prior", {}).get("training_data"),
+                                                  training_data_summary(ck.get("train_cfg") or {})]),
             "train_config": ck.get("train_cfg"), **(metadata or {})}
     if averaged:
         meta["weights"] = f"moving average of the run's weights (decay {(ck.get('train_cfg') or {}).get('ema_decay')})"
@@ -122,7 +123,8 @@ def average_weights(paths: Sequence[str], coefficients: Sequence[float], out: st
                 sums[k] += c * v.float()
     last.load_state_dict({k: sums[k].to(v.dtype) if k in sums else v for k, v in target.items()})
     record = record or {"members": [Path(p).name for p in paths], "coefficients": [float(c) for c in coefficients]}
-    return save_checkpoint(out, last, {**meta, key: record}, dtype=dtype)
+    data = merge_training_data([member_training_data(p) for p in paths])
+    return save_checkpoint(out, last, {**meta, key: record, **({"training_data": data} if data else {})}, dtype=dtype)
 
 
 def blend_weights(a: str, b: str, alpha: float, out: str, dtype: torch.dtype = torch.float16) -> Path:
@@ -148,6 +150,18 @@ def training_data_summary(train_cfg: dict) -> str:
     return "; ".join(parts)
 
 
+def merge_training_data(summaries: Sequence[Optional[str]]) -> str:
+    """One summary of every dataset named in ``summaries`` (each ``"; "``-separated, as
+    :func:`training_data_summary` writes them), first-named first: weights fine-tuned from, or
+    averaged with, others trained on what those were trained on too."""
+    parts: list[str] = []
+    for summary in summaries:
+        for part in (summary or "").split("; "):
+            if part and part not in parts:
+                parts.append(part)
+    return "; ".join(parts)
+
+
 def no_prior() -> dict:
     return {"steps": 0, "seconds": 0.0}
 
@@ -161,7 +175,7 @@ def run_totals(ck: dict) -> dict:
 
 def prior_training(init_from: str) -> dict:
     """Steps and seconds behind the weights of ``init_from`` (a roma-sfm checkpoint's metadata, or a
-    training checkpoint's own counters); zeros for plain state dicts."""
+    training checkpoint's own counters) and what they were trained on; zeros for plain state dicts."""
     if str(init_from).endswith(".safetensors"):
         from ..weights import CheckpointError, read_checkpoint_info
 
@@ -169,6 +183,17 @@ def prior_training(init_from: str) -> dict:
             meta = read_checkpoint_info(init_from)[1]
         except CheckpointError:
             return no_prior()
-        return {"steps": int(meta.get("step", 0)), "seconds": float(meta.get("train_seconds", 0.0))}
+        return {"steps": int(meta.get("step", 0)), "seconds": float(meta.get("train_seconds", 0.0)),
+                **({"training_data": meta["training_data"]} if meta.get("training_data") else {})}
     obj = torch.load(init_from, map_location="cpu", weights_only=True)
-    return run_totals(obj) if isinstance(obj, dict) and "optimizer" in obj else no_prior()
+    if not (isinstance(obj, dict) and "optimizer" in obj):
+        return no_prior()
+    data = [obj.get("prior", {}).get("training_data"), training_data_summary(obj.get("train_cfg") or {})]
+    return {**run_totals(obj), "training_data": merge_training_data(data)}
+
+
+def member_training_data(path: str) -> Optional[str]:
+    """The ``training_data`` of a roma-sfm checkpoint's metadata (None if it names none)."""
+    from ..weights import read_checkpoint_info
+
+    return read_checkpoint_info(path)[1].get("training_data")
