@@ -156,12 +156,12 @@ def evaluate(match_fn: Callable[[Path, Path], tuple[np.ndarray, np.ndarray]], pa
             n_matches.append(len(kA))
         errors[p.name], shares[p.name] = errs, float(np.mean(pair_shares))
         if log:
-            log(f"  [{i + 1}/{len(pairs)}] {p.name}: {len(samples[0][0])} matches, {shares[p.name] * 100:.1f} % within "
-                f"{ransac_px:g} px of the GT H, error {' / '.join(f'{e:.2f}' for e in errs)} px")
+            log(f"  [{i + 1}/{len(pairs)}] {p.name}: {len(samples[0][0])} matches, {shares[p.name] * 100:.1f} % "
+                f"within {ransac_px:g} px of the GT H, error {' / '.join(f'{e:.2f}' for e in errs)} px")
     trials = [e for errs in errors.values() for e in errs]
     known = [s for s in shares.values() if np.isfinite(s)]
-    return {"pairs": len(errors), "draws": draws, "errors": errors, "gt_inlier_share": shares, **summarize(trials),
-            "failed": float(np.sum(~np.isfinite(trials))) / draws,
+    return {"pairs": len(errors), "draws": draws, "errors": errors, "gt_inlier_share": shares,
+            **summarize(trials), "failed": float(np.sum(~np.isfinite(trials))) / draws,
             "median_matches": float(np.median(n_matches)) if n_matches else 0.0,
             "median_gt_inlier_share": float(np.median(known)) if known else float("nan")}
 
@@ -201,8 +201,9 @@ def main(argv=None) -> dict:
               else f"{len(pairs)} of the {total} pairs ({', '.join(p.name for p in pairs)})")
     lines += ["", f"Homography on {subset} of HomogrDataset (real planar scenes): H by OpenCV USAC_MAGSAC at "
               f"{args.ransac_px:g} px, error = mean transfer error on the manual validation points, "
-              f"share of pairs under each threshold over {args.draws} draw(s) per pair (matches sampled and RANSAC run "
-              f"with seeds {args.seed}..{args.seed + args.draws - 1} on one match of the pair); GT inliers = share of a pair's matches that the ground-truth H "
+              f"share of pairs under each threshold over {args.draws} draw(s) per pair (matches sampled and "
+              f"RANSAC run with seeds {args.seed}..{args.seed + args.draws - 1} on one match of the pair); "
+              f"GT inliers = share of a pair's matches that the ground-truth H "
               f"maps within {args.ransac_px:g} px (dense matches off the plane count as outliers). "
               f"Dense matchers: {args.num_samples} balanced samples. "
               f"Reference (data README, OpenCV SIFT + MAGSAC) {ref}. `python benchmarks/planar.py` on "

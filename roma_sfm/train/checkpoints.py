@@ -124,7 +124,8 @@ def average_weights(paths: Sequence[str], coefficients: Sequence[float], out: st
     last.load_state_dict({k: sums[k].to(v.dtype) if k in sums else v for k, v in target.items()})
     record = record or {"members": [Path(p).name for p in paths], "coefficients": [float(c) for c in coefficients]}
     data = merge_training_data([member_training_data(p) for p in paths])
-    return save_checkpoint(out, last, {**meta, key: record, **({"training_data": data} if data else {})}, dtype=dtype)
+    meta = {**meta, key: record, **({"training_data": data} if data else {})}
+    return save_checkpoint(out, last, meta, dtype=dtype)
 
 
 def blend_weights(a: str, b: str, alpha: float, out: str, dtype: torch.dtype = torch.float16) -> Path:
