@@ -114,8 +114,10 @@ def average_weights(paths: Sequence[str], coefficients: Sequence[float], out: st
     last, meta = load_checkpoint(paths[-1])
     target = last.state_dict()
     sums = {k: coefficients[-1] * v.float() for k, v in target.items() if v.is_floating_point()}
+    datasets = []  # each member's training_data, in the order given
     for p, c in zip(paths[:-1], coefficients[:-1]):  # one further model in memory at a time
-        model, _ = load_checkpoint(p)
+        model, member = load_checkpoint(p)
+        datasets.append(member.get("training_data"))
         if model.cfg != last.cfg:
             raise ValueError(f"{p} and {paths[-1]} hold different models ({model.cfg.name} / {last.cfg.name})")
         for k, v in model.state_dict().items():
@@ -123,7 +125,7 @@ def average_weights(paths: Sequence[str], coefficients: Sequence[float], out: st
                 sums[k] += c * v.float()
     last.load_state_dict({k: sums[k].to(v.dtype) if k in sums else v for k, v in target.items()})
     record = record or {"members": [Path(p).name for p in paths], "coefficients": [float(c) for c in coefficients]}
-    data = merge_training_data([member_training_data(p) for p in paths])
+    data = merge_training_data([*datasets, meta.get("training_data")])
     meta = {**meta, key: record, **({"training_data": data} if data else {})}
     return save_checkpoint(out, last, meta, dtype=dtype)
 
@@ -192,9 +194,3 @@ def prior_training(init_from: str) -> dict:
     data = [obj.get("prior", {}).get("training_data"), training_data_summary(obj.get("train_cfg") or {})]
     return {**run_totals(obj), "training_data": merge_training_data(data)}
 
-
-def member_training_data(path: str) -> Optional[str]:
-    """The ``training_data`` of a roma-sfm checkpoint's metadata (None if it names none)."""
-    from ..weights import read_checkpoint_info
-
-    return read_checkpoint_info(path)[1].get("training_data")
